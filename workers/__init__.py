@@ -1,0 +1,1 @@
+"""Worker side: Celery tasks (workers.tasks) and pure compute (workers.ml, no Django)."""

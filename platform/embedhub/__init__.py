@@ -1,0 +1,5 @@
+"""EmbedHub: batch embedding platform (Django project)."""
+
+from .celery import app as celery_app
+
+__all__ = ["celery_app"]

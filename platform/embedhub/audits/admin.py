@@ -1,0 +1,8 @@
+from django.contrib import admin
+
+from embedhub.audits.models import RobustnessAudit
+
+
+@admin.register(RobustnessAudit)
+class RobustnessAuditAdmin(admin.ModelAdmin):
+    list_display = ["id", "concept", "index", "model_version", "created_at"]

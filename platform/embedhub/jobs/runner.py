@@ -1,0 +1,139 @@
+"""Running a claimed job: the runner registry, the context a runner reports through, and
+a heartbeat thread so a long forward pass is never mistaken for a dead worker."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import threading
+import time
+import traceback
+from collections.abc import Callable
+
+from django.conf import settings
+from django.db import close_old_connections, connection
+
+from embedhub.jobs import services
+from embedhub.jobs.models import Job
+
+logger = logging.getLogger(__name__)
+
+# kind -> "module.function" taking (job=..., ctx=...) and returning the result dict.
+RUNNERS: dict[str, str] = {
+    Job.Kind.INGEST: "embedhub.corpora.services.ingest_job_run",
+    Job.Kind.EMBED: "embedhub.vectors.services.embed_job_run",
+    Job.Kind.EVALUATE: "embedhub.evaluation.services.evaluate_job_run",
+    Job.Kind.FINETUNE: "embedhub.registry.services.finetune_job_run",
+    Job.Kind.REINDEX: "embedhub.vectors.services.reindex_job_run",
+    Job.Kind.AUDIT: "embedhub.audits.services.audit_job_run",
+}
+
+
+def runner_for(kind: str) -> Callable:
+    module_name, func = RUNNERS[kind].rsplit(".", 1)
+    return getattr(importlib.import_module(module_name), func)
+
+
+class JobContext:
+    """What a runner sees: its checkpoint, and progress reports that double as cancel points."""
+
+    def __init__(self, job: Job):
+        self.job = job
+        self._started = time.monotonic()
+        self._done_at_start: int | None = None
+
+    @property
+    def checkpoint(self) -> dict:
+        return self.job.checkpoint or {}
+
+    def progress(
+        self,
+        done: int,
+        *,
+        total: int | None = None,
+        unit: str | None = None,
+        note: str | None = None,
+        checkpoint: dict | None = None,
+    ) -> None:
+        # Rate counts only this attempt's work, so a resumed job does not report a fake burst.
+        if self._done_at_start is None:
+            self._done_at_start = done
+        elapsed = time.monotonic() - self._started
+        rate = (done - self._done_at_start) / elapsed if elapsed > 0 else None
+        services.job_progress(
+            job=self.job,
+            done=done,
+            total=total,
+            unit=unit,
+            note=note,
+            checkpoint=checkpoint,
+            rate=rate,
+        )
+        if total is not None:
+            self.job.progress_total = total
+
+    def check_cancel(self) -> None:
+        services.job_progress(job=self.job, done=self.job.progress_done)
+
+    def event(self, kind: str, message: str = "", data: dict | None = None) -> None:
+        services.job_event_add(job=self.job, kind=kind, message=message, data=data)
+
+
+class Heartbeat:
+    def __init__(self, job: Job):
+        self.job = job
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"heartbeat-{job.pk}", daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        interval = settings.EMBEDHUB["HEARTBEAT_SECONDS"]
+        try:
+            while not self._stop.wait(interval):
+                try:
+                    if not services.job_heartbeat(job=self.job):
+                        return
+                except Exception:  # a DB blip must not kill the job; the next beat retries
+                    logger.exception("heartbeat for job %s failed", self.job.pk)
+        finally:
+            connection.close()  # this thread's own connection
+
+
+def job_execute(*, job_id: int, worker: str) -> str:
+    """Claim and run a job. Returns the outcome; a duplicate delivery returns "skipped"."""
+    close_old_connections()
+    job = services.job_claim(job_id=job_id, worker=worker)
+    if job is None:
+        return "skipped"
+    ctx = JobContext(job)
+    try:
+        with Heartbeat(job):
+            result = runner_for(job.kind)(job=job, ctx=ctx)
+    except services.JobCancelled:
+        services.job_mark_cancelled(job=job)
+        return "cancelled"
+    except services.JobLost:
+        logger.warning("job %s was taken over by another worker; stopping", job.pk)
+        return "lost"
+    except Exception as exc:
+        logger.exception("job %s failed", job.pk)
+        services.job_fail(job=job, error=_describe(exc))
+        return "failed"
+    services.job_succeed(job=job, result=result or {})
+    return "succeeded"
+
+
+def _describe(exc: Exception) -> str:
+    # User-facing errors (bad input) carry their own message; anything else keeps the trace.
+    from embedhub.core.errors import ApplicationError
+
+    if isinstance(exc, ApplicationError):
+        return exc.message
+    return f"{type(exc).__name__}: {exc}\n\n{traceback.format_exc()}"

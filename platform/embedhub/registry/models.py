@@ -1,0 +1,54 @@
+from django.db import models
+from pgvector.django import VectorField
+
+from embedhub.core.models import BaseModel
+
+
+class EmbeddingModel(BaseModel):
+    name = models.CharField(max_length=200, unique=True)
+    description = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class ModelVersion(BaseModel):
+    class Status(models.TextChoices):
+        TRAINING = "training"
+        READY = "ready"
+        FAILED = "failed"
+        ARCHIVED = "archived"
+
+    model = models.ForeignKey(EmbeddingModel, on_delete=models.CASCADE, related_name="versions")
+    version = models.PositiveIntegerField()
+    parent = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.PROTECT, related_name="children"
+    )
+    artifact_path = models.CharField(max_length=1024)
+    source = models.CharField(max_length=1024, blank=True, help_text="Hub id or path it came from")
+    dimension = models.PositiveIntegerField()
+    pooling = models.CharField(max_length=16, default="mean")
+    normalize = models.BooleanField(default=True)
+    max_tokens = models.PositiveIntegerField(default=256)
+    query_prefix = models.CharField(max_length=200, blank=True, default="")
+    document_prefix = models.CharField(max_length=200, blank=True, default="")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.READY)
+    # QDC: mean over this version's training queries of f_self(q) - f_parent(q).
+    drift = VectorField(null=True, blank=True)
+    drift_norm = models.FloatField(null=True, blank=True)
+    training_params = models.JSONField(default=dict, blank=True)
+    provenance = models.JSONField(default=dict, blank=True)
+    loss_curve = models.JSONField(default=list, blank=True)
+    gate_passed = models.BooleanField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["model", "version"], name="modelversion_model_version")
+        ]
+        ordering = ["model__name", "version"]
+
+    def __str__(self) -> str:
+        return f"{self.model.name} v{self.version}"

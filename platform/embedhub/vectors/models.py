@@ -1,0 +1,51 @@
+from django.conf import settings
+from django.db import models
+
+from embedhub.core.models import BaseModel
+
+
+class VectorIndex(BaseModel):
+    """Vectors of one corpus by one model version, in a pgvector table of its own."""
+
+    class State(models.TextChoices):
+        BUILDING = "building"
+        READY = "ready"
+        FAILED = "failed"
+        RETIRED = "retired"  # replaced by a reindex, kept for rollback until retention ends
+        DROPPED = "dropped"  # table dropped after retention
+
+    class Storage(models.TextChoices):
+        VECTOR = "vector"
+        HALFVEC = "halfvec"
+
+    class Chunking(models.TextChoices):
+        TRUNCATE = "truncate"
+        CHUNK = "chunk"
+
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="indexes")
+    corpus = models.ForeignKey("corpora.Corpus", on_delete=models.CASCADE, related_name="indexes")
+    model_version = models.ForeignKey(
+        "registry.ModelVersion", on_delete=models.PROTECT, related_name="indexes"
+    )
+    state = models.CharField(max_length=16, choices=State.choices, default=State.BUILDING)
+    table_name = models.CharField(max_length=63, unique=True, null=True, blank=True)
+    metric = models.CharField(max_length=16, default="cosine")
+    storage = models.CharField(max_length=16, choices=Storage.choices, default=Storage.VECTOR)
+    dimension = models.PositiveIntegerField()
+    chunking = models.CharField(max_length=16, choices=Chunking.choices, default=Chunking.TRUNCATE)
+    chunk_window = models.PositiveIntegerField(default=256)
+    chunk_overlap = models.PositiveIntegerField(default=32)
+    hnsw_m = models.PositiveIntegerField(default=16)
+    hnsw_ef_construction = models.PositiveIntegerField(default=64)
+    encoder = models.CharField(
+        max_length=64, blank=True, default="", help_text='"" = the model version; "fake:d" in tests'
+    )
+    vector_count = models.PositiveIntegerField(default=0)
+    built_at = models.DateTimeField(null=True, blank=True)
+    retired_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"index {self.pk} ({self.corpus} × {self.model_version})"
