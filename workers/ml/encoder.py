@@ -335,7 +335,13 @@ class FakeEncoder:
         self, texts: Sequence[str], *, kind: str = "document", batch_size: int | None = None
     ) -> np.ndarray:
         prefix = self.spec.query_prefix if kind == "query" else self.spec.document_prefix
-        return _fake_vectors([prefix + text for text in texts], dimension=self.dimension)
+        texts = [prefix + text for text in texts]
+        out = np.empty((len(texts), self.dimension), dtype=np.float32)
+        for start in range(0, len(texts), 1024):  # blocks keep the uint64 scratch in cache
+            out[start : start + 1024] = _fake_vectors(
+                texts[start : start + 1024], dimension=self.dimension
+            )
+        return out
 
     def _chunks(self, text: str, chunking: Chunking) -> list[str]:
         words = text.split()
