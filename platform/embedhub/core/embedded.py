@@ -198,7 +198,9 @@ def _pg_ensure_database(var_dir: Path) -> None:
 
     admin_url = postgres_url(var_dir).rsplit("/", 1)[0] + "/postgres"
     with psycopg.connect(admin_url, autocommit=True, connect_timeout=10) as conn:
-        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [PG_DATABASE]).fetchone()
+        exists = conn.execute(
+            "SELECT 1 FROM pg_database WHERE datname = %s", [PG_DATABASE]
+        ).fetchone()
         if not exists:
             conn.execute(f'CREATE DATABASE "{PG_DATABASE}"')
         # In template1 too, so every test database pytest-django creates has pgvector already.

@@ -16,7 +16,9 @@ class ApplicationError(Exception):
     status_code = status.HTTP_400_BAD_REQUEST
     code = "invalid"
 
-    def __init__(self, message: str, *, details: dict | list | None = None, code: str | None = None):
+    def __init__(
+        self, message: str, *, details: dict | list | None = None, code: str | None = None
+    ):
         super().__init__(message)
         self.message = message
         self.details = details or {}

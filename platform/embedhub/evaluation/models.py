@@ -5,12 +5,18 @@ from embedhub.core.models import BaseModel
 
 
 class QuerySet(BaseModel):
-    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="query_sets")
-    corpus = models.ForeignKey("corpora.Corpus", on_delete=models.CASCADE, related_name="query_sets")
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="query_sets"
+    )
+    corpus = models.ForeignKey(
+        "corpora.Corpus", on_delete=models.CASCADE, related_name="query_sets"
+    )
     name = models.CharField(max_length=200)
 
     class Meta:
-        constraints = [models.UniqueConstraint(fields=["corpus", "name"], name="queryset_corpus_name")]
+        constraints = [
+            models.UniqueConstraint(fields=["corpus", "name"], name="queryset_corpus_name")
+        ]
         ordering = ["-created_at"]
 
     def __str__(self) -> str:
@@ -25,9 +31,14 @@ class Query(models.Model):
 
     class Meta:
         constraints = [
-            models.UniqueConstraint(fields=["query_set", "external_id"], name="query_set_external_id")
+            models.UniqueConstraint(
+                fields=["query_set", "external_id"], name="query_set_external_id"
+            )
         ]
         ordering = ["id"]
+
+    def __str__(self) -> str:
+        return self.external_id
 
 
 class Qrel(models.Model):
@@ -39,9 +50,13 @@ class Qrel(models.Model):
     class Meta:
         constraints = [
             models.UniqueConstraint(
-                fields=["query_set", "query_external_id", "document_external_id"], name="qrel_unique"
+                fields=["query_set", "query_external_id", "document_external_id"],
+                name="qrel_unique",
             )
         ]
+
+    def __str__(self) -> str:
+        return f"{self.query_external_id} -> {self.document_external_id} ({self.relevance})"
 
 
 class EvalRun(BaseModel):
@@ -49,12 +64,20 @@ class EvalRun(BaseModel):
         EXACT = "exact"
         ANN = "ann"
 
-    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="eval_runs")
-    job = models.ForeignKey("jobs.Job", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="eval_runs"
+    )
+    job = models.ForeignKey(
+        "jobs.Job", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
     query_set = models.ForeignKey(QuerySet, on_delete=models.CASCADE, related_name="eval_runs")
-    index = models.ForeignKey("vectors.VectorIndex", on_delete=models.CASCADE, related_name="eval_runs")
+    index = models.ForeignKey(
+        "vectors.VectorIndex", on_delete=models.CASCADE, related_name="eval_runs"
+    )
     # The version that encodes the queries; differs from the index's when testing drift / QDC.
-    model_version = models.ForeignKey("registry.ModelVersion", on_delete=models.CASCADE, related_name="eval_runs")
+    model_version = models.ForeignKey(
+        "registry.ModelVersion", on_delete=models.CASCADE, related_name="eval_runs"
+    )
     compensation = models.CharField(max_length=16, default="none")
     mode = models.CharField(max_length=8, choices=Mode.choices, default=Mode.EXACT)
     metrics = models.JSONField(default=dict)

@@ -11,7 +11,16 @@ class JobEventInline(admin.TabularInline):
 
 @admin.register(Job)
 class JobAdmin(admin.ModelAdmin):
-    list_display = ["id", "kind", "status", "owner", "progress_done", "progress_total", "attempts", "created_at"]
+    list_display = [
+        "id",
+        "kind",
+        "status",
+        "owner",
+        "progress_done",
+        "progress_total",
+        "attempts",
+        "created_at",
+    ]
     list_filter = ["kind", "status", "queue"]
     search_fields = ["id", "error"]
     inlines = [JobEventInline]

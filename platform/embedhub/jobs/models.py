@@ -24,10 +24,14 @@ class Job(BaseModel):
 
     TERMINAL = (Status.SUCCEEDED, Status.FAILED, Status.CANCELLED)
 
-    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="jobs")
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="jobs"
+    )
     kind = models.CharField(max_length=16, choices=Kind.choices)
     params = models.JSONField(default=dict, blank=True)
-    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED, db_index=True)
+    status = models.CharField(
+        max_length=16, choices=Status.choices, default=Status.QUEUED, db_index=True
+    )
     queue = models.CharField(max_length=16, default="cpu")
     corpus = models.ForeignKey(
         "corpora.Corpus", null=True, blank=True, on_delete=models.CASCADE, related_name="jobs"
@@ -78,3 +82,6 @@ class JobEvent(models.Model):
 
     class Meta:
         ordering = ["id"]
+
+    def __str__(self) -> str:
+        return f"{self.kind} ({self.job_id})"

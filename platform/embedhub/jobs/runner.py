@@ -24,7 +24,7 @@ RUNNERS: dict[str, str] = {
     Job.Kind.EMBED: "embedhub.vectors.services.embed_job_run",
     Job.Kind.EVALUATE: "embedhub.evaluation.services.evaluate_job_run",
     Job.Kind.FINETUNE: "embedhub.registry.services.finetune_job_run",
-    Job.Kind.REINDEX: "embedhub.vectors.services.reindex_job_run",
+    Job.Kind.REINDEX: "embedhub.vectors.reindex.reindex_job_run",
     Job.Kind.AUDIT: "embedhub.audits.services.audit_job_run",
 }
 

@@ -205,7 +205,9 @@ def job_retry(*, job: Job) -> Job:
         attempts=0,
     )
     if not updated:
-        raise Conflict(f"only failed or cancelled jobs can be retried; job {job.pk} is {job.status}")
+        raise Conflict(
+            f"only failed or cancelled jobs can be retried; job {job.pk} is {job.status}"
+        )
     job_event_add(job=job, kind="retried", data={"checkpoint": job.checkpoint})
     transaction.on_commit(lambda: job_dispatch(job_id=job.pk))
     job.refresh_from_db()

@@ -17,7 +17,7 @@ PREPARERS: dict[str, str] = {
     Job.Kind.EMBED: "embedhub.vectors.services.embed_job_prepare",
     Job.Kind.EVALUATE: "embedhub.evaluation.services.evaluate_job_prepare",
     Job.Kind.FINETUNE: "embedhub.registry.services.finetune_job_prepare",
-    Job.Kind.REINDEX: "embedhub.vectors.services.reindex_job_prepare",
+    Job.Kind.REINDEX: "embedhub.vectors.reindex.reindex_job_prepare",
     Job.Kind.AUDIT: "embedhub.audits.services.audit_job_prepare",
 }
 

@@ -5,5 +5,13 @@ from embedhub.vectors.models import VectorIndex
 
 @admin.register(VectorIndex)
 class VectorIndexAdmin(admin.ModelAdmin):
-    list_display = ["id", "corpus", "model_version", "state", "vector_count", "table_name", "built_at"]
+    list_display = [
+        "id",
+        "corpus",
+        "model_version",
+        "state",
+        "vector_count",
+        "table_name",
+        "built_at",
+    ]
     list_filter = ["state"]

@@ -22,7 +22,9 @@ class VectorIndex(BaseModel):
         TRUNCATE = "truncate"
         CHUNK = "chunk"
 
-    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="indexes")
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="indexes"
+    )
     corpus = models.ForeignKey("corpora.Corpus", on_delete=models.CASCADE, related_name="indexes")
     model_version = models.ForeignKey(
         "registry.ModelVersion", on_delete=models.PROTECT, related_name="indexes"

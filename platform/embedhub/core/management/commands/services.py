@@ -15,7 +15,9 @@ class Command(BaseCommand):
     def handle(self, *args, action: str, **options):
         var_dir = settings.VAR_DIR
         if not any(embedded.wanted().values()):
-            self.stdout.write("DATABASE_URL and CELERY_BROKER_URL are set: nothing embedded to manage.")
+            self.stdout.write(
+                "DATABASE_URL and CELERY_BROKER_URL are set: nothing embedded to manage."
+            )
             return
         try:
             if action == "start":

@@ -1,0 +1,115 @@
+from django_filters import rest_framework as filters
+from drf_spectacular.utils import extend_schema
+from rest_framework import serializers, status
+from rest_framework.generics import ListAPIView
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from embedhub.vectors import compensation, selectors, services
+from embedhub.vectors.models import VectorIndex
+
+
+class IndexOutput(serializers.ModelSerializer):
+    is_active = serializers.SerializerMethodField()
+
+    class Meta:
+        model = VectorIndex
+        fields = [
+            "id", "corpus", "model_version", "state", "is_active", "storage", "dimension",
+            "metric", "chunking", "chunk_window", "chunk_overlap", "hnsw_m",
+            "hnsw_ef_construction", "encoder", "vector_count", "created_at", "built_at",
+            "retired_at",
+        ]  # fmt: skip
+
+    def get_is_active(self, index) -> bool:
+        return index.corpus.active_index_id == index.pk
+
+
+class IndexFilter(filters.FilterSet):
+    class Meta:
+        model = VectorIndex
+        fields = ["corpus", "model_version", "state"]
+
+
+class IndexListApi(ListAPIView):
+    serializer_class = IndexOutput
+    filterset_class = IndexFilter
+
+    def get_queryset(self):
+        return selectors.index_list(user=self.request.user)
+
+
+class IndexDetailApi(APIView):
+    @extend_schema(responses=IndexOutput)
+    def get(self, request, index_id: int):
+        return Response(IndexOutput(selectors.index_get(user=request.user, index_id=index_id)).data)
+
+    @extend_schema(responses={204: None})
+    def delete(self, request, index_id: int):
+        services.index_drop(index=selectors.index_get(user=request.user, index_id=index_id))
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class IndexActivateApi(APIView):
+    """Make this index the corpus's active one (also the rollback to a retired index)."""
+
+    @extend_schema(request=None, responses=IndexOutput)
+    def post(self, request, index_id: int):
+        index = services.index_activate(
+            index=selectors.index_get(user=request.user, index_id=index_id)
+        )
+        return Response(IndexOutput(index).data)
+
+
+class SearchApi(APIView):
+    throttle_scope = "search"
+
+    class InputSerializer(serializers.Serializer):
+        corpus = serializers.IntegerField(required=False, help_text="searches its active index")
+        index = serializers.IntegerField(required=False)
+        query = serializers.CharField(max_length=10000)
+        k = serializers.IntegerField(default=10, min_value=1, max_value=1000)
+        exact = serializers.BooleanField(default=False)
+        ef_search = serializers.IntegerField(required=False, min_value=1, max_value=1000)
+        model_version = serializers.IntegerField(required=False)
+        compensation = serializers.ChoiceField(choices=compensation.COMPENSATIONS, default="auto")
+
+        def validate(self, attrs):
+            if not attrs.get("corpus") and not attrs.get("index"):
+                raise serializers.ValidationError("give either corpus or index")
+            return attrs
+
+    class OutputSerializer(serializers.Serializer):
+        class HitSerializer(serializers.Serializer):
+            document_id = serializers.IntegerField()
+            external_id = serializers.CharField()
+            title = serializers.CharField()
+            score = serializers.FloatField()
+
+        index = serializers.IntegerField()
+        model_version = serializers.IntegerField()
+        compensation = serializers.CharField()
+        exact = serializers.BooleanField()
+        results = HitSerializer(many=True)
+
+    @extend_schema(request=InputSerializer, responses=OutputSerializer)
+    def post(self, request):
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        params = data.validated_data
+        index = selectors.index_for_search(
+            user=request.user, corpus_id=params.get("corpus"), index_id=params.get("index")
+        )
+        version = None
+        if params.get("model_version"):
+            version = services.model_version_resolve(version_id=params["model_version"])
+        vectors, info = compensation.query_vectors(
+            index=index, texts=[params["query"]], model_version=version,
+            compensation=params["compensation"],
+        )  # fmt: skip
+        hits = selectors.index_search(
+            index=index, query_vectors=vectors, k=params["k"], exact=params["exact"],
+            ef_search=params.get("ef_search"),
+        )[0]  # fmt: skip
+        body = {"index": index.pk, **info, "exact": params["exact"], "results": hits}
+        return Response(self.OutputSerializer(body).data)

@@ -1,0 +1,278 @@
+"""Writes on vector indexes: create, embed (the `embed` job), activate, drop."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+from django.db import connection, transaction
+from django.utils import timezone
+
+from embedhub.core.errors import ApplicationError, Conflict
+from embedhub.corpora.models import Corpus
+from embedhub.registry.encoders import encoder_for
+from embedhub.registry.models import ModelVersion
+from embedhub.vectors import selectors, tables
+from embedhub.vectors.models import VectorIndex
+
+PAGE_SIZE = 2048  # documents fetched from Postgres per query while streaming
+
+
+def index_create(
+    *,
+    owner,
+    corpus: Corpus,
+    model_version: ModelVersion,
+    storage: str = VectorIndex.Storage.VECTOR,
+    chunking: str = VectorIndex.Chunking.TRUNCATE,
+    chunk_window: int | None = None,
+    chunk_overlap: int = 32,
+    encoder: str = "",
+) -> VectorIndex:
+    dimension = _dimension(model_version, encoder)
+    with transaction.atomic():
+        index = VectorIndex.objects.create(
+            owner=owner,
+            corpus=corpus,
+            model_version=model_version,
+            storage=storage,
+            dimension=dimension,
+            chunking=chunking,
+            chunk_window=chunk_window or model_version.max_tokens,
+            chunk_overlap=chunk_overlap,
+            encoder=encoder,
+        )
+        index.table_name = tables.table_name_for(index.pk)
+        index.save(update_fields=["table_name"])
+        tables.table_create(table=index.table_name, dimension=dimension, storage=storage)
+    return index
+
+
+def _dimension(model_version: ModelVersion, encoder: str) -> int:
+    if encoder.startswith("fake"):
+        _, _, dim = encoder.partition(":")
+        return int(dim) if dim else 384
+    return model_version.dimension
+
+
+def index_activate(*, index: VectorIndex) -> VectorIndex:
+    """Make this index the corpus's default for search (also the rollback action)."""
+    if index.state not in (VectorIndex.State.READY, VectorIndex.State.RETIRED):
+        raise Conflict(f"index {index.pk} is {index.state}; only a built index can be activated")
+    with transaction.atomic():
+        corpus = Corpus.objects.select_for_update().get(pk=index.corpus_id)
+        previous = corpus.active_index_id
+        corpus.active_index = index
+        corpus.save(update_fields=["active_index", "updated_at"])
+        VectorIndex.objects.filter(pk=index.pk).update(
+            state=VectorIndex.State.READY, retired_at=None
+        )
+        if previous and previous != index.pk:
+            VectorIndex.objects.filter(pk=previous).update(
+                state=VectorIndex.State.RETIRED, retired_at=timezone.now()
+            )
+    index.refresh_from_db()
+    return index
+
+
+def index_drop(*, index: VectorIndex) -> None:
+    if index.corpus.active_index_id == index.pk:
+        raise Conflict(f"index {index.pk} is the corpus's active index; activate another first")
+    tables.table_drop(table=index.table_name)
+    VectorIndex.objects.filter(pk=index.pk).update(state=VectorIndex.State.DROPPED)
+
+
+# ------------------------------------------------------------------ the embed job
+
+
+def model_version_resolve(*, version_id) -> ModelVersion:
+    """The named version (versions are shared by all users), or the default base model."""
+    if version_id in (None, ""):
+        from embedhub.registry.services import model_version_default
+
+        return model_version_default()
+    try:
+        version = ModelVersion.objects.get(pk=int(version_id))
+    except (ModelVersion.DoesNotExist, TypeError, ValueError):
+        raise ApplicationError(f"model_version: {version_id} not found", code="not_found") from None
+    if version.status != ModelVersion.Status.READY:
+        raise ApplicationError(f"model_version: {version} is {version.status}, not ready")
+    return version
+
+
+def embed_job_prepare(*, user, params: dict) -> tuple[dict, Corpus]:
+    """Resolve corpus, model version and target index (reusing a matching one, so a second
+    embed job on the same corpus × version only embeds what changed)."""
+    corpus = selectors.corpus_for_user(user=user, corpus_id=params.get("corpus"))
+    version = model_version_resolve(version_id=params.get("model_version"))
+    options = _index_options(params)
+    index = None
+    if params.get("index"):
+        index = selectors.index_get(user=user, index_id=params["index"])
+        if index.corpus_id != corpus.pk:
+            raise ApplicationError("index: belongs to another corpus", details={"index": index.pk})
+    else:
+        index = selectors.index_matching(corpus=corpus, model_version=version, **options)
+    if index is None:
+        index = index_create(owner=user, corpus=corpus, model_version=version, **options)
+    batch_size = params.get("batch_size")
+    if batch_size is not None and (not isinstance(batch_size, int) or not 1 <= batch_size <= 4096):
+        raise ApplicationError("batch_size: must be an integer between 1 and 4096")
+    normalised = {
+        "corpus": corpus.pk,
+        "model_version": version.pk,
+        "index": index.pk,
+        "batch_size": batch_size,
+        "activate": params.get("activate"),
+    }
+    return normalised, corpus
+
+
+def _index_options(params: dict) -> dict:
+    storage = params.get("storage", VectorIndex.Storage.VECTOR)
+    chunking = params.get("chunking", VectorIndex.Chunking.TRUNCATE)
+    if storage not in VectorIndex.Storage.values:
+        raise ApplicationError(f"storage: must be one of {VectorIndex.Storage.values}")
+    if chunking not in VectorIndex.Chunking.values:
+        raise ApplicationError(f"chunking: must be one of {VectorIndex.Chunking.values}")
+    encoder = params.get("encoder", "") or ""
+    if encoder and not encoder.startswith("fake"):
+        raise ApplicationError('encoder: only "fake" or "fake:<dim>" may override the model')
+    options = {"storage": storage, "chunking": chunking, "encoder": encoder}
+    if chunking == VectorIndex.Chunking.CHUNK:
+        options["chunk_window"] = int(params.get("chunk_window", 128))
+        options["chunk_overlap"] = int(params.get("chunk_overlap", 32))
+        if not 0 <= options["chunk_overlap"] < options["chunk_window"]:
+            raise ApplicationError("chunk_overlap: must be >= 0 and smaller than chunk_window")
+    return options
+
+
+def embed_job_run(*, job, ctx) -> dict:
+    index = VectorIndex.objects.select_related("corpus", "model_version").get(
+        pk=job.params["index"]
+    )
+    return index_build(index=index, ctx=ctx, batch_size=job.params.get("batch_size"),
+                       activate=job.params.get("activate"))  # fmt: skip
+
+
+def index_build(*, index: VectorIndex, ctx, batch_size: int | None = None, activate=None) -> dict:
+    """Embed every document whose vector is missing or stale, then build HNSW and mark ready.
+
+    Resuming after a crash is the same call: "pending" is computed from the table itself,
+    and each batch's vectors commit together with the job's progress.
+    """
+    started = time.monotonic()
+    with _index_lock(index):
+        if index.state in (VectorIndex.State.DROPPED,):
+            raise Conflict(f"index {index.pk} was dropped")
+        if index.state != VectorIndex.State.READY:
+            VectorIndex.objects.filter(pk=index.pk).update(state=VectorIndex.State.BUILDING)
+        encoder = encoder_for(model_version=index.model_version, override=index.encoder)
+        total = selectors.corpus_document_count(corpus_id=index.corpus_id)
+        pending = selectors.index_pending_count(index=index)
+        done = total - pending
+        ctx.progress(done, total=total, unit="docs", note="embedding")
+        embedded = _embed_pending(index=index, encoder=encoder, ctx=ctx, done=done, total=total,
+                                  batch_size=batch_size)  # fmt: skip
+        ctx.progress(total, total=total, unit="docs", note="building HNSW index")
+        stats = _finalise(index=index, activate=activate)
+    return {
+        "index": index.pk,
+        "embedded": embedded,
+        "skipped_unchanged": total - pending,
+        "vectors": stats["vectors"],
+        "documents": stats["documents"],
+        "seconds": round(time.monotonic() - started, 3),
+        "docs_per_second": round(embedded / max(time.monotonic() - started, 1e-9), 1),
+    }
+
+
+class _index_lock:
+    """A session advisory lock: two jobs never build one index at once, and a dead worker's
+    lock vanishes with its connection."""
+
+    def __init__(self, index: VectorIndex):
+        self.key = int(index.pk)
+
+    def __enter__(self):
+        with connection.cursor() as cur:
+            cur.execute("SELECT pg_advisory_lock(7201, %s)", [self.key])
+
+    def __exit__(self, *exc):
+        with connection.cursor() as cur:
+            cur.execute("SELECT pg_advisory_unlock(7201, %s)", [self.key])
+
+
+def _document_text(title: str, text: str) -> str:
+    return f"{title} {text}" if title else text
+
+
+def _pending_items(index: VectorIndex, hashes: dict) -> Iterator[tuple[int, str]]:
+    for page in selectors.index_pending_pages(index=index, page_size=PAGE_SIZE):
+        for doc_id, title, text, content_hash in page:
+            hashes[doc_id] = content_hash
+            yield doc_id, _document_text(title, text)
+
+
+def _embed_pending(*, index, encoder, ctx, done: int, total: int, batch_size) -> int:
+    from workers.ml.encoder import Chunking
+
+    hashes: dict[int, str] = {}
+    items = _pending_items(index, hashes)
+    if index.chunking == VectorIndex.Chunking.CHUNK:
+        return _embed_chunked(index=index, encoder=encoder, ctx=ctx, done=done, total=total,
+                              batch_size=batch_size, chunking=Chunking(index.chunk_window,
+                              index.chunk_overlap))  # fmt: skip
+    embedded = 0
+    for batch in encoder.iter_encode(items, kind="document", batch_size=batch_size):
+        doc_hashes = [hashes.pop(key) for key in batch.keys]
+        with transaction.atomic():
+            tables.rows_replace(
+                table=index.table_name, storage=index.storage, doc_ids=list(batch.keys),
+                chunks=[0] * len(batch.keys), hashes=doc_hashes, vectors=batch.vectors,
+            )  # fmt: skip
+            embedded += len(batch.keys)
+            ctx.progress(done + embedded, total=total, checkpoint={"embedded": done + embedded})
+    return embedded
+
+
+def _embed_chunked(*, index, encoder, ctx, done, total, batch_size, chunking) -> int:
+    """Chunks of one document may span batches, so whole pages are written at once: a
+    document is never left with some of its chunks."""
+    embedded = 0
+    for page in selectors.index_pending_pages(index=index, page_size=PAGE_SIZE // 4):
+        items = [(doc_id, _document_text(title, text)) for doc_id, title, text, _ in page]
+        hashes = {doc_id: content_hash for doc_id, _, _, content_hash in page}
+        keys, vectors = [], []
+        for batch in encoder.iter_encode(items, batch_size=batch_size, chunking=chunking):
+            keys.extend(batch.keys)
+            vectors.append(batch.vectors)
+            ctx.check_cancel()
+        import numpy as np
+
+        with transaction.atomic():
+            tables.rows_replace(
+                table=index.table_name, storage=index.storage,
+                doc_ids=[k[0] for k in keys], chunks=[k[1] for k in keys],
+                hashes=[hashes[k[0]] for k in keys], vectors=np.concatenate(vectors),
+            )  # fmt: skip
+            embedded += len(page)
+            ctx.progress(done + embedded, total=total, checkpoint={"embedded": done + embedded})
+    return embedded
+
+
+def _finalise(*, index: VectorIndex, activate) -> dict:
+    tables.orphans_delete(table=index.table_name, corpus_id=index.corpus_id)
+    if not tables.hnsw_exists(table=index.table_name):
+        tables.hnsw_build(table=index.table_name, storage=index.storage, m=index.hnsw_m,
+                          ef_construction=index.hnsw_ef_construction)  # fmt: skip
+    vectors, documents = tables.rows_count(table=index.table_name)
+    VectorIndex.objects.filter(pk=index.pk).update(
+        state=VectorIndex.State.READY, vector_count=vectors, built_at=timezone.now()
+    )
+    index.refresh_from_db()
+    corpus = index.corpus
+    corpus.refresh_from_db()
+    if activate or (activate is None and corpus.active_index_id is None):
+        index_activate(index=index)
+    return {"vectors": vectors, "documents": documents}
