@@ -23,7 +23,7 @@ RUNNERS: dict[str, str] = {
     Job.Kind.INGEST: "embedhub.corpora.services.ingest_job_run",
     Job.Kind.EMBED: "embedhub.vectors.services.embed_job_run",
     Job.Kind.EVALUATE: "embedhub.evaluation.services.evaluate_job_run",
-    Job.Kind.FINETUNE: "embedhub.registry.services.finetune_job_run",
+    Job.Kind.FINETUNE: "embedhub.registry.finetune.finetune_job_run",
     Job.Kind.REINDEX: "embedhub.vectors.reindex.reindex_job_run",
     Job.Kind.AUDIT: "embedhub.audits.services.audit_job_run",
 }

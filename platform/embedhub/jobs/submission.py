@@ -16,7 +16,7 @@ PREPARERS: dict[str, str] = {
     Job.Kind.INGEST: "embedhub.corpora.services.ingest_job_prepare",
     Job.Kind.EMBED: "embedhub.vectors.services.embed_job_prepare",
     Job.Kind.EVALUATE: "embedhub.evaluation.services.evaluate_job_prepare",
-    Job.Kind.FINETUNE: "embedhub.registry.services.finetune_job_prepare",
+    Job.Kind.FINETUNE: "embedhub.registry.finetune.finetune_job_prepare",
     Job.Kind.REINDEX: "embedhub.vectors.reindex.reindex_job_prepare",
     Job.Kind.AUDIT: "embedhub.audits.services.audit_job_prepare",
 }
