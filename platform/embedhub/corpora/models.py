@@ -5,7 +5,9 @@ from embedhub.core.models import BaseModel
 
 
 class Corpus(BaseModel):
-    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="corpora")
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="corpora"
+    )
     name = models.CharField(max_length=200)
     description = models.TextField(blank=True)
     # Search uses this index unless a request names another; swapped atomically by reindex.
@@ -34,7 +36,9 @@ class Document(models.Model):
 
     class Meta:
         constraints = [
-            models.UniqueConstraint(fields=["corpus", "external_id"], name="document_corpus_external_id")
+            models.UniqueConstraint(
+                fields=["corpus", "external_id"], name="document_corpus_external_id"
+            )
         ]
         ordering = ["id"]
 

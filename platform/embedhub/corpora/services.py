@@ -46,7 +46,13 @@ def corpus_get_or_create(*, owner, name: str) -> Corpus:
 
 
 def corpus_delete(*, corpus: Corpus) -> None:
-    corpus.delete()
+    """Delete the corpus, its documents, jobs, query sets and its indexes' vector tables."""
+    from embedhub.vectors.tables import table_drop
+
+    with transaction.atomic():
+        for table in corpus.indexes.exclude(table_name=None).values_list("table_name", flat=True):
+            table_drop(table=table)  # per-index tables are not cascaded by the ORM
+        corpus.delete()
 
 
 # --- uploads -------------------------------------------------------------------------

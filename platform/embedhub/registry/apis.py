@@ -1,0 +1,108 @@
+from django.utils import timezone
+from drf_spectacular.utils import extend_schema
+from rest_framework import serializers, status
+from rest_framework.generics import ListAPIView
+from rest_framework.permissions import IsAdminUser, IsAuthenticated
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from embedhub.registry import selectors, services
+from embedhub.registry.models import EmbeddingModel, ModelVersion
+
+
+class VersionSummaryOutput(serializers.ModelSerializer):
+    model = serializers.CharField(source="model.name", read_only=True)
+
+    class Meta:
+        model = ModelVersion
+        fields = [
+            "id", "model", "version", "status", "parent", "source", "dimension", "drift_norm",
+            "created_at",
+        ]  # fmt: skip
+
+
+class ModelOutput(serializers.ModelSerializer):
+    versions = serializers.SerializerMethodField()
+
+    class Meta:
+        model = EmbeddingModel
+        fields = ["id", "name", "description", "created_at", "versions"]
+
+    def get_versions(self, model) -> list[dict]:
+        return VersionSummaryOutput(model.versions.all(), many=True).data
+
+
+class VersionDetailOutput(serializers.ModelSerializer):
+    model = serializers.CharField(source="model.name", read_only=True)
+    ancestors = serializers.SerializerMethodField()
+    children = serializers.SerializerMethodField()
+
+    class Meta:
+        model = ModelVersion
+        fields = [
+            "id", "model", "version", "status", "parent", "ancestors", "children", "source",
+            "artifact_path", "dimension", "pooling", "normalize", "max_tokens", "query_prefix",
+            "document_prefix", "drift_norm", "training_params", "provenance", "loss_curve",
+            "gate_passed", "created_at", "updated_at",
+        ]  # fmt: skip
+
+    def get_ancestors(self, version) -> list[dict]:
+        chain = selectors.model_version_ancestors(version=version)
+        return VersionSummaryOutput(chain, many=True).data
+
+    def get_children(self, version) -> list[dict]:
+        children = selectors.model_version_children(version=version)
+        return VersionSummaryOutput(children, many=True).data
+
+
+class ModelListApi(ListAPIView):
+    """Embedding models with their versions."""
+
+    serializer_class = ModelOutput
+    filterset_class = None
+
+    def get_queryset(self):
+        return selectors.model_list()
+
+
+class ModelVersionListCreateApi(ListAPIView):
+    """Versions (`?model=<name>`, `?status=ready`); staff register new ones with POST."""
+
+    class InputSerializer(serializers.Serializer):
+        source = serializers.CharField(
+            required=False, allow_null=True, default=None,
+            help_text="a directory on the server or a Hub id; empty for the bundled base model",
+        )  # fmt: skip
+        name = serializers.CharField(required=False, allow_null=True, default=None, max_length=200)
+        parent = serializers.PrimaryKeyRelatedField(
+            queryset=ModelVersion.objects.all(), required=False, allow_null=True, default=None
+        )
+
+    serializer_class = VersionSummaryOutput
+    filterset_class = None
+
+    def get_permissions(self):
+        if self.request.method == "POST":
+            return [IsAuthenticated(), IsAdminUser()]
+        return super().get_permissions()
+
+    def get_queryset(self):
+        params = self.request.query_params
+        return selectors.model_version_list(model=params.get("model"), status=params.get("status"))
+
+    @extend_schema(request=InputSerializer, responses={201: VersionDetailOutput})
+    def post(self, request):
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        started = timezone.now()
+        version = services.model_version_register(**data.validated_data)
+        created = version.created_at >= started  # else: that source was registered already
+        code = status.HTTP_201_CREATED if created else status.HTTP_200_OK
+        return Response(VersionDetailOutput(version).data, status=code)
+
+
+class ModelVersionDetailApi(APIView):
+    @extend_schema(responses=VersionDetailOutput)
+    def get(self, request, version_id: int):
+        version = selectors.model_version_get(version_id=version_id)
+        return Response(VersionDetailOutput(version).data)
