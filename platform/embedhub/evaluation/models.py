@@ -85,6 +85,11 @@ class EvalRun(BaseModel):
     ann_recall_at_10 = models.FloatField(null=True, blank=True)
     n_queries = models.PositiveIntegerField(default=0)
     seconds = models.FloatField(default=0)
+    # Seconds per phase (load, encode, search, reference, metrics): where the time went.
+    timings = models.JSONField(default=dict, blank=True)
+    # What else shaped the numbers (k, ef_search, exclude_self, requested compensation,
+    # queries skipped for lack of judgements), so two runs can be compared honestly.
+    params = models.JSONField(default=dict, blank=True)
 
     class Meta:
         ordering = ["-created_at"]

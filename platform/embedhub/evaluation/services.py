@@ -1,0 +1,320 @@
+"""Writes on evaluation: query set uploads and the `evaluate` job.
+
+An evaluation encodes a query set's judged queries (with drift compensation when the query
+encoder is newer than the index), retrieves the top k documents per query, scores the run
+with trec_eval semantics (workers.ml.metrics) and stores one EvalRun.
+
+Retrieval:
+- exact on a truncated index: the index's vectors are fetched once and searched in numpy
+  (workers.ml.search.topk_cosine): exact, deterministic, and far faster than one
+  sequential-scan SQL query per query.
+- exact on a chunked index: vectors.selectors.index_search(exact=True), which already keeps
+  each document's best chunk (the document score is its best chunk's score). It fetches
+  4*k chunk rows per query, so a ranking can hold fewer than k documents when a few
+  documents own most of the top chunks; we accept that rather than duplicate the grouping.
+- ann: index_search through HNSW (one SQL query per query, as the search API does), and we
+  also compute the exact top 10 to report ANN's recall@10 against exact search.
+
+A retried job recomputes from scratch (an evaluation takes seconds to minutes) and replaces
+the EvalRun it wrote before, so a retry never leaves two runs for one job.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+from django.db import transaction
+
+from embedhub.core.errors import ApplicationError
+from embedhub.corpora.models import Corpus
+from embedhub.evaluation import selectors
+from embedhub.evaluation.importing import query_set_import
+from embedhub.evaluation.models import EvalRun, QuerySet
+from embedhub.registry.models import ModelVersion
+from embedhub.vectors import compensation as qdc
+from embedhub.vectors import selectors as vector_selectors
+from embedhub.vectors.models import VectorIndex
+from embedhub.vectors.services import model_version_resolve
+
+QUERY_BATCH = 256  # queries encoded and searched between two progress reports
+MAX_K = 1000
+SEARCHABLE = (VectorIndex.State.READY, VectorIndex.State.RETIRED)
+
+
+# ------------------------------------------------------------------ query sets
+
+
+def query_set_create(
+    *, owner, corpus: Corpus, name: str, queries_file, qrels_file, skip_invalid: bool = False
+) -> tuple[QuerySet, dict]:
+    """Import BEIR queries + qrels as the query set `name` of `corpus` (replacing one of the
+    same name). Returns (query set, import report with counts and skipped lines)."""
+    report = query_set_import(
+        owner=owner, corpus=corpus, name=name, queries_path=queries_file,
+        qrels_path=qrels_file, skip_invalid=skip_invalid,
+    )  # fmt: skip
+    return QuerySet.objects.get(pk=report["query_set_id"]), report
+
+
+# ------------------------------------------------------------------ the evaluate job
+
+
+def evaluate_job_prepare(*, user, params: dict) -> tuple[dict, Corpus]:
+    """Check every param before the job exists; errors name the field to fix."""
+    index = vector_selectors.index_for_search(
+        user=user, corpus_id=params.get("corpus"), index_id=params.get("index")
+    )
+    if params.get("query_set") in (None, ""):
+        raise ApplicationError("query_set: this field is required", details={"field": "query_set"})
+    query_set = selectors.query_set_get(user=user, query_set_id=params["query_set"])
+    if query_set.corpus_id != index.corpus_id:
+        raise ApplicationError(
+            f"query_set: query set {query_set.pk} ({query_set.name!r}) belongs to corpus "
+            f"{query_set.corpus_id}, but index {index.pk} is on corpus {index.corpus_id}; "
+            "pick a query set of the index's corpus",
+            details={"field": "query_set"},
+        )
+    version = index.model_version
+    if params.get("model_version") not in (None, ""):
+        version = model_version_resolve(version_id=params["model_version"])
+    compensation = params.get("compensation") or "auto"
+    _check_compensation(index=index, version=version, compensation=compensation)
+    mode, ef_search = _mode(params)
+    normalised = {
+        "index": index.pk,
+        "query_set": query_set.pk,
+        "model_version": version.pk,
+        "compensation": compensation,
+        "mode": mode,
+        "ef_search": ef_search,
+        "k": _int_param(params, "k", default=100, low=1, high=MAX_K),
+        "exclude_self": _bool_param(params, "exclude_self"),
+    }
+    return normalised, index.corpus
+
+
+def _check_compensation(*, index: VectorIndex, version: ModelVersion, compensation: str) -> None:
+    # Fail at submission, not minutes later in the worker, when the versions are unrelated
+    # or QDC is asked for without the drift vectors it needs.
+    if compensation not in qdc.COMPENSATIONS:
+        raise ApplicationError(
+            f"compensation: must be one of {list(qdc.COMPENSATIONS)}, not {compensation!r}",
+            details={"field": "compensation"},
+        )
+    path = qdc.drift_path(query_version=version, index_version=index.model_version)
+    if path and compensation in ("auto", "qdc"):
+        qdc.drift_deltas(path)
+
+
+def _mode(params: dict) -> tuple[str, int | None]:
+    mode = params.get("mode") or EvalRun.Mode.EXACT
+    if mode not in EvalRun.Mode.values:
+        raise ApplicationError(
+            f"mode: must be one of {EvalRun.Mode.values}, not {mode!r}", details={"field": "mode"}
+        )
+    if mode == EvalRun.Mode.EXACT:
+        if params.get("ef_search") not in (None, ""):
+            raise ApplicationError(
+                'ef_search: only applies to mode "ann"; exact search scans every vector',
+                details={"field": "ef_search"},
+            )
+        return mode, None
+    return mode, _int_param(params, "ef_search", default=None, low=1, high=MAX_K)
+
+
+def _int_param(params: dict, name: str, *, default, low: int, high: int):
+    value = params.get(name)
+    if value in (None, ""):
+        return default
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise ApplicationError(f"{name}: must be an integer", details={"field": name})
+    try:
+        value = int(value)
+    except ValueError:
+        raise ApplicationError(f"{name}: must be an integer", details={"field": name}) from None
+    if not low <= value <= high:
+        raise ApplicationError(
+            f"{name}: must be between {low} and {high}, not {value}", details={"field": name}
+        )
+    return value
+
+
+def _bool_param(params: dict, name: str) -> bool:
+    value = params.get(name, False)
+    if isinstance(value, bool):
+        return value
+    if value in (None, "", 0, 1, "0", "1", "true", "false"):
+        return value in (1, "1", "true")
+    raise ApplicationError(f"{name}: must be true or false", details={"field": name})
+
+
+def evaluate_job_run(*, job, ctx) -> dict:
+    p = job.params
+    index = VectorIndex.objects.select_related("model_version", "corpus").get(pk=p["index"])
+    run = evaluation_run(
+        owner=job.owner, job=job, ctx=ctx, index=index,
+        query_set=QuerySet.objects.get(pk=p["query_set"]),
+        model_version=ModelVersion.objects.get(pk=p["model_version"]),
+        compensation=p["compensation"], mode=p["mode"], k=p["k"],
+        ef_search=p.get("ef_search"), exclude_self=p["exclude_self"],
+    )  # fmt: skip
+    return {
+        "eval_run": run.pk,
+        "metrics": run.metrics,
+        "n_queries": run.n_queries,
+        "skipped_unjudged": run.params["skipped_unjudged"],
+        "compensation": run.compensation,
+        "mode": run.mode,
+        "ann_recall_at_10": run.ann_recall_at_10,
+        "seconds": run.seconds,
+        "timings": run.timings,
+    }
+
+
+@dataclass
+class _Searcher:
+    """Retrieves rankings ({document external id: score}) for a batch of queries."""
+
+    index: VectorIndex
+    ef_search: int | None
+    exclude_self: bool
+    # Filled once for numpy search: the index's external ids, vectors, and row per id.
+    external_ids: list[str] = field(default_factory=list)
+    matrix: np.ndarray | None = None
+    row_of: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def numpy_exact(self) -> bool:
+        return self.index.chunking == VectorIndex.Chunking.TRUNCATE
+
+    def load(self) -> None:
+        if self.numpy_exact:
+            _, self.external_ids, self.matrix = vector_selectors.index_vectors(index=self.index)
+            self.row_of = {ext: row for row, ext in enumerate(self.external_ids)}
+
+    def rankings(self, qids: list[str], vectors: np.ndarray, *, k: int, exact: bool) -> list[dict]:
+        if exact and self.numpy_exact:
+            return self._numpy(qids, vectors, k=k)
+        return self._sql(qids, vectors, k=k, exact=exact)
+
+    def _numpy(self, qids: list[str], vectors: np.ndarray, *, k: int) -> list[dict]:
+        from workers.ml.search import topk_cosine
+
+        exclude = None
+        if self.exclude_self:
+            exclude = [{self.row_of[q]} if q in self.row_of else set() for q in qids]
+        rows, scores = topk_cosine(vectors, self.matrix, k=k, exclude=exclude)
+        return [
+            {self.external_ids[j]: float(s) for j, s in zip(r, sc, strict=True) if j >= 0}
+            for r, sc in zip(rows, scores, strict=True)
+        ]
+
+    def _sql(self, qids: list[str], vectors: np.ndarray, *, k: int, exact: bool) -> list[dict]:
+        # One extra hit so that dropping the query's own document still leaves k.
+        depth = k + 1 if self.exclude_self else k
+        hits = vector_selectors.index_search(
+            index=self.index, query_vectors=vectors, k=depth, exact=exact,
+            ef_search=None if exact else self.ef_search,
+        )  # fmt: skip
+        out = []
+        for qid, query_hits in zip(qids, hits, strict=True):
+            kept = [h for h in query_hits if not (self.exclude_self and h.external_id == qid)]
+            out.append({h.external_id: h.score for h in kept[:k]})
+        return out
+
+
+def _overlap_at_10(approx: dict, exact: dict) -> float:
+    top = lambda ranking: set(sorted(ranking, key=ranking.get, reverse=True)[:10])  # noqa: E731
+    reference = top(exact)
+    return len(top(approx) & reference) / len(reference) if reference else 1.0
+
+
+def evaluation_run(
+    *,
+    owner,
+    index: VectorIndex,
+    query_set: QuerySet,
+    model_version: ModelVersion | None = None,
+    compensation: str = "auto",
+    mode: str = EvalRun.Mode.EXACT,
+    k: int = 100,
+    ef_search: int | None = None,
+    exclude_self: bool = False,
+    ctx=None,
+    job=None,
+) -> EvalRun:
+    """Evaluate `index` on `query_set` and store the EvalRun (see the module docstring)."""
+    from workers.ml.metrics import evaluate_run
+
+    if index.state not in SEARCHABLE:
+        raise ApplicationError(f"index {index.pk} is {index.state}, not searchable")
+    started = time.monotonic()
+    version = model_version or index.model_version
+    qrels = selectors.query_set_qrels(query_set=query_set)
+    queries = selectors.query_set_queries(query_set=query_set)
+    judged = [(qid, text) for qid, text in queries if qid in qrels]
+    report = _progress(ctx, total=len(judged), mode=mode)
+    report(0, "loading the index's vectors")
+    searcher = _Searcher(index=index, ef_search=ef_search, exclude_self=exclude_self)
+    searcher.load()
+    timings = {"load": time.monotonic() - started, "encode": 0.0, "search": 0.0, "reference": 0.0}
+    run: dict[str, dict[str, float]] = {}
+    overlaps: list[float] = []
+    applied = "none"
+    for start in range(0, len(judged), QUERY_BATCH):
+        batch = judged[start : start + QUERY_BATCH]
+        qids = [qid for qid, _ in batch]
+        t0 = time.monotonic()
+        vectors, info = qdc.query_vectors(
+            index=index, texts=[text for _, text in batch], model_version=version,
+            compensation=compensation,
+        )  # fmt: skip
+        applied = info["compensation"]
+        t1 = time.monotonic()
+        rankings = searcher.rankings(qids, vectors, k=k, exact=mode == EvalRun.Mode.EXACT)
+        t2 = time.monotonic()
+        if mode == EvalRun.Mode.ANN:
+            reference = searcher.rankings(qids, vectors, k=10, exact=True)
+            overlaps += [_overlap_at_10(a, e) for a, e in zip(rankings, reference, strict=True)]
+        timings["encode"] += t1 - t0
+        timings["search"] += t2 - t1
+        timings["reference"] += time.monotonic() - t2
+        run.update(zip(qids, rankings, strict=True))
+        report(start + len(batch), f"encoded and searched {start + len(batch)}/{len(judged)}")
+    t0 = time.monotonic()
+    result = evaluate_run(qrels=qrels, run=run)
+    timings["metrics"] = time.monotonic() - t0
+    return _eval_run_save(
+        owner=owner, job=job, index=index, query_set=query_set, model_version=version,
+        compensation=applied, mode=mode, result=result,
+        ann_recall=float(np.mean(overlaps)) if overlaps else None,
+        seconds=time.monotonic() - started, timings=timings,
+        params={"k": k, "ef_search": ef_search, "exclude_self": exclude_self,
+                "compensation_requested": compensation,
+                "skipped_unjudged": len(queries) - len(judged)},
+    )  # fmt: skip
+
+
+def _progress(ctx, *, total: int, mode: str):
+    def report(done: int, note: str) -> None:
+        if ctx is not None:
+            ctx.progress(done, total=total, unit="queries", note=f"{note} ({mode})")
+
+    return report
+
+
+def _eval_run_save(*, owner, job, index, query_set, model_version, compensation, mode, result,
+                   ann_recall, seconds, timings, params) -> EvalRun:  # fmt: skip
+    fields = {
+        "owner": owner, "query_set": query_set, "index": index, "model_version": model_version,
+        "compensation": compensation, "mode": mode, "metrics": result.aggregate,
+        "per_query": result.per_query, "n_queries": result.n_queries,
+        "ann_recall_at_10": ann_recall, "seconds": round(seconds, 3),
+        "timings": {name: round(value, 3) for name, value in timings.items()}, "params": params,
+    }  # fmt: skip
+    with transaction.atomic():
+        if job is not None:
+            EvalRun.objects.filter(job=job).delete()
+        return EvalRun.objects.create(job=job, **fields)
