@@ -1,0 +1,211 @@
+"""The dashboard's pages through Django's test client: login, ownership, empty states,
+and the forms that write through the apps' services."""
+
+from __future__ import annotations
+
+import pytest
+from django.urls import URLPattern, reverse
+
+from dashboard.urls import urlpatterns
+from embedhub.jobs.models import Job
+from embedhub.jobs.services import job_submit
+from tests.factories import CorpusFactory, DocumentFactory, ModelVersionFactory
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def client_for(client):
+    def login(user):
+        client.force_login(user)
+        return client
+
+    return login
+
+
+def _all_dashboard_urls() -> list[tuple[str, str]]:
+    urls = []
+    for pattern in urlpatterns:
+        assert isinstance(pattern, URLPattern)
+        kwargs = {name: 1 for name in pattern.pattern.converters}
+        urls.append((pattern.name, reverse(f"dashboard:{pattern.name}", kwargs=kwargs)))
+    return urls
+
+
+@pytest.mark.parametrize("name,url", _all_dashboard_urls())
+def test_every_dashboard_page_requires_login(client, name, url):
+    response = client.get(url)
+    if response.status_code == 405:  # POST-only actions: an anonymous POST must bounce too
+        response = client.post(url)
+    assert response.status_code == 302, name
+    assert response["Location"].startswith("/accounts/login/?next=")
+
+
+def test_login_page_renders_and_logs_in(client, user):
+    page = client.get("/accounts/login/")
+    assert page.status_code == 200
+    assert b'name="username"' in page.content and b"csrfmiddlewaretoken" in page.content
+    response = client.post("/accounts/login/", {"username": "alice", "password": "pw"})
+    assert response.status_code == 302 and response["Location"] == "/"
+    assert client.get("/").status_code == 200
+
+
+def test_wrong_password_is_shown_on_the_login_page(client, user):
+    response = client.post("/accounts/login/", {"username": "alice", "password": "nope"})
+    assert response.status_code == 200
+    assert b"didn't match" in response.content
+
+
+def test_new_user_overview_tells_what_to_do_next(client_for, user):
+    response = client_for(user).get("/")
+    body = response.content.decode()
+    assert response.status_code == 200
+    assert 'id="getting-started"' in body
+    assert "Upload a corpus" in body and "Run an embed job" in body
+    assert "No corpora yet" in body and "No jobs yet" in body
+
+
+@pytest.mark.parametrize(
+    "url,text",
+    [
+        ("/corpora/", "No corpora yet"),
+        ("/jobs/", "No jobs yet"),
+        ("/models/", "No model versions registered"),
+        ("/evaluations/", "No evaluation runs yet"),
+        ("/audits/", "No audits yet"),
+        ("/search/", "Nothing to search yet"),
+        ("/corpora/upload/", "Drop a file here"),
+    ],
+)
+def test_empty_states_render(client_for, user, url, text):
+    response = client_for(user).get(url)
+    assert response.status_code == 200
+    assert text in response.content.decode()
+
+
+def test_overview_lists_own_corpora_and_jobs_only(client_for, user, other_user):
+    mine = CorpusFactory(owner=user, name="my-corpus")
+    CorpusFactory(owner=other_user, name="their-corpus")
+    job, _ = job_submit(owner=user, kind=Job.Kind.EMBED, params={}, corpus=mine)
+    body = client_for(user).get("/").content.decode()
+    assert "my-corpus" in body and "their-corpus" not in body
+    assert f'href="/jobs/{job.pk}/"' in body
+    assert 'id="getting-started"' not in body
+
+
+def test_another_users_corpus_and_job_pages_are_404(client_for, user, other_user):
+    corpus = CorpusFactory(owner=user)
+    job, _ = job_submit(owner=user, kind=Job.Kind.EMBED, params={}, corpus=corpus)
+    client = client_for(other_user)
+    assert client.get(f"/corpora/{corpus.pk}/").status_code == 404
+    assert client.get(f"/jobs/{job.pk}/").status_code == 404
+    assert client.post(f"/jobs/{job.pk}/cancel/").status_code == 404
+    assert client.post(f"/jobs/{job.pk}/retry/").status_code == 404
+    assert Job.objects.get(pk=job.pk).status == Job.Status.QUEUED
+
+
+def test_staff_see_other_users_objects(client_for, user, staff_user):
+    corpus = CorpusFactory(owner=user, name="alice-data")
+    job, _ = job_submit(owner=user, kind=Job.Kind.EMBED, params={}, corpus=corpus)
+    client = client_for(staff_user)
+    assert client.get(f"/corpora/{corpus.pk}/").status_code == 200
+    assert "alice-data" in client.get("/corpora/").content.decode()
+    assert client.get(f"/jobs/{job.pk}/").status_code == 200
+
+
+def test_job_list_filters_by_kind_status_and_corpus(client_for, user):
+    a = CorpusFactory(owner=user, name="a")
+    b = CorpusFactory(owner=user, name="b")
+    embed_a, _ = job_submit(owner=user, kind=Job.Kind.EMBED, params={}, corpus=a)
+    eval_b, _ = job_submit(owner=user, kind=Job.Kind.EVALUATE, params={}, corpus=b)
+    Job.objects.filter(pk=eval_b.pk).update(status=Job.Status.FAILED)
+    client = client_for(user)
+
+    def listed(query: str) -> set[int]:
+        body = client.get(f"/jobs/?{query}").content.decode()
+        return {j for j in (embed_a.pk, eval_b.pk) if f'data-job-id="{j}"' in body}
+
+    assert listed("") == {embed_a.pk, eval_b.pk}
+    assert listed("kind=embed") == {embed_a.pk}
+    assert listed("status=failed") == {eval_b.pk}
+    assert listed(f"corpus={a.pk}") == {embed_a.pk}
+    assert listed(f"corpus={a.pk}&status=failed") == set()
+    assert "No jobs match these filters" in client.get("/jobs/?kind=audit").content.decode()
+
+
+def test_job_page_shows_progress_error_and_events(client_for, user):
+    job, _ = job_submit(owner=user, kind=Job.Kind.EMBED, params={"corpus": 1})
+    Job.objects.filter(pk=job.pk).update(
+        status=Job.Status.FAILED,
+        progress_done=30,
+        progress_total=120,
+        progress_unit="documents",
+        error="line 7: missing field 'text'",
+    )
+    body = client_for(user).get(f"/jobs/{job.pk}/").content.decode()
+    assert "width:25.0%" in body  # 30 of 120
+    assert "30 / 120 documents" in body
+    assert "line 7: missing field &#x27;text&#x27;" in body
+    assert "submitted" in body  # the event log's first event
+    assert 'id="btn-retry"' in body and 'id="btn-retry" hidden' not in body
+
+
+def test_cancel_and_retry_buttons_go_through_the_job_services(client_for, user):
+    job, _ = job_submit(owner=user, kind=Job.Kind.EMBED, params={})
+    client = client_for(user)
+    response = client.post(f"/jobs/{job.pk}/cancel/")
+    assert response.status_code == 302
+    assert Job.objects.get(pk=job.pk).status == Job.Status.CANCELLED
+    client.post(f"/jobs/{job.pk}/retry/")
+    assert Job.objects.get(pk=job.pk).status == Job.Status.QUEUED
+    # Retrying a queued job is refused with a message, not an error page.
+    page = client.post(f"/jobs/{job.pk}/retry/", follow=True).content.decode()
+    assert "only failed or cancelled jobs can be retried" in page
+
+
+def test_job_start_reports_the_preparers_error(client_for, user, other_user):
+    theirs = CorpusFactory(owner=other_user)
+    version = ModelVersionFactory()
+    client = client_for(user)
+    response = client.post(
+        "/jobs/start/",
+        {"kind": "embed", "corpus": theirs.pk, "model_version": version.pk, "next": "/corpora/"},
+        follow=True,
+    )
+    assert response.redirect_chain[-1][0] == "/corpora/"
+    assert "Could not start the embed job" in response.content.decode()
+    assert not Job.objects.filter(owner=user).exists()
+
+
+def test_job_start_rejects_an_offsite_next(client_for, user):
+    response = client_for(user).post(
+        "/jobs/start/", {"kind": "nope", "next": "https://evil.example/"}
+    )
+    assert response["Location"] == "/"
+
+
+def test_csrf_is_enforced_on_dashboard_forms(user):
+    from django.test import Client
+
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(user)
+    job, _ = job_submit(owner=user, kind=Job.Kind.EMBED, params={})
+    assert client.post(f"/jobs/{job.pk}/cancel/").status_code == 403
+    assert Job.objects.get(pk=job.pk).status == Job.Status.QUEUED
+
+
+def test_corpus_page_counts_documents_and_offers_embedding(client_for, user):
+    corpus = CorpusFactory(owner=user, name="docs")
+    DocumentFactory.create_batch(3, corpus=corpus)
+    ModelVersionFactory()
+    body = client_for(user).get(f"/corpora/{corpus.pk}/").content.decode()
+    assert '<div class="stat" id="doc-count">3</div>' in body
+    assert 'id="embed-form"' in body
+    assert "Not embedded yet" in body
+
+
+def test_health_reports_queues_even_without_workers(client_for, user):
+    data = client_for(user).get("/health/").json()
+    assert data["queues"]["ok"] is True
+    assert set(data["queues"]["queues"]) == {"cpu", "gpu"}
+    assert data["workers"]["ok"] is False and data["workers"]["workers"] == []
