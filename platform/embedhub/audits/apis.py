@@ -1,0 +1,100 @@
+from django_filters import rest_framework as filters
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import serializers
+from rest_framework.generics import ListAPIView
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from embedhub.audits import selectors
+from embedhub.audits.models import RobustnessAudit
+
+SUMMARY_FIELDS = [
+    "id", "job", "index", "corpus", "model_version", "query_set", "state", "concept",
+    "message", "n_passages", "n_held_in", "n_held_out", "headline", "seconds", "created_at",
+    "completed_at",
+]  # fmt: skip
+
+
+class AuditSummaryOutput(serializers.ModelSerializer):
+    corpus = serializers.IntegerField(source="index.corpus_id", read_only=True)
+    n_passages = serializers.SerializerMethodField()
+    n_held_in = serializers.SerializerMethodField()
+    n_held_out = serializers.SerializerMethodField()
+    headline = serializers.SerializerMethodField(help_text="appeared@10 on held-out queries")
+
+    class Meta:
+        model = RobustnessAudit
+        fields = SUMMARY_FIELDS
+
+    def get_n_passages(self, audit) -> int:
+        return len(audit.passages)
+
+    def get_n_held_in(self, audit) -> int:
+        return len(audit.held_in)
+
+    def get_n_held_out(self, audit) -> int:
+        return len(audit.held_out)
+
+    def get_headline(self, audit) -> dict:
+        results = audit.results or {}
+        return {ref: (results.get(ref) or {}).get(selectors.HEADLINE)
+                for ref in selectors.REFERENCES}  # fmt: skip
+
+
+class AuditDetailOutput(AuditSummaryOutput):
+    class Meta:
+        model = RobustnessAudit
+        fields = [
+            *SUMMARY_FIELDS, "params", "held_in", "held_out", "passages", "results", "geometry",
+            "timings",
+        ]  # fmt: skip
+
+
+class AuditFilter(filters.FilterSet):
+    class Meta:
+        model = RobustnessAudit
+        fields = ["index", "model_version", "concept", "state"]
+
+
+class AuditListApi(ListAPIView):
+    """Your robustness audits; submit one with POST /api/v1/jobs/ {"kind": "audit", ...}."""
+
+    serializer_class = AuditSummaryOutput
+    filterset_class = AuditFilter
+
+    def get_queryset(self):
+        return selectors.audit_list(user=self.request.user)
+
+
+class AuditDetailApi(APIView):
+    @extend_schema(responses=AuditDetailOutput)
+    def get(self, request, audit_id: int):
+        audit = selectors.audit_get(user=request.user, audit_id=audit_id)
+        return Response(AuditDetailOutput(audit).data)
+
+
+class AuditComparisonApi(APIView):
+    """appeared@10 per model version per concept (latest complete audit of each pair)."""
+
+    class OutputSerializer(serializers.Serializer):
+        concept = serializers.CharField()
+        model_version = serializers.IntegerField()
+        model_version_label = serializers.CharField()
+        audit = serializers.IntegerField()
+        index = serializers.IntegerField()
+        n_passages = serializers.IntegerField()
+        n_held_out = serializers.IntegerField()
+        gaslite = serializers.FloatField(allow_null=True)
+        message_only = serializers.FloatField(allow_null=True)
+        centroid = serializers.FloatField(allow_null=True)
+        non_concept = serializers.FloatField(allow_null=True)
+
+    @extend_schema(
+        parameters=[OpenApiParameter("concept", str, required=False)],
+        responses=OutputSerializer(many=True),
+    )
+    def get(self, request):
+        rows = selectors.audit_comparison(
+            user=request.user, concept=request.query_params.get("concept") or None
+        )
+        return Response(self.OutputSerializer(rows, many=True).data)

@@ -1,0 +1,131 @@
+"""Reads for robustness audits: audits themselves, the concept's queries, reference queries
+outside the concept, and the per-version comparison the dashboard charts."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+from django.db.models import QuerySet as DjangoQuerySet
+
+from embedhub.audits.models import RobustnessAudit
+from embedhub.core.errors import ApplicationError, NotFound
+from embedhub.core.selectors import owned_by
+from embedhub.evaluation.models import Query, QuerySet
+
+HEADLINE = "appeared@10"
+REFERENCES = ("gaslite", "message_only", "centroid", "non_concept")
+
+
+def audit_list(*, user, filters: dict | None = None) -> DjangoQuerySet[RobustnessAudit]:
+    qs = owned_by(RobustnessAudit.objects.all(), user=user).select_related(
+        "index", "index__corpus", "model_version__model", "query_set", "job"
+    )
+    return qs.filter(**(filters or {}))
+
+
+def audit_get(*, user, audit_id) -> RobustnessAudit:
+    """Another user's audit is a 404, not a 403, so ids don't leak."""
+    try:
+        return audit_list(user=user).get(pk=int(audit_id))
+    except (RobustnessAudit.DoesNotExist, TypeError, ValueError):
+        raise NotFound(f"audit {audit_id} not found") from None
+
+
+def query_set_get(*, user, query_set_id) -> QuerySet:
+    try:
+        return owned_by(QuerySet.objects.all(), user=user).get(pk=int(query_set_id))
+    except (QuerySet.DoesNotExist, TypeError, ValueError):
+        raise NotFound(f"query_set {query_set_id} not found") from None
+
+
+def _dedupe(queries: list[dict]) -> list[dict]:
+    # A text in both halves would let the attacker see a held-out query.
+    seen: set[str] = set()
+    out = []
+    for q in queries:
+        if q["text"] not in seen:
+            seen.add(q["text"])
+            out.append(q)
+    return out
+
+
+def concept_queries(*, query_set: QuerySet, keyword: str | None = None,
+                    query_ids: list | None = None) -> list[dict]:  # fmt: skip
+    """The concept's queries from a query set: those whose text matches `keyword` (a
+    case-insensitive regular expression, so a plain word is a substring match) or those
+    named by external id. Returns [{"id", "text"}] in query set order."""
+    rows = (
+        Query.objects.filter(query_set=query_set).order_by("id").values_list("external_id", "text")
+    )
+    if keyword:
+        try:
+            pattern = re.compile(keyword, re.IGNORECASE)
+        except re.error as exc:
+            raise ApplicationError(
+                f"keyword: {keyword!r} is not a valid regular expression ({exc}); escape "
+                "special characters such as ( or + to match them literally"
+            ) from None
+        return _dedupe([{"id": e, "text": t} for e, t in rows if pattern.search(t)])
+    wanted = [str(i) for i in query_ids or []]
+    found = {e: t for e, t in rows.filter(external_id__in=wanted)}
+    missing = [i for i in wanted if i not in found]
+    if missing:
+        raise ApplicationError(
+            f"query_ids: {len(missing)} not in query set {query_set.pk} ({query_set.name}), "
+            f"e.g. {', '.join(missing[:5])}",
+            details={"missing": missing[:50]},
+        )
+    return _dedupe([{"id": i, "text": found[i]} for i in dict.fromkeys(wanted)])
+
+
+def non_concept_queries(*, user, corpus_id: int, query_set_id: int | None,
+                        exclude_texts: set[str], limit: int, seed: int) -> tuple[list[str], str]:  # fmt: skip
+    """Queries outside the concept, to show the passages do not spill over to other topics.
+
+    The rest of the concept's own query set when it came from one; otherwise the user's
+    query sets on the index's corpus. A seeded sample of at most `limit`. Returns the texts
+    and a sentence saying where they came from ("" and the reason when there are none).
+    """
+    if query_set_id:
+        rows = Query.objects.filter(query_set_id=query_set_id)
+        source = f"other queries of query set {query_set_id}"
+    else:
+        sets = owned_by(QuerySet.objects.filter(corpus_id=corpus_id), user=user)
+        rows = Query.objects.filter(query_set__in=sets)
+        names = ", ".join(str(s.pk) for s in sets) or "none"
+        source = f"queries of the corpus's query sets ({names})"
+    texts = list(dict.fromkeys(rows.order_by("id").values_list("text", flat=True)))
+    texts = [t for t in texts if t not in exclude_texts]
+    if len(texts) > limit:
+        picked = np.random.default_rng(seed).choice(len(texts), size=limit, replace=False)
+        texts = [texts[i] for i in sorted(picked)]
+    if not texts:
+        return [], "no queries outside the concept: upload a query set for this corpus"
+    return texts, source
+
+
+def audit_comparison(*, user, concept: str | None = None) -> list[dict]:
+    """appeared@10 on held-out queries per (concept, model version), from the latest complete
+    audit of each pair, with the message-only floor, the centroid ceiling and the spill-over
+    onto non-concept queries."""
+    qs = audit_list(user=user).filter(state=RobustnessAudit.State.COMPLETE)
+    if concept:
+        qs = qs.filter(concept=concept)
+    latest: dict[tuple[str, int], RobustnessAudit] = {}
+    for audit in qs.order_by("-created_at"):
+        latest.setdefault((audit.concept, audit.model_version_id), audit)
+    rows = []
+    for (name, version_id), audit in sorted(latest.items(), key=lambda kv: (kv[0][0], kv[0][1])):
+        results = audit.results or {}
+        rows.append({
+            "concept": name,
+            "model_version": version_id,
+            "model_version_label": str(audit.model_version),
+            "audit": audit.pk,
+            "index": audit.index_id,
+            "n_passages": len(audit.passages),
+            "n_held_out": len(audit.held_out),
+            **{ref: (results.get(ref) or {}).get(HEADLINE) for ref in REFERENCES},
+        })  # fmt: skip
+    return rows
