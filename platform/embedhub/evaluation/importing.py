@@ -139,27 +139,25 @@ def _qrel_row(line, *, file: str) -> tuple | None:
 
 
 def _drop_bad(cur, *, select: str, params: list, table: str, describe, file: str,
-              skip_invalid: bool, skipped: Skipped) -> None:  # fmt: skip
-    """Run a check query returning (line_no, ...) rows; fail on the first or skip them all."""
+              skip_invalid: bool, skipped: Skipped) -> list[InvalidLine]:  # fmt: skip
+    """Run a check query returning (line_no, ...) rows; skip them, or return them to report."""
     cur.execute(f"{select} ORDER BY line_no LIMIT 1000", params)
-    rows = cur.fetchall()
-    if not rows:
-        return
-    problems = [InvalidLine(file=file, line=row[0], **describe(row)) for row in rows]
-    if not skip_invalid:
-        raise problems[0].as_error()
+    problems = [InvalidLine(file=file, line=row[0], **describe(row)) for row in cur.fetchall()]
+    if not problems or not skip_invalid:
+        return problems
     for problem in problems:
         skipped.add(problem)
     cur.execute(
         f"DELETE FROM {table} WHERE line_no IN (SELECT line_no FROM ({select}) bad)", params
     )
-    skipped.total += max(cur.rowcount - len(rows), 0)
+    skipped.total += max(cur.rowcount - len(problems), 0)
+    return []
 
 
 def _check(cur, *, corpus_id: int, queries_file: str, qrels_file: str, skip_invalid: bool,
            skipped: Skipped) -> None:  # fmt: skip
     common = {"skip_invalid": skip_invalid, "skipped": skipped}
-    _drop_bad(
+    problems = _drop_bad(
         cur,
         select="SELECT line_no, external_id, first FROM (SELECT line_no, external_id,"
         " min(line_no) OVER (PARTITION BY external_id) AS first FROM import_queries) d"
@@ -173,7 +171,7 @@ def _check(cur, *, corpus_id: int, queries_file: str, qrels_file: str, skip_inva
         file=queries_file,
         **common,
     )
-    _drop_bad(
+    problems += _drop_bad(
         cur,
         select="SELECT line_no, query_id, document_id, first FROM (SELECT line_no, query_id,"
         " document_id, min(line_no) OVER (PARTITION BY query_id, document_id) AS first"
@@ -187,7 +185,7 @@ def _check(cur, *, corpus_id: int, queries_file: str, qrels_file: str, skip_inva
         file=qrels_file,
         **common,
     )
-    _drop_bad(
+    problems += _drop_bad(
         cur,
         select="SELECT line_no, query_id FROM import_qrels r WHERE NOT EXISTS"
         " (SELECT 1 FROM import_queries q WHERE q.external_id = r.query_id)",
@@ -200,7 +198,7 @@ def _check(cur, *, corpus_id: int, queries_file: str, qrels_file: str, skip_inva
         file=qrels_file,
         **common,
     )
-    _drop_bad(
+    problems += _drop_bad(
         cur,
         select="SELECT line_no, document_id FROM import_qrels r WHERE NOT EXISTS"
         " (SELECT 1 FROM corpora_document d WHERE d.corpus_id = %s AND d.external_id = r.document_id)",
@@ -213,6 +211,9 @@ def _check(cur, *, corpus_id: int, queries_file: str, qrels_file: str, skip_inva
         file=qrels_file,
         **common,
     )
+    if problems:
+        # Report the first problem in reading order: queries file first, then by line.
+        raise min(problems, key=lambda p: (p.file != queries_file, p.line)).as_error()
 
 
 def _write(cur, *, owner_id: int, corpus_id: int, name: str, only_judged: bool) -> dict:
