@@ -9,4 +9,4 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "embedhub.settings.base")
 
 app = Celery("embedhub")
 app.config_from_object("django.conf:settings", namespace="CELERY")
-app.conf.imports = ("workers.tasks.jobs", "workers.tasks.maintenance")
+app.conf.imports = ("workers.tasks.jobs", "workers.tasks.maintenance", "workers.tasks.schedules")

@@ -1,0 +1,57 @@
+"""Periodic reindexing and index retention, scheduled with django-celery-beat.
+
+Create or edit the schedules in the Django admin (Periodic Tasks). The vectors app's
+migration 0002 adds disabled examples; copy one, set its kwargs (JSON), enable it.
+
+- embedhub.reindex_corpus, kwargs:
+    {"corpus_id": 12}                          newest version of the active index's model
+    {"corpus_id": 12, "only_gated": true}      ... that passed a reindex gate
+    {"corpus_id": 12, "model_name": "all-MiniLM-L6-v2"}   newest version of another model
+    {"corpus_id": 12, "model_version": 7}      exactly version id 7
+    add "gate": {"query_set": 3, "tolerance": 0.01} to swap only if nDCG@10 holds up.
+- embedhub.reindex_stale_corpora, kwargs: {} or {"only_gated": true}
+- embedhub.drop_expired_indexes, no kwargs (retention: EMBEDHUB_INDEX_RETENTION_DAYS).
+
+Jobs are submitted as the corpus's owner and never twice for one corpus: while a reindex
+is queued or running, or the corpus is already on the target version, a run does nothing.
+"""
+
+from celery import shared_task
+
+from embedhub.corpora.models import Corpus
+from embedhub.vectors.reindex import corpora_stale, indexes_drop_expired, reindex_schedule_submit
+
+
+@shared_task(name="embedhub.reindex_corpus")
+def reindex_corpus(
+    corpus_id: int,
+    model_name: str | None = None,
+    model_version: int | None = None,
+    only_gated: bool = False,
+    gate: dict | None = None,
+) -> dict:
+    """Reindex one corpus to the newest (gated) version, or to the named model/version."""
+    corpus = Corpus.objects.select_related("owner").filter(pk=corpus_id).first()
+    if corpus is None:
+        return {"corpus": corpus_id, "job": None, "outcome": "no such corpus"}
+    job, outcome = reindex_schedule_submit(
+        corpus=corpus, model_version=model_version, model_name=model_name,
+        only_gated=only_gated, gate=gate,
+    )  # fmt: skip
+    return {"corpus": corpus_id, "job": job.pk if job else None, "outcome": outcome}
+
+
+@shared_task(name="embedhub.reindex_stale_corpora")
+def reindex_stale_corpora(only_gated: bool = False) -> list[dict]:
+    """Reindex every corpus whose active index is older than its model's newest version."""
+    results = []
+    for corpus in corpora_stale(only_gated=only_gated):
+        job, outcome = reindex_schedule_submit(corpus=corpus, only_gated=only_gated)
+        results.append({"corpus": corpus.pk, "job": job.pk if job else None, "outcome": outcome})
+    return results
+
+
+@shared_task(name="embedhub.drop_expired_indexes")
+def drop_expired_indexes() -> list[int]:
+    """Drop retired indexes whose rollback window (INDEX_RETENTION_DAYS) is over."""
+    return indexes_drop_expired()
