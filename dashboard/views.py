@@ -3,6 +3,8 @@ their services; live parts of a page poll the REST API from the browser."""
 
 from __future__ import annotations
 
+import re
+
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
@@ -89,8 +91,27 @@ def job_list(request: HttpRequest) -> HttpResponse:
 @require_GET
 def job_detail(request: HttpRequest, job_id: int) -> HttpResponse:
     job = job_selectors.job_get(user=request.user, job_id=job_id)
-    context = {"section": "jobs", "job": job, "events": job.events.all()[:500]}
+    context = {
+        "section": "jobs",
+        "job": job,
+        "events": job.events.all()[:500],
+        "loss_curve": _finetune_loss_curve(job),
+    }
     return render(request, "dashboard/job_detail.html", context)
+
+
+def _finetune_loss_curve(job: Job) -> list:
+    """A finished fine-tune's full curve lives on the version it registered."""
+    from embedhub.core.errors import NotFound
+    from embedhub.registry.selectors import model_version_get
+
+    version_id = (job.result or {}).get("model_version") if job.kind == Job.Kind.FINETUNE else None
+    if not version_id:
+        return []
+    try:
+        return model_version_get(version_id=version_id).loss_curve or []
+    except NotFound:
+        return []
 
 
 @login_required
@@ -117,6 +138,9 @@ def job_retry(request: HttpRequest, job_id: int) -> HttpResponse:
     return redirect("dashboard:job-detail", job_id=job.pk)
 
 
+_FLOAT = re.compile(r"-?\d+\.\d*")
+
+
 def _form_params(post) -> dict:
     """Form fields -> job params. Numbers and booleans are typed here because HTML forms only
     send strings; validating them is the kind's preparer's job."""
@@ -125,11 +149,19 @@ def _form_params(post) -> dict:
         if key in {"csrfmiddlewaretoken", "kind", "next"} or value == "":
             continue
         if value.isdigit():
-            params[key] = int(value)
+            typed = int(value)
+        elif _FLOAT.fullmatch(value):
+            typed = float(value)
         elif value in {"true", "false"}:
-            params[key] = value == "true"
+            typed = value == "true"
         else:
-            params[key] = value
+            typed = value
+        # "config.epochs" -> {"config": {"epochs": ...}}: nested params from flat form fields.
+        target = params
+        *parents, leaf = key.split(".")
+        for parent in parents:
+            target = target.setdefault(parent, {})
+        target[leaf] = typed
     return params
 
 
@@ -263,11 +295,14 @@ def _scores_by_version(runs) -> dict[int, list]:
 @login_required
 @require_GET
 def evaluation_list(request: HttpRequest) -> HttpResponse:
+    from embedhub.evaluation.selectors import eval_run_table
+
     runs = _eval_runs(request.user)
+    labels = {v.pk: f"{v.model.name} v{v.version}" for v in _version_list(request.user)}
     context = {
         "section": "evaluations",
         "runs": runs[:200],
-        "chart": _evaluation_chart(runs),
+        "chart": _evaluation_chart(eval_run_table(user=request.user), labels),
     }
     return render(request, "dashboard/evaluation_list.html", context)
 
@@ -275,29 +310,31 @@ def evaluation_list(request: HttpRequest) -> HttpResponse:
 CHART_METRICS = ("ndcg@10", "recall@100")  # names as workers.ml.metrics writes them
 
 
-def _evaluation_chart(runs) -> dict:
-    """Chart data: one group per (query set, model version), one bar per compensation mode,
-    using each group's latest run."""
-    latest: dict[tuple, object] = {}
-    for run in runs.order_by("created_at"):
-        key = (
-            run.query_set.name,
-            str(run.model_version),
-            f"index #{run.index_id}",
-            run.compensation,
-        )
-        latest[key] = run
-    labels = sorted({k[:3] for k in latest})
-    modes = sorted({k[3] for k in latest}, key=lambda m: (m != "none", m))
-    datasets = []
-    for metric in CHART_METRICS:
-        for mode in modes:
-            values = []
-            for label in labels:
-                run = latest.get((*label, mode))
-                values.append(run.metrics.get(metric) if run else None)
-            datasets.append({"metric": metric, "compensation": mode, "data": values})
-    return {"labels": [" · ".join(label) for label in labels], "datasets": datasets}
+def _evaluation_chart(rows: list[dict], version_labels: dict[int, str]) -> dict:
+    """Grouped bars: x = query encoder (and the index's version when it differs, which is
+    where compensation matters), one series per query set × compensation, so "none" and
+    "qdc" stand side by side. Each bar is the latest run of its kind."""
+    latest: dict[tuple, dict] = {}
+    for row in rows:  # oldest first, so later runs overwrite earlier ones
+        x = version_labels.get(row["model_version"], row["model_version_label"])
+        if row["index_model_version"] != row["model_version"]:
+            x += f" → index of {version_labels.get(row['index_model_version'], '?')}"
+        if row["mode"] != "exact":
+            x += f" ({row['mode']})"
+        latest[(x, row["query_set_name"], row["compensation"])] = row
+    xs = list(dict.fromkeys(key[0] for key in latest))
+    series = sorted({key[1:] for key in latest}, key=lambda s: (s[0], s[1] != "none", s[1]))
+    datasets = [
+        {
+            "metric": metric,
+            "label": f"{query_set} · {compensation}",
+            "compensation": compensation,
+            "data": [(latest.get((x, query_set, compensation)) or {}).get(metric) for x in xs],
+        }
+        for metric in CHART_METRICS
+        for query_set, compensation in series
+    ]
+    return {"labels": xs, "datasets": datasets}
 
 
 # ------------------------------------------------------------------ audits
@@ -306,16 +343,22 @@ def _evaluation_chart(runs) -> dict:
 @login_required
 @require_GET
 def audit_list(request: HttpRequest) -> HttpResponse:
-    context = {"section": "audits", "audits": _audits(request.user)}
+    from embedhub.audits import selectors as audit_selectors
+
+    context = {
+        "section": "audits",
+        "audits": audit_selectors.audit_list(user=request.user),
+        "comparison": audit_selectors.audit_comparison(user=request.user),
+    }
     return render(request, "dashboard/audit_list.html", context)
 
 
 @login_required
 @require_GET
 def audit_detail(request: HttpRequest, audit_id: int) -> HttpResponse:
-    from django.shortcuts import get_object_or_404
+    from embedhub.audits import selectors as audit_selectors
 
-    audit = get_object_or_404(_audits(request.user), pk=audit_id)
+    audit = _or_404(audit_selectors.audit_get, user=request.user, audit_id=audit_id)
     context = {"section": "audits", "audit": audit}
     return render(request, "dashboard/audit_detail.html", context)
 
@@ -357,37 +400,36 @@ def _corpus_get(user, corpus_id: int):
 
 
 def _version_list(user):
-    from embedhub.registry.models import ModelVersion
+    """Model versions are shared by all users (the registry has no owner)."""
+    from embedhub.registry.selectors import model_version_list
 
-    return ModelVersion.objects.select_related("model", "parent")
+    return model_version_list().select_related("parent").order_by("model__name", "version")
 
 
 def _query_sets(user, corpus):
-    from django.db.models import Count
+    from embedhub.evaluation.selectors import query_set_list
 
-    from embedhub.core.selectors import owned_by
-    from embedhub.evaluation.models import QuerySet
-
-    qs = owned_by(QuerySet.objects.filter(corpus=corpus), user=user)
-    return qs.annotate(
-        n_queries=Count("queries", distinct=True), n_qrels=Count("qrels", distinct=True)
-    )
+    return query_set_list(user=user, corpus_id=corpus.pk)
 
 
 def _eval_runs(user, filters: dict | None = None):
-    from embedhub.core.selectors import owned_by
-    from embedhub.evaluation.models import EvalRun
+    from embedhub.evaluation.selectors import eval_run_list
 
-    qs = owned_by(EvalRun.objects.all(), user=user).select_related(
-        "query_set", "index", "index__corpus", "index__model_version__model", "model_version__model"
+    runs = eval_run_list(user=user).select_related(
+        "index__corpus", "index__model_version__model", "query_set"
     )
-    return qs.filter(**(filters or {}))
+    if filters:  # filters the selector does not offer (e.g. by corpus) narrow its result
+        runs = runs.filter(**filters)
+    return runs
 
 
-def _audits(user):
-    from embedhub.audits.models import RobustnessAudit
-    from embedhub.core.selectors import owned_by
+def _or_404(selector, **kwargs):
+    """The apps' selectors raise the API's NotFound; a page answers with Django's 404."""
+    from django.http import Http404
 
-    return owned_by(RobustnessAudit.objects.all(), user=user).select_related(
-        "index", "index__corpus", "model_version__model"
-    )
+    from embedhub.core.errors import NotFound
+
+    try:
+        return selector(**kwargs)
+    except NotFound as exc:
+        raise Http404(exc.message) from None

@@ -59,3 +59,11 @@ def percent(value) -> str:
 @register.filter
 def pretty_json(value) -> str:
     return json.dumps(value, indent=2, sort_keys=True, default=str)
+
+
+@register.filter
+def percent_of_one(value) -> str:
+    """A share in [0, 1] as a percentage: 0.4667 -> "46.7%"."""
+    if value is None or value == "":
+        return "—"
+    return f"{100 * float(value):.1f}%"

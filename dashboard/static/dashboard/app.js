@@ -198,7 +198,7 @@
     // Finetune progress notes carry "loss=<x>" while training; the final curve is in the result.
     function updateLoss(job) {
       let points = null;
-      const curve = job.result && (job.result.loss_curve || null);
+      const curve = config.lossCurve && config.lossCurve.length ? config.lossCurve : null;
       if (Array.isArray(curve) && curve.length) {
         points = curve.map((p, i) => (typeof p === "number" ? { x: i + 1, y: p } : { x: p.step || i + 1, y: p.loss }));
       } else {
@@ -227,6 +227,11 @@
         const events = await EH.api(config.eventsUrl + "?page_size=500");
         renderEvents(events.results || events);
         if (["succeeded", "failed", "cancelled"].includes(job.status)) {
+          // A fine-tune that just finished: reload once for the stored loss curve.
+          if (config.kind === "finetune" && job.status === "succeeded" && !(config.lossCurve || []).length && state.sawRunning) {
+            window.location.reload();
+            return;
+          }
           if (!state.stopped) {
             state.stopped = true;
             // One slower follow-up catches a retry started from another tab.
@@ -235,6 +240,7 @@
           return;
         }
         state.stopped = false;
+        state.sawRunning = true;
       } catch (e) {
         el("poll-error").hidden = false;
         el("poll-error").textContent = "Live update failed (" + e.message + "); retrying.";
@@ -459,65 +465,63 @@
 
   // ------------------------------------------------------------------ audit detail
 
-  // Results hold one {"appeared@k": share} mapping per method (gaslite, message_only,
-  // centroid); methods are found by their keys so new baselines show up without changes here.
-  EH.auditMethods = function (results) {
-    const methods = {};
-    const visit = (name, obj) => {
-      if (!obj || typeof obj !== "object" || Array.isArray(obj)) return;
-      const ks = Object.keys(obj).filter((k) => /^appeared@\d+$/.test(k));
-      if (ks.length) methods[name] = ks.map((k) => ({ x: parseInt(k.split("@")[1], 10), y: obj[k] })).sort((a, b) => a.x - b.x);
-      else Object.entries(obj).forEach(([k, v]) => visit(name ? name + " · " + k : k, v));
-    };
-    visit("", results);
-    return methods;
+  // results: {gaslite|message_only|centroid: {"appeared@k": share, ...}, non_concept: {...},
+  // held_in: {...}} as audits.services.audit_evaluate writes them.
+  const AUDIT_SERIES = [
+    ["gaslite", "GASLITE passages", {}],
+    ["message_only", "message only", { borderDash: [6, 4] }],
+    ["centroid", "centroid vector", { borderDash: [2, 3] }],
+    ["non_concept", "GASLITE on non-concept queries", { borderDash: [10, 4], pointStyle: "rectRot" }],
+  ];
+
+  EH.appearedCurve = function (obj) {
+    if (!obj || typeof obj !== "object") return [];
+    return Object.keys(obj).filter((k) => /^appeared@\d+$/.test(k))
+      .map((k) => ({ x: parseInt(k.split("@")[1], 10), y: obj[k] }))
+      .sort((a, b) => a.x - b.x);
   };
 
   EH.auditPage = function (config) {
-    const methods = EH.auditMethods(config.results);
-    const names = Object.keys(methods);
-    if (names.length) {
-      EH.lineChart(document.getElementById("chart-appeared"),
-        names.map((n) => ({ label: n || "gaslite", data: methods[n] })), "k", "appeared@k",
-        { scales: { x: { type: "logarithmic", title: { display: true, text: "k" } }, y: { min: 0, max: 1, title: { display: true, text: "share of held-out queries" } } } });
+    const results = config.results || {};
+    const series = AUDIT_SERIES
+      .map(([key, label, style]) => Object.assign({ label: label, data: EH.appearedCurve(results[key]) }, style))
+      .filter((s) => s.data.length);
+    if (series.length) {
+      EH.lineChart(document.getElementById("chart-appeared"), series, "k", "appeared@k", {
+        scales: {
+          x: { type: "logarithmic", title: { display: true, text: "k (log scale)" } },
+          y: { min: 0, max: 1, title: { display: true, text: "share of held-out queries" } },
+        },
+      });
     } else {
       document.getElementById("chart-appeared").parentElement.hidden = true;
       document.getElementById("appeared-empty").hidden = false;
     }
-    const curves = [];
     const passages = Array.isArray(config.passages) ? config.passages : [];
-    passages.forEach(function (p, i) {
-      const curve = p && typeof p === "object" ? p.objective_curve : null;
-      if (Array.isArray(curve) && curve.length) curves.push({ label: "passage " + (i + 1), data: curve.map((y, j) => ({ x: j + 1, y: y })) });
-    });
-    const shared = config.results && (config.results.objective_curves || config.results.objective_curve);
-    if (!curves.length && Array.isArray(shared) && shared.length) {
-      const list = Array.isArray(shared[0]) ? shared : [shared];
-      list.forEach((c, i) => curves.push({ label: "passage " + (i + 1), data: c.map((y, j) => ({ x: j + 1, y: y })) }));
-    }
+    const curves = passages
+      .filter((p) => p && Array.isArray(p.objective_curve) && p.objective_curve.length)
+      .map((p, i) => ({ label: "passage " + (i + 1), pointRadius: 0, data: p.objective_curve.map((y, j) => ({ x: j + 1, y: y })) }));
     if (curves.length) {
-      EH.lineChart(document.getElementById("chart-objective"), curves.map((c) => Object.assign({ pointRadius: 0 }, c)),
-        "iteration", "cosine to target");
+      EH.lineChart(document.getElementById("chart-objective"), curves, "iteration", "cosine to target");
     } else {
       document.getElementById("chart-objective").parentElement.hidden = true;
       document.getElementById("objective-empty").hidden = false;
     }
     const box = document.getElementById("passages");
     if (!passages.length) {
-      box.innerHTML = "<div class='empty'><strong>No passages recorded</strong></div>";
+      box.innerHTML = "<div class='empty'><strong>No passages yet</strong></div>";
       return;
     }
     passages.forEach(function (p, i) {
-      const text = typeof p === "string" ? p : (p.text || p.passage || JSON.stringify(p));
       const div = document.createElement("div");
       div.className = "passage adversarial-passage";
-      let extra = "";
-      if (p && typeof p === "object") {
-        if (p.objective != null) extra += " · cosine to target " + Number(p.objective).toFixed(4);
-        if (p.round_trip === false || p.round_trips === false) extra += " · does not survive re-tokenisation";
+      let meta = "";
+      if (p.initial_cosine != null && p.best_cosine != null) {
+        meta = " · cosine to target " + Number(p.initial_cosine).toFixed(3) + " → " + Number(p.best_cosine).toFixed(3);
       }
-      div.innerHTML = "<span class='badge adversarial'>adversarial</span> <strong>passage " + (i + 1) + "</strong>" +
-        "<span class='small muted'>" + EH.esc(extra) + "</span><div class='text'>" + EH.esc(text) + "</div>";
+      if (p.iterations_run != null) meta += " · " + p.iterations_run + " iterations";
+      div.innerHTML = "<span class='badge adversarial'>⚠ adversarial</span> <strong>passage " + (i + 1) + "</strong>" +
+        "<span class='small muted'>" + EH.esc(meta) + "</span><div class='text'>" + EH.esc(p.text || "") + "</div>";
       box.appendChild(div);
     });
   };
