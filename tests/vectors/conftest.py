@@ -13,7 +13,9 @@ def make_documents(corpus, n: int, *, start: int = 0, words: int = 12) -> None:
         title = f"Doc {i}"
         digest = hashlib.sha256(f"{title}\n{text}".encode()).hexdigest()
         docs.append(
-            Document(corpus=corpus, external_id=f"d{i}", title=title, text=text, content_hash=digest)
+            Document(
+                corpus=corpus, external_id=f"d{i}", title=title, text=text, content_hash=digest
+            )
         )
     Document.objects.bulk_create(docs, batch_size=5000)
 

@@ -36,11 +36,15 @@ def test_embed_job_writes_one_vector_per_document_and_activates_the_index(
     assert job.progress_done == job.progress_total == 300
     # The stored vector is the encoder's vector for that document's text.
     _, ext_ids, matrix = selectors.index_vectors(index=index)
-    expected = FakeEncoder(dimension=64).encode(["Doc 0 " + corpus.documents.get(external_id="d0").text])
+    expected = FakeEncoder(dimension=64).encode(
+        ["Doc 0 " + corpus.documents.get(external_id="d0").text]
+    )
     assert np.allclose(matrix[ext_ids.index("d0")], expected[0], atol=1e-6)
 
 
-def test_second_embed_job_only_embeds_added_and_changed_documents(user, corpus, model_version, worker):
+def test_second_embed_job_only_embeds_added_and_changed_documents(
+    user, corpus, model_version, worker
+):
     make_documents(corpus, 100)
     params = {"corpus": corpus.pk, "model_version": model_version.pk, "encoder": "fake:64"}
     first = wait_for_job(job_submit_checked(user=user, kind="embed", params=params)[0].pk)

@@ -100,7 +100,7 @@ def index_vectors(*, index: VectorIndex) -> tuple[list[int], list[str], np.ndarr
         rows = cur.fetchall()
     if not rows:
         return [], [], np.zeros((0, index.dimension), dtype=np.float32)
-    matrix = np.stack([np.asarray(r[2], dtype=np.float32) for r in rows])
+    matrix = np.stack([r[2].to_numpy() for r in rows]).astype(np.float32, copy=False)
     return [r[0] for r in rows], [r[1] for r in rows], matrix
 
 
