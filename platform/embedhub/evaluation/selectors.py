@@ -17,9 +17,10 @@ def query_set_list(*, user, corpus_id: int | None = None) -> DjangoQuerySet[Quer
     if corpus_id is not None:
         qs = qs.filter(corpus_id=corpus_id)
     # Two separate counts joined on one query would multiply each other; distinct avoids it.
+    # Meta.ordering is dropped from GROUP BY queries, so pagination needs it restated.
     return qs.annotate(
         query_count=Count("queries", distinct=True), qrel_count=Count("qrels", distinct=True)
-    )
+    ).order_by("-created_at", "-pk")
 
 
 def query_set_get(*, user, query_set_id) -> QuerySet:

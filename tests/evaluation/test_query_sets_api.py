@@ -1,0 +1,74 @@
+from django.core.files.uploadedfile import SimpleUploadedFile
+
+from tests.evaluation.conftest import add_documents
+from tests.factories import CorpusFactory
+
+QUERIES = b'{"_id": "q1", "text": "first"}\n{"_id": "q2", "text": "second"}\n{"_id": "q3", "text": "unjudged"}\n'
+QRELS = b"query-id\tcorpus-id\tscore\nq1\td1\t1\nq1\td2\t2\nq2\td3\t1\n"
+
+
+def _upload(api, corpus, *, name="dev", queries=QUERIES, qrels=QRELS):
+    return api.post(
+        "/api/v1/query-sets/",
+        {"corpus": corpus.pk, "name": name,
+         "queries": SimpleUploadedFile("queries.jsonl", queries),
+         "qrels": SimpleUploadedFile("dev.tsv", qrels)},
+        format="multipart",
+    )  # fmt: skip
+
+
+def test_upload_creates_query_set_with_counts_and_lists_it(api, user):
+    corpus = CorpusFactory(owner=user)
+    add_documents(corpus, {"d1": "one", "d2": "two", "d3": "three"})
+    response = _upload(api, corpus)
+    assert response.status_code == 201, response.content
+    body = response.json()
+    # q3 has no judgement: it cannot be scored, so the import leaves it out.
+    assert (body["name"], body["query_count"], body["qrel_count"]) == ("dev", 2, 3)
+    detail = api.get(f"/api/v1/query-sets/{body['id']}/").json()
+    assert detail["corpus"] == corpus.pk and detail["qrel_count"] == 3
+
+    other = CorpusFactory(owner=user)
+    add_documents(other, {"d1": "one", "d2": "two", "d3": "three"})
+    _upload(api, other, name="other")
+    listed = api.get("/api/v1/query-sets/", {"corpus": corpus.pk}).json()["results"]
+    assert [q["id"] for q in listed] == [body["id"]]
+    assert len(api.get("/api/v1/query-sets/").json()["results"]) == 2
+
+
+def test_reupload_of_a_name_replaces_the_judgements(api, user):
+    corpus = CorpusFactory(owner=user)
+    add_documents(corpus, {"d1": "one", "d2": "two", "d3": "three"})
+    first = _upload(api, corpus).json()
+    response = _upload(api, corpus, qrels=b"query-id\tcorpus-id\tscore\nq2\td3\t1\n")
+    assert response.status_code == 200, response.content
+    assert response.json()["id"] == first["id"]
+    assert (response.json()["query_count"], response.json()["qrel_count"]) == (1, 1)
+
+
+def test_bad_qrels_line_is_named_with_file_and_line(api, user):
+    corpus = CorpusFactory(owner=user)
+    add_documents(corpus, {"d1": "one", "d2": "two"})
+    response = _upload(api, corpus, qrels=b"query-id\tcorpus-id\tscore\nq1\td1\t1\nq1\tnope\t1\n")
+    assert response.status_code == 400
+    message = response.json()["error"]["message"]
+    assert "dev.tsv" in message and "3" in message and "nope" in message
+    assert api.get("/api/v1/query-sets/").json()["count"] == 0
+
+
+def test_bad_queries_line_is_named(api, user):
+    corpus = CorpusFactory(owner=user)
+    add_documents(corpus, {"d1": "one"})
+    response = _upload(api, corpus, queries=b'{"_id": "q1", "text": "ok"}\n{"_id": "q2"}\n')
+    assert response.status_code == 400
+    message = response.json()["error"]["message"]
+    assert "queries.jsonl" in message and "2" in message and "text" in message
+
+
+def test_other_users_corpus_and_query_set_are_404(api, other_api, user):
+    corpus = CorpusFactory(owner=user)
+    add_documents(corpus, {"d1": "one", "d2": "two", "d3": "three"})
+    query_set_id = _upload(api, corpus).json()["id"]
+    assert other_api.get(f"/api/v1/query-sets/{query_set_id}/").status_code == 404
+    assert other_api.get("/api/v1/query-sets/").json()["count"] == 0
+    assert _upload(other_api, corpus, name="steal").status_code == 404
