@@ -1,0 +1,105 @@
+"""Eval runs read back over the API and for the dashboard; QDC applied when versions differ.
+The evaluation service runs in-process here (the worker path is in test_evaluate_job)."""
+
+import numpy as np
+import pytest
+
+from embedhub.evaluation.selectors import eval_run_table
+from embedhub.evaluation.services import evaluation_run
+from tests.evaluation.conftest import add_documents, build_index, numbered_texts
+from tests.factories import ModelVersionFactory
+from workers.ml.drift import compensate
+from workers.ml.encoder import FakeEncoder
+from workers.ml.metrics import evaluate_run
+
+
+@pytest.fixture
+def runs(user, corpus, model_version, make_query_set):
+    docs = numbered_texts(40)
+    add_documents(corpus, docs)
+    index = build_index(owner=user, corpus=corpus, model_version=model_version)
+    queries = {f"q{i}": docs[f"d{i}"] + " extra" for i in range(6)}
+    qrels = [(f"q{i}", f"d{i}", 1) for i in range(6)]
+    first = make_query_set(owner=user, corpus=corpus, queries=queries, qrels=qrels, name="a")
+    second = make_query_set(owner=user, corpus=corpus, queries=queries, qrels=qrels[:3], name="b")
+    rng = np.random.default_rng(0)
+    drift = rng.normal(size=64).astype(np.float32) * 0.3
+    child = ModelVersionFactory(model=model_version.model, parent=model_version,
+                                dimension=64, drift=drift.tolist())  # fmt: skip
+    made = {
+        "base": evaluation_run(owner=user, index=index, query_set=first),
+        "qdc": evaluation_run(owner=user, index=index, query_set=first, model_version=child),
+        "none": evaluation_run(
+            owner=user, index=index, query_set=first, model_version=child, compensation="none"
+        ),  # fmt: skip
+        "b": evaluation_run(owner=user, index=index, query_set=second, mode="ann"),
+    }
+    return {"index": index, "docs": docs, "queries": queries, "drift": drift, "child": child,
+            "sets": (first, second), **made}  # fmt: skip
+
+
+def test_qdc_is_applied_when_the_query_version_is_a_descendant(runs):
+    assert runs["base"].compensation == "none"
+    assert (
+        runs["qdc"].compensation == "qdc" and runs["qdc"].params["compensation_requested"] == "auto"
+    )
+    assert runs["none"].compensation == "none"
+    assert runs["qdc"].model_version_id == runs["child"].pk
+    # Independently: the fake encoder is the same for both versions, so QDC shifts the
+    # queries by -drift; score that with the reference metrics.
+    encoder = FakeEncoder(dimension=64)
+    doc_ids = list(runs["docs"])
+    doc_vecs = encoder.encode([runs["docs"][d] for d in doc_ids])
+    qids = list(runs["queries"])
+    query_vecs = compensate(encoder.encode([runs["queries"][q] for q in qids], kind="query"),
+                            [runs["drift"]])  # fmt: skip
+    run = {q: dict(zip(doc_ids, (doc_vecs @ v).tolist(), strict=True))
+           for q, v in zip(qids, query_vecs, strict=True)}  # fmt: skip
+    expected = evaluate_run(qrels={q: {f"d{q[1:]}": 1} for q in qids}, run=run)
+    for name, value in expected.aggregate.items():
+        assert runs["qdc"].metrics[name] == pytest.approx(value, abs=1e-6)
+    # The drift is large: compensating changes the numbers (else this test shows nothing).
+    assert runs["qdc"].metrics != runs["none"].metrics
+
+
+def test_eval_run_list_filters_and_detail_with_per_query(api, runs):
+    first, second = runs["sets"]
+    body = api.get("/api/v1/eval-runs/").json()
+    assert body["count"] == 4 and "per_query" not in body["results"][0]
+    filtered = api.get("/api/v1/eval-runs/", {"query_set": second.pk}).json()["results"]
+    assert [r["id"] for r in filtered] == [runs["b"].pk]
+    filtered = api.get("/api/v1/eval-runs/", {"model_version": runs["child"].pk,
+                                               "compensation": "qdc"}).json()["results"]  # fmt: skip
+    assert [r["id"] for r in filtered] == [runs["qdc"].pk]
+    page = api.get("/api/v1/eval-runs/", {"page_size": 1}).json()
+    assert len(page["results"]) == 1 and page["next"]
+
+    detail = api.get(f"/api/v1/eval-runs/{runs['base'].pk}/").json()
+    assert "per_query" not in detail and detail["metrics"] == runs["base"].metrics
+    assert detail["n_queries"] == 6 and detail["query_set_name"] == "a"
+    detail = api.get(f"/api/v1/eval-runs/{runs['base'].pk}/", {"per_query": 1}).json()
+    assert set(detail["per_query"]) == set(runs["queries"])
+    assert detail["per_query"]["q0"]["ndcg@10"] == runs["base"].per_query["q0"]["ndcg@10"]
+    ann = api.get(f"/api/v1/eval-runs/{runs['b'].pk}/").json()
+    assert ann["mode"] == "ann" and 0.0 <= ann["ann_recall_at_10"] <= 1.0
+
+
+def test_other_user_sees_no_runs_and_gets_404(other_api, runs, other_user):
+    assert other_api.get("/api/v1/eval-runs/").json()["count"] == 0
+    assert other_api.get(f"/api/v1/eval-runs/{runs['base'].pk}/").status_code == 404
+    assert eval_run_table(user=other_user) == []
+
+
+def test_eval_run_table_rows_for_the_chart(user, staff_user, runs):
+    first, second = runs["sets"]
+    rows = eval_run_table(user=user, query_set=first)
+    assert [r["eval_run"] for r in rows] == [runs["base"].pk, runs["qdc"].pk, runs["none"].pk]
+    assert [(r["model_version"], r["compensation"]) for r in rows] == [
+        (runs["index"].model_version_id, "none"), (runs["child"].pk, "qdc"),
+        (runs["child"].pk, "none"),
+    ]  # fmt: skip
+    assert rows[1]["ndcg@10"] == runs["qdc"].metrics["ndcg@10"]
+    assert rows[1]["recall@100"] == runs["qdc"].metrics["recall@100"]
+    assert rows[1]["index_model_version"] == runs["index"].model_version_id
+    assert len(eval_run_table(user=user)) == 4
+    assert len(eval_run_table(user=staff_user)) == 4  # staff see everyone's runs
