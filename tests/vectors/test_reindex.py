@@ -21,6 +21,10 @@ from tests.conftest import wait_for_job, wait_until
 from tests.factories import ModelVersionFactory
 from tests.vectors.conftest import make_documents
 
+# Transactional: job_execute runs in-process exactly as in a worker (it closes connections
+# left in a transaction, and its heartbeat thread needs committed rows).
+pytestmark = pytest.mark.django_db(transaction=True)
+
 
 def _run(job) -> Job:
     job_execute(job_id=job.pk, worker="test@inline")
@@ -48,11 +52,10 @@ def _table_exists(table: str) -> bool:
 @pytest.fixture
 def lineage(db):
     v1 = ModelVersionFactory()
-    v2 = ModelVersionFactory(model=v1.model, parent=v1, version=v1.version + 1)
+    v2 = ModelVersionFactory(model=v1.model, parent=v1)  # the sequence numbers it after v1
     return v1, v2
 
 
-@pytest.mark.django_db
 def test_reindex_swaps_the_active_index_and_the_old_one_can_be_rolled_back(
     api, user, corpus, lineage
 ):
@@ -88,7 +91,6 @@ def test_reindex_swaps_the_active_index_and_the_old_one_can_be_rolled_back(
     assert corpus.active_index_id == old.pk and shadow.state == "retired"
 
 
-@pytest.mark.django_db
 def test_second_reindex_of_a_corpus_is_refused_while_one_is_queued(api, user, corpus, lineage):
     v1, _ = lineage
     make_documents(corpus, 5)
@@ -101,7 +103,6 @@ def test_second_reindex_of_a_corpus_is_refused_while_one_is_queued(api, user, co
     assert f"job {first.pk}" in response.json()["error"]["message"]
 
 
-@pytest.mark.django_db
 def test_reindex_of_another_users_corpus_is_not_found(other_api, user, corpus, lineage):
     make_documents(corpus, 5)
     _embed(user, corpus, lineage[0])
@@ -124,7 +125,6 @@ def _query_set(owner, corpus, n: int) -> QuerySet:
     return qs
 
 
-@pytest.mark.django_db
 def test_gate_keeps_the_active_index_when_ndcg_drops_and_swaps_when_it_holds(user, corpus, lineage):
     v1, v2 = lineage
     make_documents(corpus, 30)
@@ -156,7 +156,6 @@ def test_gate_keeps_the_active_index_when_ndcg_drops_and_swaps_when_it_holds(use
     assert ModelVersion.objects.get(pk=v2.pk).gate_passed is True
 
 
-@pytest.mark.django_db
 def test_failed_or_cancelled_reindex_leaves_the_active_index_untouched(user, corpus, lineage):
     v1, _ = lineage
     make_documents(corpus, 20)
@@ -168,7 +167,7 @@ def test_failed_or_cancelled_reindex_leaves_the_active_index_untouched(user, cor
     corpus.refresh_from_db()
     assert corpus.active_index_id == active.pk
 
-    v3 = ModelVersionFactory(model=v1.model, parent=v1, version=broken.version + 1)
+    v3 = ModelVersionFactory(model=v1.model, parent=v1)
     job = _reindex(user, corpus=corpus.pk, model_version=v3.pk)
     # Cancel arrives while it runs: the first progress report stops it.
     Job.objects.filter(pk=job.pk).update(cancel_requested=True)
@@ -185,7 +184,6 @@ def test_failed_or_cancelled_reindex_leaves_the_active_index_untouched(user, cor
     assert corpus.active_index_id == job.params["index"]
 
 
-@pytest.mark.django_db
 def test_retention_drops_only_retired_indexes_past_the_retention_period(
     user, corpus, lineage, settings
 ):
@@ -202,7 +200,6 @@ def test_retention_drops_only_retired_indexes_past_the_retention_period(
     assert _table_exists(new.table_name)
 
 
-@pytest.mark.django_db(transaction=True)
 def test_killed_reindex_leaves_active_untouched_and_the_reaper_resumes_it(
     api, user, corpus, lineage, start_worker, settings
 ):
