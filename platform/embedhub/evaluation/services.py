@@ -145,8 +145,11 @@ def _bool_param(params: dict, name: str) -> bool:
     value = params.get(name, False)
     if isinstance(value, bool):
         return value
-    if value in (None, "", 0, 1, "0", "1", "true", "false"):
-        return value in (1, "1", "true")
+    text = str(value).strip().lower()
+    if text in ("", "none", "0", "false", "no"):
+        return False
+    if text in ("1", "true", "yes"):
+        return True
     raise ApplicationError(f"{name}: must be true or false", details={"field": name})
 
 
@@ -225,10 +228,13 @@ class _Searcher:
         return out
 
 
-def _overlap_at_10(approx: dict, exact: dict) -> float:
-    top = lambda ranking: set(sorted(ranking, key=ranking.get, reverse=True)[:10])  # noqa: E731
-    reference = top(exact)
-    return len(top(approx) & reference) / len(reference) if reference else 1.0
+def _top(ranking: dict, depth: int) -> set:
+    return set(sorted(ranking, key=ranking.get, reverse=True)[:depth])
+
+
+def _overlap(approx: dict, exact: dict, *, depth: int) -> float:
+    reference = _top(exact, depth)
+    return len(_top(approx, depth) & reference) / len(reference) if reference else 1.0
 
 
 def evaluation_run(
@@ -276,8 +282,12 @@ def evaluation_run(
         rankings = searcher.rankings(qids, vectors, k=k, exact=mode == EvalRun.Mode.EXACT)
         t2 = time.monotonic()
         if mode == EvalRun.Mode.ANN:
-            reference = searcher.rankings(qids, vectors, k=10, exact=True)
-            overlaps += [_overlap_at_10(a, e) for a, e in zip(rankings, reference, strict=True)]
+            # Recall@10 of ANN against exact (over the top k when k < 10).
+            depth = min(10, k)
+            reference = searcher.rankings(qids, vectors, k=depth, exact=True)
+            overlaps += [
+                _overlap(a, e, depth=depth) for a, e in zip(rankings, reference, strict=True)
+            ]
         timings["encode"] += t1 - t0
         timings["search"] += t2 - t1
         timings["reference"] += time.monotonic() - t2
