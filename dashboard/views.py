@@ -214,7 +214,7 @@ def corpus_detail(request: HttpRequest, corpus_id: int) -> HttpResponse:
     context = {
         "section": "corpora",
         "corpus": corpus,
-        "document_count": vector_selectors.corpus_document_count(corpus_id=corpus.pk),
+        "document_count": corpus.document_count,
         "indexes": indexes.order_by("-created_at"),
         "ready_indexes": indexes.filter(state__in=["ready", "retired"]),
         "query_sets": _query_sets(request.user, corpus),
@@ -387,16 +387,15 @@ def search(request: HttpRequest) -> HttpResponse:
 
 
 def _corpus_list(user):
-    from embedhub.core.selectors import owned_by
-    from embedhub.corpora.models import Corpus
+    from embedhub.corpora.selectors import corpus_list
 
-    return owned_by(Corpus.objects.all(), user=user).select_related("active_index")
+    return corpus_list(user=user).select_related("active_index")
 
 
 def _corpus_get(user, corpus_id: int):
-    from django.shortcuts import get_object_or_404
+    from embedhub.corpora.selectors import corpus_get
 
-    return get_object_or_404(_corpus_list(user), pk=corpus_id)
+    return _or_404(corpus_get, user=user, corpus_id=corpus_id)
 
 
 def _version_list(user):

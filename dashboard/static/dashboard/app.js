@@ -262,7 +262,10 @@
     const push = (d) => {
       if (d == null) return;
       if (typeof d === "string") items.push(d);
-      else if (d.line != null) items.push("line " + d.line + (d.file ? " of " + d.file : "") + ": " + (d.message || d.error || JSON.stringify(d)));
+      else if (d.line != null) {
+        items.push((d.file ? d.file + " " : "") + "line " + d.line + ": " + (d.field ? d.field + ": " : "") +
+          (d.problem || d.message || d.error || ""));
+      }
       else if (d.message) items.push(d.message);
       else items.push(JSON.stringify(d));
     };
@@ -299,7 +302,7 @@
       file = f || null;
       fileName.textContent = file ? file.name + " · " + (file.size / 1024).toFixed(1) + " KiB" : "";
       const nameInput = document.getElementById("up-name");
-      if (file && !nameInput.value) nameInput.placeholder = file.name.replace(/\.(jsonl|json|ndjson|csv|tsv|zip|gz)+$/i, "");
+      if (file) nameInput.placeholder = file.name.replace(/(\.(jsonl|json|ndjson|csv|tsv|zip|gz))+$/i, "");
     }
     zone.addEventListener("click", () => input.click());
     zone.addEventListener("keydown", (ev) => { if (ev.key === "Enter" || ev.key === " ") { ev.preventDefault(); input.click(); } });
@@ -311,13 +314,15 @@
     form.addEventListener("submit", function (ev) {
       ev.preventDefault();
       errors.hidden = true;
+      errors.className = "alert error";
       if (!file) {
         EH.showErrors(errors, "Choose a file to upload first.");
         return;
       }
       const data = new FormData();
       data.append("file", file, file.name);
-      const name = document.getElementById("up-name").value.trim();
+      const nameInput = document.getElementById("up-name");
+      const name = nameInput.value.trim() || nameInput.placeholder.trim();
       if (name) data.append("name", name);
       const fmt = document.getElementById("up-format").value;
       if (fmt) data.append("format", fmt);
@@ -396,17 +401,25 @@
         const r = job.result || {};
         const cid = corpusId || job.corpus;
         const parts = [];
-        ["documents", "created", "updated", "unchanged", "queries", "qrels", "skipped"].forEach((k) => {
-          if (typeof r[k] === "number") parts.push(r[k] + " " + k);
+        [["documents", "documents"], ["inserted", "new"], ["updated", "changed"], ["unchanged", "unchanged"]].forEach(([k, label]) => {
+          if (typeof r[k] === "number") parts.push(r[k] + " " + label);
+        });
+        (r.query_sets || []).forEach((q) => {
+          parts.push("query set “" + (q.name || "?") + "”" + (q.queries != null ? " with " + q.queries + " queries" : "") +
+            (q.qrels != null ? " and " + q.qrels + " judgements" : ""));
         });
         done.hidden = false;
-        done.innerHTML = "<strong>Ingest finished.</strong> " + EH.esc(parts.join(", ")) +
+        done.innerHTML = "<strong>Ingest finished.</strong> " + EH.esc(parts.join(", ")) + "." +
           (cid ? ' <a class="btn small primary" id="open-corpus" href="' + config.corpusPage + cid + '/">Open the corpus</a>' : "");
+        if (r.skipped_total) {
+          EH.showErrors(errors, r.skipped_total + " invalid line(s) were skipped:", r.skipped);
+          errors.className = "alert info";
+        }
         return;
       }
       if (job.status === "failed" || job.status === "cancelled") {
-        EH.showErrors(errors, "Ingest " + job.status + ": " + (job.error || "no reason given").split("\n\n")[0],
-          job.result && job.result.errors);
+        errors.className = "alert error";
+        EH.showErrors(errors, "Ingest " + job.status + ": " + (job.error || "no reason given").split("\n\n")[0]);
         return;
       }
       setTimeout(poll, 700);

@@ -1,0 +1,162 @@
+"""The dashboard as a new user drives it, in headless Chromium against live_server and a
+real Celery worker: log in, upload a BEIR zip, embed, evaluate, search. Every page is
+screenshotted to test-artifacts/screenshots/ for a person to look at."""
+
+from __future__ import annotations
+
+import json
+import re
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from tests.dashboard.conftest import browser_login
+
+pytestmark = [pytest.mark.browser, pytest.mark.worker, pytest.mark.django_db(transaction=True)]
+
+SAMPLE = Path(__file__).resolve().parents[2] / "samples" / "scifact-mini"
+JOB_TIMEOUT_MS = 180_000
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+@pytest.fixture
+def beir_zip(tmp_path) -> Path:
+    """A 50-document BEIR slice of scifact-mini: 12 judged queries, their relevant documents
+    and unrelated ones, so retrieval has something to get wrong."""
+    qrels = [line.split("\t") for line in (SAMPLE / "qrels" / "test.tsv").read_text().splitlines()[1:]]
+    query_ids = list(dict.fromkeys(q for q, _, _ in qrels))[:12]
+    kept_qrels = [row for row in qrels if row[0] in query_ids]
+    relevant = {d for _, d, _ in kept_qrels}
+    corpus = _read_jsonl(SAMPLE / "corpus.jsonl")
+    docs = [d for d in corpus if d["_id"] in relevant]
+    docs += [d for d in corpus if d["_id"] not in relevant][: 50 - len(docs)]
+    queries = [q for q in _read_jsonl(SAMPLE / "queries.jsonl") if q["_id"] in query_ids]
+    path = tmp_path / "scifact-tiny.zip"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("scifact-tiny/corpus.jsonl", "\n".join(json.dumps(d) for d in docs) + "\n")
+        zf.writestr("scifact-tiny/queries.jsonl", "\n".join(json.dumps(q) for q in queries) + "\n")
+        zf.writestr(
+            "scifact-tiny/qrels/test.tsv",
+            "query-id\tcorpus-id\tscore\n" + "".join("\t".join(r) + "\n" for r in kept_qrels),
+        )
+    return path
+
+
+def _wait_job_page_finished(page, *, status: str = "succeeded") -> None:
+    page.wait_for_selector(
+        f"#job-live[data-status='{status}']", state="attached", timeout=JOB_TIMEOUT_MS
+    )
+
+
+def test_new_user_uploads_embeds_evaluates_and_searches(
+    page, screenshot, user, worker, beir_zip
+):
+    from embedhub.evaluation.models import EvalRun
+    from embedhub.jobs.models import Job
+
+    browser_login(page, username=user.username)
+    assert page.locator("#getting-started").is_visible()
+    screenshot(page, "01-overview-new-user")
+
+    # Upload: the XHR progress bar fills, then the ingest job's bar follows the worker.
+    page.goto("/corpora/upload/")
+    page.set_input_files("#up-file", str(beir_zip))
+    assert "scifact-tiny.zip" in page.locator("#file-name").inner_text()
+    page.fill("#up-name", "scifact-tiny")
+    page.click("#upload-button")
+    page.wait_for_selector("#ingest-done:not([hidden])", timeout=JOB_TIMEOUT_MS)
+    assert page.locator("#upload-progress").get_attribute("aria-valuenow") == "100"
+    assert page.locator("#upload-errors").is_hidden()
+    done_text = page.locator("#ingest-done").inner_text()
+    assert "50 documents" in done_text and "12 queries" in done_text, done_text
+    screenshot(page, "02-upload-done")
+
+    # Corpus page: documents and the BEIR query set are there; start an embed job.
+    page.click("#open-corpus")
+    page.wait_for_url(re.compile(r"/corpora/\d+/$"))
+    assert page.locator("#doc-count").inner_text() == "50"
+    screenshot(page, "03-corpus-before-embed")
+    page.click("#embed-form button[type=submit]")
+    page.wait_for_url(re.compile(r"/jobs/\d+/$"))
+    embed_job_id = int(page.url.rstrip("/").rsplit("/", 1)[1])
+    assert Job.objects.get(pk=embed_job_id).kind == Job.Kind.EMBED
+    _wait_job_page_finished(page)
+    assert page.locator("#job-percent").inner_text() == "100.0%"
+    assert page.locator("#job-progress").get_attribute("aria-valuenow") == "100"
+    assert page.locator("#job-done").inner_text().startswith("50 / 50")
+    # The event log updated live: the worker's claim and the success arrived without a reload.
+    page.wait_for_selector("#event-rows tr[data-event-id] >> text=succeeded")
+    assert page.locator("#btn-cancel").is_hidden()
+    screenshot(page, "04-embed-job-done")
+
+    # Evaluate the new (active) index on the uploaded query set.
+    corpus_id = Job.objects.get(pk=embed_job_id).corpus_id
+    page.goto(f"/corpora/{corpus_id}/")
+    assert page.locator("#index-table .badge.active").count() == 1
+    page.select_option("#eval-comp", "none")
+    page.click("#evaluate-form button[type=submit]")
+    page.wait_for_url(re.compile(r"/jobs/\d+/$"))
+    _wait_job_page_finished(page)
+    screenshot(page, "05-evaluate-job-done")
+
+    run = EvalRun.objects.get(index__corpus_id=corpus_id)
+    ndcg = run.metrics["ndcg@10"]
+    assert 0 < ndcg <= 1 and run.n_queries == 12
+    page.goto("/evaluations/")
+    assert f"{ndcg:.3f}" in page.locator(".eval-table").inner_text()
+    drawn = page.evaluate(
+        "() => ['chart-ndcg', 'chart-recall'].map(id => {"
+        " const c = Chart.getChart(id); return c ? c.data.datasets[0].data : null; })"
+    )
+    assert drawn[0] == [pytest.approx(ndcg)]
+    assert drawn[1] == [pytest.approx(run.metrics["recall@100"])]
+    screenshot(page, "06-evaluations")
+
+    # Search the corpus's active index; the top hit for a judged query is a judged document.
+    page.goto(f"/search/?corpus={corpus_id}")
+    query = run.query_set.queries.order_by("id").first()
+    page.fill("#s-query", query.text)
+    page.click("#search-button")
+    # The first search loads the model into the web process: allow for it.
+    page.wait_for_selector(
+        "#search-results .search-hit, #search-error:not([hidden])", timeout=JOB_TIMEOUT_MS
+    )
+    assert page.locator("#search-error").is_hidden(), page.locator("#search-error").inner_text()
+    hits = page.locator("#search-results .search-hit")
+    assert hits.count() == 10
+    assert "compensation none" in page.locator("#search-meta").inner_text()
+    screenshot(page, "07-search")
+
+    for name, url in [
+        ("08-overview", "/"),
+        ("09-jobs", "/jobs/"),
+        ("10-models", "/models/"),
+        ("11-corpora", "/corpora/"),
+        ("12-corpus-after", f"/corpora/{corpus_id}/"),
+        ("13-audits-empty", "/audits/"),
+    ]:
+        page.goto(url)
+        screenshot(page, name)
+    page.goto("/")
+    page.wait_for_selector("#health-workers .dot.ok")
+    assert "1 online" in page.locator("#health-workers").inner_text()
+
+
+def test_invalid_upload_shows_the_bad_line(page, screenshot, user, worker, tmp_path):
+    bad = tmp_path / "broken.jsonl"
+    bad.write_text(
+        '{"_id": "a", "text": "fine"}\n{"_id": "b", "text": "fine too"}\n{"_id": "c"}\n'
+    )
+    browser_login(page, username=user.username)
+    page.goto("/corpora/upload/")
+    page.set_input_files("#up-file", str(bad))
+    page.click("#upload-button")
+    errors = page.locator("#upload-errors")
+    errors.wait_for(state="visible", timeout=JOB_TIMEOUT_MS)
+    text = errors.inner_text()
+    assert "line 3" in text and "text" in text, text
+    screenshot(page, "20-upload-invalid-line")
