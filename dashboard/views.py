@@ -359,7 +359,12 @@ def audit_detail(request: HttpRequest, audit_id: int) -> HttpResponse:
     from embedhub.audits import selectors as audit_selectors
 
     audit = _or_404(audit_selectors.audit_get, user=request.user, audit_id=audit_id)
-    context = {"section": "audits", "audit": audit}
+    context = {
+        "section": "audits",
+        "audit": audit,
+        # Only the curves go to the page's script; passages carry token ids it does not need.
+        "objective_curves": [p.get("objective_curve") or [] for p in audit.passages],
+    }
     return render(request, "dashboard/audit_detail.html", context)
 
 
@@ -378,6 +383,9 @@ def search(request: HttpRequest) -> HttpResponse:
         "corpora": corpora.filter(active_index__isnull=False),
         "indexes": indexes.order_by("corpus__name", "-created_at"),
         "versions": _version_list(request.user).filter(status="ready"),
+        "version_labels": {
+            v.pk: f"{v.model.name} v{v.version}" for v in _version_list(request.user)
+        },
         "chosen_corpus": request.GET.get("corpus", ""),
     }
     return render(request, "dashboard/search.html", context)

@@ -67,3 +67,24 @@ def percent_of_one(value) -> str:
     if value is None or value == "":
         return "—"
     return f"{100 * float(value):.1f}%"
+
+
+@register.filter
+def ago(value) -> str:
+    """A past datetime as "just now", "5 minutes ago", "2 days ago"."""
+    from django.utils import timezone
+    from django.utils.timesince import timesince
+
+    if not value:
+        return "—"
+    if (timezone.now() - value).total_seconds() < 60:
+        return "just now"
+    return f"{timesince(value).split(',')[0]} ago"
+
+
+@register.filter
+def timeuntil_seconds(end, start) -> float | None:
+    """Seconds from start to end (both datetimes)."""
+    if not end or not start:
+        return None
+    return (end - start).total_seconds()

@@ -27,7 +27,9 @@ def _read_jsonl(path: Path) -> list[dict]:
 def beir_zip(tmp_path) -> Path:
     """A 50-document BEIR slice of scifact-mini: 12 judged queries, their relevant documents
     and unrelated ones, so retrieval has something to get wrong."""
-    qrels = [line.split("\t") for line in (SAMPLE / "qrels" / "test.tsv").read_text().splitlines()[1:]]
+    qrels = [
+        line.split("\t") for line in (SAMPLE / "qrels" / "test.tsv").read_text().splitlines()[1:]
+    ]
     query_ids = list(dict.fromkeys(q for q, _, _ in qrels))[:12]
     kept_qrels = [row for row in qrels if row[0] in query_ids]
     relevant = {d for _, d, _ in kept_qrels}
@@ -52,9 +54,7 @@ def _wait_job_page_finished(page, *, status: str = "succeeded") -> None:
     )
 
 
-def test_new_user_uploads_embeds_evaluates_and_searches(
-    page, screenshot, user, worker, beir_zip
-):
+def test_new_user_uploads_embeds_evaluates_and_searches(page, screenshot, user, worker, beir_zip):
     from embedhub.evaluation.models import EvalRun
     from embedhub.jobs.models import Job
 
@@ -128,11 +128,20 @@ def test_new_user_uploads_embeds_evaluates_and_searches(
     assert page.locator("#search-error").is_hidden(), page.locator("#search-error").inner_text()
     hits = page.locator("#search-results .search-hit")
     assert hits.count() == 10
+    judged = set(
+        run.query_set.qrels.filter(query_external_id=query.external_id).values_list(
+            "document_external_id", flat=True
+        )
+    )
+    assert hits.first.locator("code").inner_text() in judged
     assert "compensation none" in page.locator("#search-meta").inner_text()
     screenshot(page, "07-search")
 
+    page.goto("/")
+    page.wait_for_selector("#health-workers .dot.ok")
+    assert "1 online" in page.locator("#health-workers").inner_text()
+    screenshot(page, "08-overview")
     for name, url in [
-        ("08-overview", "/"),
         ("09-jobs", "/jobs/"),
         ("10-models", "/models/"),
         ("11-corpora", "/corpora/"),
@@ -141,16 +150,11 @@ def test_new_user_uploads_embeds_evaluates_and_searches(
     ]:
         page.goto(url)
         screenshot(page, name)
-    page.goto("/")
-    page.wait_for_selector("#health-workers .dot.ok")
-    assert "1 online" in page.locator("#health-workers").inner_text()
 
 
 def test_invalid_upload_shows_the_bad_line(page, screenshot, user, worker, tmp_path):
     bad = tmp_path / "broken.jsonl"
-    bad.write_text(
-        '{"_id": "a", "text": "fine"}\n{"_id": "b", "text": "fine too"}\n{"_id": "c"}\n'
-    )
+    bad.write_text('{"_id": "a", "text": "fine"}\n{"_id": "b", "text": "fine too"}\n{"_id": "c"}\n')
     browser_login(page, username=user.username)
     page.goto("/corpora/upload/")
     page.set_input_files("#up-file", str(bad))

@@ -209,3 +209,129 @@ def test_health_reports_queues_even_without_workers(client_for, user):
     assert data["queues"]["ok"] is True
     assert set(data["queues"]["queues"]) == {"cpu", "gpu"}
     assert data["workers"]["ok"] is False and data["workers"]["workers"] == []
+
+
+# ------------------------------------------------------------------ models, evaluations, audits
+
+
+@pytest.fixture
+def lineage(user):
+    """A corpus with a base version's index (active) and a fine-tuned child's index (ready),
+    a query set, and evaluation runs of the child's queries on the base index, with and
+    without drift compensation."""
+    from embedhub.evaluation.models import EvalRun, QuerySet
+    from embedhub.vectors.models import VectorIndex
+    from embedhub.vectors.services import index_activate, index_create
+
+    corpus = CorpusFactory(owner=user, name="lineage-corpus")
+    base = ModelVersionFactory(version=1)
+    child = ModelVersionFactory(version=2, parent=base, drift_norm=0.1234, loss_curve=[
+        {"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.5}, {"step": 3, "loss": 1.1},
+    ])  # fmt: skip
+    old = index_create(owner=user, corpus=corpus, model_version=base, encoder="fake:8")
+    new = index_create(owner=user, corpus=corpus, model_version=child, encoder="fake:8")
+    VectorIndex.objects.filter(pk__in=[old.pk, new.pk]).update(state=VectorIndex.State.READY)
+    index_activate(index=VectorIndex.objects.get(pk=old.pk))
+    qs = QuerySet.objects.create(owner=user, corpus=corpus, name="dev")
+    runs = {
+        mode: EvalRun.objects.create(
+            owner=user,
+            query_set=qs,
+            index=old,
+            model_version=child,
+            compensation=mode,
+            metrics={"ndcg@10": score, "recall@100": score + 0.1, "mrr@10": score},
+            n_queries=5,
+        )  # fmt: skip
+        for mode, score in (("none", 0.41), ("qdc", 0.52))
+    }
+    return {"corpus": corpus, "base": base, "child": child, "old": old, "new": new, "runs": runs}
+
+
+def test_models_page_shows_lineage_drift_scores_and_promote(client_for, user, lineage):
+    body = client_for(user).get("/models/").content.decode()
+    base, child = lineage["base"], lineage["child"]
+    # The child is nested under its parent in the tree.
+    base_at = body.index(f'id="version-{base.pk}"')
+    child_at = body.index(f'id="version-{child.pk}"')
+    assert base_at < child_at
+    assert '<ul class="tree">' in body[base_at:child_at]
+    assert "0.1234" in body  # drift norm of the child
+    assert "0.410" in body and "0.520" in body  # its scores, none and qdc
+    assert f'action="/indexes/{lineage["new"].pk}/activate/"' in body and "Promote" in body
+    assert "data-loss=" in body  # the child's loss curve is charted
+
+
+def test_promote_then_roll_back_through_the_dashboard(client_for, user, lineage):
+    from embedhub.corpora.models import Corpus
+    from embedhub.vectors.models import VectorIndex
+
+    client = client_for(user)
+    corpus, old, new = lineage["corpus"], lineage["old"], lineage["new"]
+    response = client.post(f"/indexes/{new.pk}/activate/", {"next": "/models/"})
+    assert response["Location"] == "/models/"
+    assert Corpus.objects.get(pk=corpus.pk).active_index_id == new.pk
+    assert VectorIndex.objects.get(pk=old.pk).state == VectorIndex.State.RETIRED
+    page = client.get(f"/corpora/{corpus.pk}/").content.decode()
+    assert "Roll back to this" in page
+    client.post(f"/indexes/{old.pk}/activate/")
+    assert Corpus.objects.get(pk=corpus.pk).active_index_id == old.pk
+
+
+def test_another_user_cannot_activate_an_index(client_for, other_user, lineage):
+    from embedhub.corpora.models import Corpus
+
+    response = client_for(other_user).post(f"/indexes/{lineage['new'].pk}/activate/")
+    assert response.status_code == 404
+    assert Corpus.objects.get(pk=lineage["corpus"].pk).active_index_id == lineage["old"].pk
+
+
+def test_evaluation_chart_puts_none_and_qdc_side_by_side(client_for, user, lineage):
+    response = client_for(user).get("/evaluations/")
+    chart = response.context["chart"]
+    child, base = lineage["child"], lineage["base"]
+    label = f"{child.model.name} v{child.version} → index of {base.model.name} v{base.version}"
+    assert chart["labels"] == [label]
+    ndcg = {d["label"]: d["data"] for d in chart["datasets"] if d["metric"] == "ndcg@10"}
+    assert ndcg == {"dev · none": [0.41], "dev · qdc": [0.52]}
+    assert 'id="eval-chart-data"' in response.content.decode()
+
+
+def test_audit_pages_mark_passages_adversarial_and_chart_baselines(client_for, user, lineage):
+    from embedhub.audits.models import RobustnessAudit
+
+    results = {
+        name: {"appeared@1": a, "appeared@10": b, "appeared@100": c}
+        for name, (a, b, c) in {
+            "gaslite": (0.2, 0.6, 0.9), "message_only": (0.0, 0.0, 0.1),
+            "centroid": (0.4, 0.8, 1.0),
+        }.items()
+    }  # fmt: skip
+    results["non_concept"] = {"available": True, "source": "other queries", "appeared@10": 0.05}
+    audit = RobustnessAudit.objects.create(
+        owner=user, index=lineage["old"], model_version=lineage["base"], concept="vitamin d",
+        message="Visit evil.example", state=RobustnessAudit.State.COMPLETE, results=results,
+        held_in=[{"id": "1", "text": "does vitamin d help"}],
+        held_out=[{"id": "2", "text": "vitamin d and bones"}],
+        passages=[{"text": "Visit evil.example vitamin bone zzz", "objective_curve": [0.3, 0.5],
+                   "initial_cosine": 0.3, "best_cosine": 0.5, "iterations_run": 2}],
+    )  # fmt: skip
+    client = client_for(user)
+    listing = client.get("/audits/").content.decode()
+    assert "vitamin d" in listing and "60.0%" in listing and "80.0%" in listing
+    detail = client.get(f"/audits/{audit.pk}/").content.decode()
+    assert '<div class="stat" id="headline-gaslite">60.0%</div>' in detail
+    passage = detail.index("Visit evil.example vitamin bone zzz")
+    box = detail.rindex('<div class="passage adversarial-passage">', 0, passage)
+    assert '<span class="badge adversarial">' in detail[box:passage]
+    assert client_for(user).get(f"/audits/{audit.pk + 1000}/").status_code == 404
+
+
+def test_another_users_audit_is_404(client_for, user, other_user, lineage):
+    from embedhub.audits.models import RobustnessAudit
+
+    audit = RobustnessAudit.objects.create(
+        owner=user, index=lineage["old"], model_version=lineage["base"], concept="c",
+        message="m",
+    )  # fmt: skip
+    assert client_for(other_user).get(f"/audits/{audit.pk}/").status_code == 404

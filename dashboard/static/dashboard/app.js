@@ -63,10 +63,10 @@
     return value >= 100 ? Math.round(value).toLocaleString() : value.toFixed(1);
   };
 
+  // HH:MM:SS in UTC, as the server renders times (TIME_ZONE is UTC).
   EH.time = function (iso) {
     if (!iso) return "";
-    const d = new Date(iso);
-    return d.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", second: "2-digit" });
+    return new Date(iso).toISOString().substring(11, 19);
   };
 
   EH.setBar = function (el, percent, status) {
@@ -157,7 +157,11 @@
         (job.progress_total ? " / " + job.progress_total.toLocaleString() : "") + " " + job.progress_unit;
       el("job-rate").textContent = EH.rate(job.rate) + " " + job.progress_unit + "/s";
       el("job-eta").textContent = job.status === "running" ? EH.duration(job.eta_seconds) : "—";
-      el("job-note").textContent = job.progress_note || "";
+      const active = job.status === "queued" || job.status === "running";
+      el("job-note").textContent = active ? job.progress_note || "" : "";
+      if (job.started_at && job.finished_at) {
+        el("job-took").textContent = EH.duration((new Date(job.finished_at) - new Date(job.started_at)) / 1000);
+      }
       el("job-attempts").textContent = job.attempts;
       el("job-worker").textContent = job.worker || "—";
       const errorBox = el("job-error");
@@ -466,7 +470,8 @@
             "<code class='muted'>" + EH.esc(hit.external_id) + "</code></span>";
           list.appendChild(li);
         });
-        meta.textContent = "index #" + res.index + " · query encoder version #" + res.model_version +
+        const encoder = (config.versionLabels || {})[res.model_version] || "version #" + res.model_version;
+        meta.textContent = "index #" + res.index + " · queries by " + encoder +
           " · compensation " + res.compensation + (res.exact ? " · exact" : " · HNSW") + " · " + Math.round(ms) + " ms";
       } catch (e) {
         EH.showErrors(error, e.message, e.body && e.body.error && e.body.error.details);
@@ -510,33 +515,15 @@
       document.getElementById("chart-appeared").parentElement.hidden = true;
       document.getElementById("appeared-empty").hidden = false;
     }
-    const passages = Array.isArray(config.passages) ? config.passages : [];
-    const curves = passages
-      .filter((p) => p && Array.isArray(p.objective_curve) && p.objective_curve.length)
-      .map((p, i) => ({ label: "passage " + (i + 1), pointRadius: 0, data: p.objective_curve.map((y, j) => ({ x: j + 1, y: y })) }));
+    const curves = (config.objectiveCurves || [])
+      .map((c, i) => ({ label: "passage " + (i + 1), pointRadius: 0, data: c.map((y, j) => ({ x: j + 1, y: y })) }))
+      .filter((c) => c.data.length);
     if (curves.length) {
       EH.lineChart(document.getElementById("chart-objective"), curves, "iteration", "cosine to target");
     } else {
       document.getElementById("chart-objective").parentElement.hidden = true;
       document.getElementById("objective-empty").hidden = false;
     }
-    const box = document.getElementById("passages");
-    if (!passages.length) {
-      box.innerHTML = "<div class='empty'><strong>No passages yet</strong></div>";
-      return;
-    }
-    passages.forEach(function (p, i) {
-      const div = document.createElement("div");
-      div.className = "passage adversarial-passage";
-      let meta = "";
-      if (p.initial_cosine != null && p.best_cosine != null) {
-        meta = " · cosine to target " + Number(p.initial_cosine).toFixed(3) + " → " + Number(p.best_cosine).toFixed(3);
-      }
-      if (p.iterations_run != null) meta += " · " + p.iterations_run + " iterations";
-      div.innerHTML = "<span class='badge adversarial'>⚠ adversarial</span> <strong>passage " + (i + 1) + "</strong>" +
-        "<span class='small muted'>" + EH.esc(meta) + "</span><div class='text'>" + EH.esc(p.text || "") + "</div>";
-      box.appendChild(div);
-    });
   };
 
   // ------------------------------------------------------------------ charts
@@ -570,7 +557,7 @@
       type: "bar",
       data: {
         labels: labels,
-        datasets: datasets.map((d, i) => Object.assign({ backgroundColor: EH.color(i), borderRadius: 3 }, d)),
+        datasets: datasets.map((d, i) => Object.assign({ backgroundColor: EH.color(i), borderRadius: 3, maxBarThickness: 56 }, d)),
       },
       options: {
         animation: false,
