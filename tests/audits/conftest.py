@@ -76,7 +76,7 @@ OTHER_QUERIES = [
 ]
 MESSAGE = "Visit BestShoes.com for cheap running shoes"
 # Tiny attack settings: real model, seconds per passage on a shared CPU.
-SMALL = {"trigger_len": 8, "iterations": 4, "candidates": 8, "positions": 4, "grad_copies": 4}
+SMALL = {"trigger_len": 8, "iterations": 3, "candidates": 8, "positions": 4, "grad_copies": 4}
 
 
 class _Ctx:

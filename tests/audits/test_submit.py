@@ -29,7 +29,7 @@ def test_inline_concept_is_normalised_into_the_job(api, ready_index):
     params = job.params
     assert [q["text"] for q in params["queries"]] == VITAMIN_D
     assert params["budget"] == 2 and params["held_in"] == 0.5 and params["seed"] == 0
-    assert params["iterations"] == 4 and params["time_limit_s"] is None
+    assert params["iterations"] == 3 and params["time_limit_s"] is None
 
 
 def test_corpus_resolves_to_its_active_index(api, ready_index):

@@ -20,7 +20,7 @@ from django.utils import timezone
 from embedhub.audits import selectors
 from embedhub.audits.models import RobustnessAudit
 from embedhub.core.errors import ApplicationError
-from embedhub.jobs.services import JobCancelled, JobLost
+from embedhub.jobs.services import JobCancelled, JobLost, job_heartbeat
 from embedhub.vectors.compensation import query_vectors
 from embedhub.vectors.models import VectorIndex
 from embedhub.vectors.selectors import index_for_search, index_search, index_vectors
@@ -323,13 +323,24 @@ def audit_passage_attack(*, audit: RobustnessAudit, attacker, i: int, ctx) -> Ro
                              on_iteration=on_iteration, should_stop=watch)  # fmt: skip
     if watch.stopped:
         ctx.check_cancel()  # raises JobCancelled / JobLost: the partial passage is not kept
-    audit.passages = [*audit.passages, _passage_record(result, i=i)]
     # Saved before the checkpoint: if the progress call finds a cancel, the passage is kept.
-    audit.save(update_fields=["passages", "updated_at"])
+    audit = audit_passage_store(audit=audit, job=ctx.job, passage=_passage_record(result, i=i))
     ctx.progress(i + 1, total=n, unit="passages", note=f"passage {i + 1}/{n} done, cos "
                  f"{result.initial_cosine:.3f} -> {result.best_cosine:.3f}",
                  checkpoint={"audit": audit.pk, "passages_done": i + 1})  # fmt: skip
     return audit
+
+
+def audit_passage_store(*, audit: RobustnessAudit, job, passage: dict) -> RobustnessAudit:
+    """Append passage i, but only while this worker still owns the job and nobody stored
+    passage i already: a worker presumed dead must not interleave with its replacement."""
+    with transaction.atomic():
+        current = RobustnessAudit.objects.select_for_update().get(pk=audit.pk)
+        if len(current.passages) != passage["target"] or not job_heartbeat(job=job):
+            raise JobLost(f"job {job.pk}: passage {passage['target']} is no longer ours to store")
+        current.passages = [*current.passages, passage]
+        current.save(update_fields=["passages", "updated_at"])
+    return current
 
 
 def _passage_record(result, *, i: int) -> dict:
@@ -430,7 +441,7 @@ def _complete(*, audit: RobustnessAudit, load_seconds: float, evaluate: float,
               device: str) -> RobustnessAudit:  # fmt: skip
     attack = sum(p["seconds"] for p in audit.passages)
     audit.timings = {
-        "load_seconds": round(load_seconds, 3),
+        "load_seconds_last_attempt": round(load_seconds, 3),
         "attack_seconds": round(attack, 3),
         "evaluate_seconds": round(evaluate, 3),
         "per_passage_seconds": [round(p["seconds"], 3) for p in audit.passages],
