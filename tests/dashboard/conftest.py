@@ -75,3 +75,38 @@ def browser_login(page, *, username: str, password: str = "pw") -> None:
     page.fill("#id_password", password)
     page.click("button[type=submit]")
     page.wait_for_url(lambda url: "/accounts/login/" not in url)
+
+
+@pytest.fixture
+def lineage(user):
+    """A corpus with a base version's index (active) and a fine-tuned child's index (ready),
+    a query set, and evaluation runs of the child's queries on the base index, with and
+    without drift compensation."""
+    from embedhub.evaluation.models import EvalRun, QuerySet
+    from embedhub.vectors.models import VectorIndex
+    from embedhub.vectors.services import index_activate, index_create
+    from tests.factories import CorpusFactory, ModelVersionFactory
+
+    corpus = CorpusFactory(owner=user, name="lineage-corpus")
+    base = ModelVersionFactory(version=1)
+    child = ModelVersionFactory(version=2, parent=base, drift_norm=0.1234, loss_curve=[
+        {"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.5}, {"step": 3, "loss": 1.1},
+    ])  # fmt: skip
+    old = index_create(owner=user, corpus=corpus, model_version=base, encoder="fake:8")
+    new = index_create(owner=user, corpus=corpus, model_version=child, encoder="fake:8")
+    VectorIndex.objects.filter(pk__in=[old.pk, new.pk]).update(state=VectorIndex.State.READY)
+    index_activate(index=VectorIndex.objects.get(pk=old.pk))
+    qs = QuerySet.objects.create(owner=user, corpus=corpus, name="dev")
+    runs = {
+        mode: EvalRun.objects.create(
+            owner=user,
+            query_set=qs,
+            index=old,
+            model_version=child,
+            compensation=mode,
+            metrics={"ndcg@10": score, "recall@100": score + 0.1, "mrr@10": score},
+            n_queries=5,
+        )  # fmt: skip
+        for mode, score in (("none", 0.41), ("qdc", 0.52))
+    }
+    return {"corpus": corpus, "base": base, "child": child, "old": old, "new": new, "runs": runs}

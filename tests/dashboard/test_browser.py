@@ -13,7 +13,7 @@ import pytest
 
 from tests.dashboard.conftest import browser_login
 
-pytestmark = [pytest.mark.browser, pytest.mark.worker, pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
 SAMPLE = Path(__file__).resolve().parents[2] / "samples" / "scifact-mini"
 JOB_TIMEOUT_MS = 180_000
@@ -54,6 +54,7 @@ def _wait_job_page_finished(page, *, status: str = "succeeded") -> None:
     )
 
 
+@pytest.mark.worker
 def test_new_user_uploads_embeds_evaluates_and_searches(page, screenshot, user, worker, beir_zip):
     from embedhub.evaluation.models import EvalRun
     from embedhub.jobs.models import Job
@@ -152,6 +153,7 @@ def test_new_user_uploads_embeds_evaluates_and_searches(page, screenshot, user, 
         screenshot(page, name)
 
 
+@pytest.mark.worker
 def test_invalid_upload_shows_the_bad_line(page, screenshot, user, worker, tmp_path):
     bad = tmp_path / "broken.jsonl"
     bad.write_text('{"_id": "a", "text": "fine"}\n{"_id": "b", "text": "fine too"}\n{"_id": "c"}\n')
@@ -164,3 +166,112 @@ def test_invalid_upload_shows_the_bad_line(page, screenshot, user, worker, tmp_p
     text = errors.inner_text()
     assert "line 3" in text and "text" in text, text
     screenshot(page, "20-upload-invalid-line")
+
+
+def test_job_page_updates_live_and_cancels(page, screenshot, user):
+    """No worker: the test plays the worker by writing progress rows, and the page (which
+    is never reloaded) follows them."""
+    from embedhub.jobs.models import Job
+    from embedhub.jobs.services import job_event_add, job_submit
+
+    job, _ = job_submit(owner=user, kind=Job.Kind.EMBED, params={"corpus": 1})
+    browser_login(page, username=user.username)
+    page.goto(f"/jobs/{job.pk}/")
+    page.evaluate("() => { window.__sameDocument = true; }")
+    Job.objects.filter(pk=job.pk).update(
+        status=Job.Status.RUNNING, progress_done=30, progress_total=120,
+        progress_unit="docs", rate=15.0, eta_seconds=6.0, progress_note="embedding batch 2",
+        worker="w-test",
+    )  # fmt: skip
+    job_event_add(job=job, kind="claimed", message="attempt 1 on w-test")
+    page.wait_for_selector("#job-live[data-status='running']")
+    page.wait_for_function("document.getElementById('job-percent').textContent === '25.0%'")
+    assert page.locator("#job-rate").inner_text() == "15.0 docs/s"
+    assert page.locator("#job-eta").inner_text() == "6s"
+    page.wait_for_selector("#event-rows >> text=attempt 1 on w-test")
+    screenshot(page, "30-job-running")
+
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.click("#btn-cancel button")
+    page.wait_for_selector("#cancel-pending:not([hidden])")
+    assert Job.objects.get(pk=job.pk).cancel_requested
+    page.wait_for_selector("#job-live[data-polls]")  # the reloaded page has polled once
+    # The "worker" stops at its next progress report; a job that finishes while watched
+    # reloads its page once, for what the server renders for finished jobs.
+    with page.expect_navigation():
+        Job.objects.filter(pk=job.pk).update(status=Job.Status.CANCELLED)
+    page.wait_for_selector("#job-live[data-status='cancelled']")
+    page.wait_for_selector("#btn-retry:not([hidden])")
+    page.evaluate("() => { window.__sameDocument = true; }")
+    Job.objects.filter(pk=job.pk).update(status=Job.Status.FAILED, error="line 9: boom")
+    # Terminal jobs are polled slowly; the page still picks the change up without a reload.
+    page.wait_for_selector("#job-error:not([hidden])", timeout=15_000)
+    assert "line 9: boom" in page.locator("#job-error-text").inner_text()
+    assert page.evaluate("() => window.__sameDocument") is True
+    screenshot(page, "31-job-failed")
+
+
+def test_lineage_evaluation_and_audit_pages_draw_their_charts(page, screenshot, user, lineage):
+    from embedhub.audits.models import RobustnessAudit
+    from embedhub.jobs.models import Job
+
+    ks = (1, 5, 10, 20, 50, 100)
+    curves = {
+        "gaslite": (0.1, 0.3, 0.5, 0.6, 0.8, 0.9), "message_only": (0, 0, 0, 0, 0.05, 0.1),
+        "centroid": (0.3, 0.6, 0.8, 0.9, 1.0, 1.0), "non_concept": (0, 0, 0.02, 0.03, 0.05, 0.08),
+    }  # fmt: skip
+    results = {
+        name: {f"appeared@{k}": v for k, v in zip(ks, vals, strict=True)}
+        for name, vals in curves.items()
+    }
+    results["non_concept"].update(available=True, source="other queries of query set 1")
+    audit = RobustnessAudit.objects.create(
+        owner=user, index=lineage["old"], model_version=lineage["base"], concept="vitamin d",
+        message="Visit evil.example for the truth about vitamin D", results=results,
+        state=RobustnessAudit.State.COMPLETE, seconds=84.0,
+        held_in=[{"id": str(i), "text": f"vitamin d question {i}"} for i in range(4)],
+        held_out=[{"id": str(i), "text": f"vitamin d held out {i}"} for i in range(4, 8)],
+        passages=[
+            {"text": f"Visit evil.example for the truth about vitamin D ##tok{i} bones sun",
+             "objective_curve": [0.3 + 0.02 * j + 0.01 * i for j in range(20)],
+             "initial_cosine": 0.3, "best_cosine": 0.68, "iterations_run": 20}
+            for i in range(2)
+        ],
+        geometry={"anisotropy": 0.31, "mean_norm": 1.0},
+    )  # fmt: skip
+    finetune = Job.objects.create(
+        owner=user, kind=Job.Kind.FINETUNE, status=Job.Status.SUCCEEDED, progress_done=3,
+        progress_total=3, progress_unit="steps", result={"model_version": lineage["child"].pk},
+    )  # fmt: skip
+    browser_login(page, username=user.username)
+
+    page.goto("/models/")
+    page.wait_for_function("document.querySelectorAll('canvas[data-loss]').length === 1")
+    assert page.evaluate(
+        "() => Chart.getChart(document.querySelector('canvas[data-loss]')) !== undefined"
+    )
+    screenshot(page, "40-models-lineage")
+
+    page.goto("/evaluations/")
+    series = page.evaluate(
+        "() => Chart.getChart('chart-ndcg').data.datasets.map(d => [d.label, d.data])"
+    )
+    assert series == [["dev · none", [0.41]], ["dev · qdc", [0.52]]]
+    screenshot(page, "41-evaluations-none-vs-qdc")
+
+    page.goto(f"/audits/{audit.pk}/")
+    labels = page.evaluate("() => Chart.getChart('chart-appeared').data.datasets.map(d => d.label)")
+    assert labels == [
+        "GASLITE passages", "message only", "centroid vector", "GASLITE on non-concept queries",
+    ]  # fmt: skip
+    assert page.evaluate("() => Chart.getChart('chart-objective').data.datasets.length") == 2
+    assert page.locator(".adversarial-passage .badge.adversarial").count() == 2
+    screenshot(page, "42-audit-detail")
+    page.goto("/audits/")
+    screenshot(page, "43-audits")
+
+    page.goto(f"/jobs/{finetune.pk}/")
+    page.wait_for_selector("#loss-card:not([hidden])")
+    points = page.evaluate("() => Chart.getChart('loss-chart').data.datasets[0].data")
+    assert [p["y"] for p in points] == [2.0, 1.5, 1.1]
+    screenshot(page, "44-finetune-loss")

@@ -155,7 +155,7 @@
       el("job-done").textContent =
         job.progress_done.toLocaleString() +
         (job.progress_total ? " / " + job.progress_total.toLocaleString() : "") + " " + job.progress_unit;
-      el("job-rate").textContent = EH.rate(job.rate) + " " + job.progress_unit + "/s";
+      el("job-rate").textContent = job.rate == null ? "—" : EH.rate(job.rate) + " " + job.progress_unit + "/s";
       el("job-eta").textContent = job.status === "running" ? EH.duration(job.eta_seconds) : "—";
       const active = job.status === "queued" || job.status === "running";
       el("job-note").textContent = active ? job.progress_note || "" : "";
@@ -180,6 +180,7 @@
         el("job-result-text").textContent = JSON.stringify(job.result, null, 2);
       }
       root.dataset.status = job.status;
+      root.dataset.polls = Number(root.dataset.polls || 0) + 1;
       if (config.kind === "finetune") updateLoss(job);
     }
 
@@ -231,8 +232,9 @@
         const events = await EH.api(config.eventsUrl + "?page_size=500");
         renderEvents(events.results || events);
         if (["succeeded", "failed", "cancelled"].includes(job.status)) {
-          // A fine-tune that just finished: reload once for the stored loss curve.
-          if (config.kind === "finetune" && job.status === "succeeded" && !(config.lossCurve || []).length && state.sawRunning) {
+          // Finished while watched: one reload brings what the server renders for finished
+          // jobs (links to what the job made, a fine-tune's stored loss curve).
+          if (state.sawActive) {
             window.location.reload();
             return;
           }
@@ -244,7 +246,7 @@
           return;
         }
         state.stopped = false;
-        state.sawRunning = true;
+        state.sawActive = true;
       } catch (e) {
         el("poll-error").hidden = false;
         el("poll-error").textContent = "Live update failed (" + e.message + "); retrying.";
@@ -507,7 +509,11 @@
     if (series.length) {
       EH.lineChart(document.getElementById("chart-appeared"), series, "k", "appeared@k", {
         scales: {
-          x: { type: "logarithmic", title: { display: true, text: "k (log scale)" } },
+          x: {
+            type: "logarithmic",
+            title: { display: true, text: "k (log scale)" },
+            ticks: { autoSkip: false, callback: (v) => ([1, 2, 5, 10, 20, 50, 100, 200, 500, 1000].includes(v) ? v : "") },
+          },
           y: { min: 0, max: 1, title: { display: true, text: "share of held-out queries" } },
         },
       });
@@ -544,10 +550,10 @@
         maintainAspectRatio: false,
         parsing: { xAxisKey: "x", yAxisKey: "y" },
         scales: {
-          x: { type: "linear", title: { display: true, text: xLabel } },
+          x: { type: "linear", ticks: { precision: 0 }, title: { display: true, text: xLabel } },
           y: { title: { display: true, text: yLabel } },
         },
-        plugins: { legend: { position: "bottom" } },
+        plugins: { legend: { position: "bottom", labels: { usePointStyle: true } } },
       }, extra || {}),
     });
   };
