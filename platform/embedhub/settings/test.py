@@ -10,7 +10,11 @@ from .base import REST_FRAMEWORK  # noqa: E402
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 REST_FRAMEWORK = {
     **REST_FRAMEWORK,
-    "DEFAULT_THROTTLE_RATES": {"uploads": "10000/hour", "jobs": "10000/hour", "search": "10000/hour"},
+    "DEFAULT_THROTTLE_RATES": {
+        "uploads": "10000/hour",
+        "jobs": "10000/hour",
+        "search": "10000/hour",
+    },
 }
 
 # Each pytest process gets its own test database and Redis db, so parallel runs never
