@@ -61,6 +61,7 @@ class AuditListApi(ListAPIView):
 
     serializer_class = AuditSummaryOutput
     filterset_class = AuditFilter
+    queryset = RobustnessAudit.objects.none()  # for the schema; requests use get_queryset
 
     def get_queryset(self):
         return selectors.audit_list(user=self.request.user)
@@ -73,28 +74,29 @@ class AuditDetailApi(APIView):
         return Response(AuditDetailOutput(audit).data)
 
 
+class AuditComparisonOutput(serializers.Serializer):
+    concept = serializers.CharField()
+    model_version = serializers.IntegerField()
+    model_version_label = serializers.CharField()
+    audit = serializers.IntegerField()
+    index = serializers.IntegerField()
+    n_passages = serializers.IntegerField()
+    n_held_out = serializers.IntegerField()
+    gaslite = serializers.FloatField(allow_null=True)
+    message_only = serializers.FloatField(allow_null=True)
+    centroid = serializers.FloatField(allow_null=True)
+    non_concept = serializers.FloatField(allow_null=True)
+
+
 class AuditComparisonApi(APIView):
     """appeared@10 per model version per concept (latest complete audit of each pair)."""
 
-    class OutputSerializer(serializers.Serializer):
-        concept = serializers.CharField()
-        model_version = serializers.IntegerField()
-        model_version_label = serializers.CharField()
-        audit = serializers.IntegerField()
-        index = serializers.IntegerField()
-        n_passages = serializers.IntegerField()
-        n_held_out = serializers.IntegerField()
-        gaslite = serializers.FloatField(allow_null=True)
-        message_only = serializers.FloatField(allow_null=True)
-        centroid = serializers.FloatField(allow_null=True)
-        non_concept = serializers.FloatField(allow_null=True)
-
     @extend_schema(
         parameters=[OpenApiParameter("concept", str, required=False)],
-        responses=OutputSerializer(many=True),
+        responses=AuditComparisonOutput(many=True),
     )
     def get(self, request):
         rows = selectors.audit_comparison(
             user=request.user, concept=request.query_params.get("concept") or None
         )
-        return Response(self.OutputSerializer(rows, many=True).data)
+        return Response(AuditComparisonOutput(rows, many=True).data)
