@@ -121,7 +121,12 @@ def run_sample_jobs(user) -> None:
     say("evaluation: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def main() -> None:
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops the demo as cleanly as Ctrl-C
     started_services = start_services()
     import django
     from django.core.management import call_command
