@@ -37,12 +37,17 @@ def _safe_next(request: HttpRequest, fallback: str) -> str:
 @require_GET
 def overview(request: HttpRequest) -> HttpResponse:
     jobs = job_selectors.job_list(user=request.user)
+    active = jobs.filter(status__in=[Job.Status.QUEUED, Job.Status.RUNNING])
+    versions = _version_list(request.user)
+    corpora = _corpus_list(request.user)
     context = {
         "section": "overview",
-        "corpora": _corpus_list(request.user)[:6],
-        "corpus_count": _corpus_list(request.user).count(),
-        "versions": _version_list(request.user)[:8],
-        "running_jobs": jobs.filter(status__in=[Job.Status.QUEUED, Job.Status.RUNNING])[:10],
+        "corpora": corpora[:6],
+        "corpus_count": corpora.count(),
+        "versions": versions.order_by("-created_at")[:8],
+        "version_count": versions.count(),
+        "running_jobs": active[:10],
+        "running_count": active.count(),
         "recent_jobs": jobs[:10],
         "job_count": jobs.count(),
     }

@@ -275,3 +275,33 @@ def test_lineage_evaluation_and_audit_pages_draw_their_charts(page, screenshot, 
     points = page.evaluate("() => Chart.getChart('loss-chart').data.datasets[0].data")
     assert [p["y"] for p in points] == [2.0, 1.5, 1.1]
     screenshot(page, "44-finetune-loss")
+
+
+def test_drag_and_drop_upload_shows_progress_and_the_queued_ingest(page, screenshot, user):
+    """No worker: the upload itself (XHR to the REST endpoint with the CSRF header) completes
+    and the ingest job it submitted is followed while it waits in the queue."""
+    from embedhub.jobs.models import Job
+
+    browser_login(page, username=user.username)
+    page.goto("/corpora/upload/")
+    payload = "\n".join(json.dumps({"_id": f"d{i}", "text": f"doc {i} " * 50}) for i in range(400))
+    drop = page.evaluate_handle(
+        """(text) => { const dt = new DataTransfer();
+            dt.items.add(new File([text], 'dropped.jsonl', {type: 'application/x-ndjson'}));
+            return dt; }""",
+        payload,
+    )
+    page.dispatch_event("#dropzone", "dragenter", {"dataTransfer": drop})
+    assert "over" in page.locator("#dropzone").get_attribute("class")
+    page.dispatch_event("#dropzone", "drop", {"dataTransfer": drop})
+    assert "dropped.jsonl" in page.locator("#file-name").inner_text()
+    page.click("#upload-button")
+    page.wait_for_selector("#ingest-status:not([hidden])")
+    page.wait_for_function(
+        "document.getElementById('ingest-note').textContent.startsWith('queued')"
+    )
+    assert page.locator("#upload-progress").get_attribute("aria-valuenow") == "100"
+    job = Job.objects.get(owner=user, kind=Job.Kind.INGEST)
+    assert job.corpus.name == "dropped" and job.params["filename"] == "dropped.jsonl"
+    assert page.locator("#ingest-job-link").get_attribute("href") == f"/jobs/{job.pk}/"
+    screenshot(page, "21-upload-queued")
