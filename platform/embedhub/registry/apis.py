@@ -1,5 +1,5 @@
 from django.utils import timezone
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import extend_schema, extend_schema_serializer
 from rest_framework import serializers, status
 from rest_framework.generics import ListAPIView
 from rest_framework.permissions import IsAdminUser, IsAuthenticated
@@ -68,6 +68,7 @@ class ModelListApi(ListAPIView):
 class ModelVersionListCreateApi(ListAPIView):
     """Versions (`?model=<name>`, `?status=ready`); staff register new ones with POST."""
 
+    @extend_schema_serializer(component_name="ModelVersionRegisterInput")
     class InputSerializer(serializers.Serializer):
         source = serializers.CharField(
             required=False, allow_null=True, default=None,
