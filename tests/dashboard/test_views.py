@@ -208,7 +208,9 @@ def test_health_reports_queues_even_without_workers(client_for, user):
     data = client_for(user).get("/health/").json()
     assert data["queues"]["ok"] is True
     assert set(data["queues"]["queues"]) == {"cpu", "gpu"}
-    assert data["workers"]["ok"] is False and data["workers"]["workers"] == []
+    # No worker of this test run is up (another run sharing the Redis db could answer).
+    assert data["workers"]["ok"] == bool(data["workers"]["workers"])
+    assert data["workers"]["error"] == ""
 
 
 # ------------------------------------------------------------------ models, evaluations, audits
