@@ -204,7 +204,7 @@ def test_killed_reindex_leaves_active_untouched_and_the_reaper_resumes_it(
     api, user, corpus, lineage, start_worker, settings
 ):
     v1, v2 = lineage
-    make_documents(corpus, 4000, words=4)
+    make_documents(corpus, 2500, words=4)
     first = start_worker("a")
     params = {"corpus": corpus.pk, "model_version": v1.pk, "encoder": "fake:64"}
     active = VectorIndex.objects.get(
@@ -219,7 +219,7 @@ def test_killed_reindex_leaves_active_untouched_and_the_reaper_resumes_it(
     )  # fmt: skip
     first.kill()
     job.refresh_from_db()
-    assert job.status == "running" and 0 < job.progress_done < 4000, job.progress_done
+    assert job.status == "running" and 0 < job.progress_done < 2500, job.progress_done
     corpus.refresh_from_db()
     assert corpus.active_index_id == active.pk
     text = "Doc 7 " + corpus.documents.get(external_id="d7").text
@@ -235,7 +235,7 @@ def test_killed_reindex_leaves_active_untouched_and_the_reaper_resumes_it(
     assert job.status == "succeeded", job.error
     assert job.attempts == 2
     # Resumed, not restarted: only what the killed attempt had not committed was embedded.
-    assert job.result["build"]["embedded"] < 4000
-    assert job.result["build"]["vectors"] == 4000
+    assert job.result["build"]["embedded"] < 2500
+    assert job.result["build"]["vectors"] == 2500
     corpus.refresh_from_db()
     assert corpus.active_index_id == job.params["index"] != active.pk
