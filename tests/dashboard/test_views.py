@@ -3,6 +3,8 @@ and the forms that write through the apps' services."""
 
 from __future__ import annotations
 
+from html.parser import HTMLParser
+
 import pytest
 from django.urls import URLPattern, reverse
 
@@ -303,3 +305,93 @@ def test_another_users_audit_is_404(client_for, user, other_user, lineage):
         message="m",
     )  # fmt: skip
     assert client_for(other_user).get(f"/audits/{audit.pk}/").status_code == 404
+
+
+# ------------------------------------------------------------------ the corpus page's job forms
+
+
+class _FormFields(HTMLParser):
+    """The fields a browser would submit for the form with a given id, with their defaults."""
+
+    def __init__(self, form_id: str):
+        super().__init__()
+        self.form_id, self.inside, self.fields, self.action = form_id, False, {}, None
+        self._select = None
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "form" and attrs.get("id") == self.form_id:
+            self.inside, self.action = True, attrs["action"]
+        elif not self.inside:
+            return
+        elif tag == "input" and attrs.get("name") and attrs.get("type") != "checkbox":
+            self.fields[attrs["name"]] = attrs.get("value", "")
+        elif tag == "select":
+            self._select = attrs["name"]
+        elif (
+            tag == "option"
+            and self._select
+            and (self._select not in self.fields or "selected" in attrs)
+        ):
+            self.fields[self._select] = attrs.get("value", "")
+
+    def handle_endtag(self, tag):
+        if tag == "form" and self.inside:
+            self.inside = False
+        elif tag == "select":
+            self._select = None
+
+
+def _form(html: str, form_id: str) -> tuple[str, dict]:
+    parser = _FormFields(form_id)
+    parser.feed(html)
+    assert parser.action, f"no form #{form_id} on the page"
+    return parser.action, parser.fields
+
+
+@pytest.fixture
+def ready_corpus(user):
+    """A corpus with documents, a judged query set about one concept, and a built index of
+    the real base model (no vectors needed: the preparers only check, they do not run)."""
+    from embedhub.evaluation.models import Qrel, Query, QuerySet
+    from embedhub.vectors.models import VectorIndex
+    from embedhub.vectors.services import index_activate, index_create
+
+    corpus = CorpusFactory(owner=user, name="forms")
+    docs = DocumentFactory.create_batch(6, corpus=corpus)
+    version = ModelVersionFactory(version=1)
+    index = index_create(owner=user, corpus=corpus, model_version=version)
+    VectorIndex.objects.filter(pk=index.pk).update(state=VectorIndex.State.READY)
+    index_activate(index=VectorIndex.objects.get(pk=index.pk))
+    ModelVersionFactory(version=2, parent=version)  # what a reindex moves the corpus to
+    qs = QuerySet.objects.create(owner=user, corpus=corpus, name="test")
+    for i, doc in enumerate(docs):
+        Query.objects.create(query_set=qs, external_id=f"q{i}", text=f"vitamin question {i}")
+        Qrel.objects.create(
+            query_set=qs, query_external_id=f"q{i}", document_external_id=doc.external_id
+        )
+    return corpus
+
+
+@pytest.mark.parametrize(
+    "form_id,kind,extra",
+    [
+        ("embed-form", "embed", {}),
+        ("evaluate-form", "evaluate", {}),
+        ("finetune-form", "finetune", {}),
+        ("reindex-form", "reindex", {}),
+        ("audit-form", "audit", {"keyword": "vitamin", "message": "Visit evil.example"}),
+    ],
+)
+def test_corpus_page_forms_submit_jobs_their_preparers_accept(
+    client_for, user, ready_corpus, form_id, kind, extra
+):
+    """The forms as rendered, with their defaults, are valid params for each job kind."""
+    client = client_for(user)
+    page = client.get(f"/corpora/{ready_corpus.pk}/").content.decode()
+    action, fields = _form(page, form_id)
+    assert fields["kind"] == kind
+    response = client.post(action, {**fields, **extra})
+    job = Job.objects.get(owner=user, kind=kind)
+    assert response.status_code == 302 and response["Location"] == f"/jobs/{job.pk}/"
+    assert job.corpus_id == ready_corpus.pk
