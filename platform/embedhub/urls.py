@@ -5,6 +5,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 api_v1 = [
     path("", include("embedhub.corpora.urls")),
     path("", include("embedhub.registry.urls")),
+    path("", include("embedhub.registry.training_urls")),
     path("", include("embedhub.vectors.urls")),
     path("", include("embedhub.jobs.urls")),
     path("", include("embedhub.evaluation.urls")),

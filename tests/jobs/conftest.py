@@ -1,5 +1,6 @@
 import pytest
 from django.conf import settings
+from kombu import pools as kombu_pools
 
 from embedhub.celery import app as celery_app
 from embedhub.core import embedded
@@ -13,6 +14,7 @@ def _use_broker(url: str) -> None:
         celery_app._pool.force_close_all()
     celery_app._pool = None
     celery_app.amqp._producer_pool = None  # cached producers hold the old connections
+    kombu_pools.reset()  # kombu's global producer pools are keyed by broker URL
     celery_app.conf.broker_url = url
     settings.CELERY_BROKER_URL = url
 
