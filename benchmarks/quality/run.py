@@ -89,7 +89,7 @@ def _table(rows: list[dict]) -> str:
     names = ["ndcg@10", "recall@10", "recall@100", "mrr@10", "map@100"]
     head = f"| {'mode':<5} | " + " | ".join(f"{n:>10}" for n in names)
     head += " | ann R@10 | queries | seconds |"
-    lines = [head, "|" + "|".join("-" * (len(c) + 2) for c in head.strip("|").split("|")) + "|"]
+    lines = [head, "|" + "|".join("-" * len(c) for c in head.strip("|").split("|")) + "|"]
     for row in rows:
         m = row["metrics"]
         recall = row["ann_recall_at_10"]
