@@ -21,12 +21,13 @@ def setup(db_name: str = "embedhub_bench") -> None:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "embedhub.settings.base")
     os.environ.setdefault("DEBUG", "1")
     os.environ["EMBEDHUB_DB_NAME"] = db_name
-    # Jobs are run in-process; their broker messages go to a Redis db no worker reads.
+    # Jobs run in-process; their broker messages go to Redis db 255, which no worker reads
+    # (test runs use dbs 1-250).
     if not os.environ.get("CELERY_BROKER_URL"):
         from embedhub.core import embedded
 
         embedded.services_start(ROOT / "var")
-        os.environ["CELERY_BROKER_URL"] = embedded.redis_url(ROOT / "var", db=15)
+        os.environ["CELERY_BROKER_URL"] = embedded.redis_url(ROOT / "var", db=255)
     _create_database(db_name)
     import django
     from django.core.management import call_command
