@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -17,30 +16,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from benchmarks._django import bench_user, machine, setup  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "out"
-
-
-class PeakRss:
-    """Samples this process's RSS every 50 ms (the job runs in-process)."""
-
-    def __init__(self):
-        import psutil
-
-        self._proc = psutil.Process()
-        self.peak = self.start = self._proc.memory_info().rss
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self):
-        while not self._stop.wait(0.05):
-            self.peak = max(self.peak, self._proc.memory_info().rss)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
 
 
 def synthetic_corpus(n: int):
@@ -73,7 +48,9 @@ def run_size(n: int, dim: int, batch_size: int) -> dict:
     params = {"corpus": corpus.pk, "model_version": model_version_default().pk,
               "encoder": f"fake:{dim}", "batch_size": batch_size}  # fmt: skip
     job, _ = job_submit_checked(user=user, kind="embed", params=params)
-    with PeakRss() as rss:
+    from embedhub.core.profiling import PeakRss
+
+    with PeakRss(interval=0.05) as rss:
         start = time.perf_counter()
         outcome = job_execute(job_id=job.pk, worker="bench")
         seconds = time.perf_counter() - start
@@ -85,9 +62,9 @@ def run_size(n: int, dim: int, batch_size: int) -> dict:
         "end_to_end_docs_per_s_incl_hnsw": round(n / seconds, 1),
         "embed_seconds": job.result["embed_seconds"],
         "hnsw_and_finalise_seconds": job.result["finalise_seconds"],
-        "rss_start_mb": round(rss.start / 2**20, 1),
+        "rss_start_mb": round(rss.baseline / 2**20, 1),
         "rss_peak_mb": round(rss.peak / 2**20, 1),
-        "rss_growth_mb": round((rss.peak - rss.start) / 2**20, 1),
+        "rss_growth_mb": round(rss.growth / 2**20, 1),
     }
 
 

@@ -3,41 +3,14 @@
 from __future__ import annotations
 
 import json
-import threading
 import time
 
-import psutil
 import pytest
 
+from embedhub.core.profiling import PeakRss
 from embedhub.corpora.models import Document
 
 LINES = 200_000
-
-
-class PeakRss:
-    """Samples this process's resident memory every few milliseconds."""
-
-    def __init__(self):
-        self.process = psutil.Process()
-        self.baseline = self.peak = self.process.memory_info().rss
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self):
-        while not self._stop.wait(0.005):
-            self.peak = max(self.peak, self.process.memory_info().rss)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-
-    @property
-    def growth(self) -> int:
-        return self.peak - self.baseline
 
 
 @pytest.mark.slow
