@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import pytest
-from rest_framework.test import APIClient
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -137,22 +136,24 @@ def staff_user(db):
     return UserFactory(username="admin", is_staff=True, is_superuser=True)
 
 
-@pytest.fixture
-def api(user):
+def _api_client(user):
+    from rest_framework.test import APIClient  # lazy: workers/ml tests run without Django
+
     client = APIClient()
     client.force_authenticate(user)
     return client
 
 
 @pytest.fixture
+def api(user):
+    return _api_client(user)
+
+
+@pytest.fixture
 def other_api(other_user):
-    client = APIClient()
-    client.force_authenticate(other_user)
-    return client
+    return _api_client(other_user)
 
 
 @pytest.fixture
 def staff_api(staff_user):
-    client = APIClient()
-    client.force_authenticate(staff_user)
-    return client
+    return _api_client(staff_user)
