@@ -16,7 +16,11 @@ def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, *, mode: str = "mea
 
 
 def embed_hidden(
-    hidden: torch.Tensor, attention_mask: torch.Tensor, *, mode: str = "mean", normalize: bool = True
+    hidden: torch.Tensor,
+    attention_mask: torch.Tensor,
+    *,
+    mode: str = "mean",
+    normalize: bool = True,
 ) -> torch.Tensor:
     vectors = pool(hidden.float(), attention_mask, mode=mode)
     return F.normalize(vectors, p=2, dim=-1) if normalize else vectors

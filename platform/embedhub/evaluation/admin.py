@@ -10,5 +10,13 @@ class QuerySetAdmin(admin.ModelAdmin):
 
 @admin.register(EvalRun)
 class EvalRunAdmin(admin.ModelAdmin):
-    list_display = ["id", "query_set", "index", "model_version", "compensation", "mode", "created_at"]
+    list_display = [
+        "id",
+        "query_set",
+        "index",
+        "model_version",
+        "compensation",
+        "mode",
+        "created_at",
+    ]
     exclude = ["per_query"]
