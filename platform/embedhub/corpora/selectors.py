@@ -13,7 +13,8 @@ def corpus_list(*, user, name: str | None = None) -> QuerySet[Corpus]:
     qs = owned_by(Corpus.objects.all(), user=user).select_related("owner")
     if name:
         qs = qs.filter(name__icontains=name)
-    return qs.annotate(document_count=Count("documents"))
+    # Meta.ordering is dropped from GROUP BY queries, so the order is spelled out.
+    return qs.annotate(document_count=Count("documents")).order_by("-created_at", "-id")
 
 
 def corpus_get(*, user, corpus_id: int) -> Corpus:

@@ -27,3 +27,6 @@ if not os.environ.get("ARTIFACT_ROOT"):
     ARTIFACT_ROOT = VAR_DIR / "test-artifacts" / str(os.getpid())  # noqa: F405
 if not os.environ.get("MEDIA_ROOT"):
     MEDIA_ROOT = VAR_DIR / "test-media" / str(os.getpid())  # noqa: F405
+
+STATIC_ROOT = VAR_DIR / "test-static"  # noqa: F405
+STATIC_ROOT.mkdir(parents=True, exist_ok=True)  # WhiteNoise warns about a missing root
