@@ -44,17 +44,26 @@ def _reject(problem: InvalidLine, *, skip_invalid: bool, skipped: Skipped) -> No
     skipped.add(problem)
 
 
-def _stage_queries(cur, stream: IO, *, file: str, skip_invalid: bool, skipped: Skipped) -> int:
-    cur.execute("DROP TABLE IF EXISTS import_queries")
-    cur.execute(
-        "CREATE TEMP TABLE import_queries (line_no bigint NOT NULL, external_id text NOT NULL,"
-        " text text NOT NULL, metadata jsonb NOT NULL) ON COMMIT DROP"
-    )
+def _stage(
+    cur,
+    stream: IO,
+    *,
+    table: str,
+    columns: str,
+    to_row,
+    file: str,
+    skip_invalid: bool,
+    skipped: Skipped,
+) -> int:
+    """COPY the valid lines of `stream` into a temporary staging table; returns the row count."""
+    cur.execute(f"DROP TABLE IF EXISTS {table}")
+    cur.execute(f"CREATE TEMP TABLE {table} ({columns}) ON COMMIT DROP")
+    names = ", ".join(column.split()[0] for column in columns.split(","))
     staged = 0
-    with cur.copy("COPY import_queries (line_no, external_id, text, metadata) FROM STDIN") as copy:
+    with cur.copy(f"COPY {table} ({names}) FROM STDIN") as copy:
         for line in read_lines(stream):
             try:
-                row = _query_row(line, file=file)
+                row = to_row(line, file=file)
             except InvalidLine as problem:
                 _reject(problem, skip_invalid=skip_invalid, skipped=skipped)
                 continue
@@ -62,6 +71,12 @@ def _stage_queries(cur, stream: IO, *, file: str, skip_invalid: bool, skipped: S
                 copy.write_row(row)
                 staged += 1
     return staged
+
+
+def _stage_queries(cur, stream: IO, **opts) -> int:
+    columns = ("line_no bigint NOT NULL, external_id text NOT NULL, text text NOT NULL,"
+               " metadata jsonb NOT NULL")  # fmt: skip
+    return _stage(cur, stream, table="import_queries", columns=columns, to_row=_query_row, **opts)
 
 
 def _query_row(line, *, file: str) -> tuple | None:
@@ -83,26 +98,10 @@ def _query_row(line, *, file: str) -> tuple | None:
     return (line.number, external_id, text, json.dumps(metadata, ensure_ascii=False))
 
 
-def _stage_qrels(cur, stream: IO, *, file: str, skip_invalid: bool, skipped: Skipped) -> int:
-    cur.execute("DROP TABLE IF EXISTS import_qrels")
-    cur.execute(
-        "CREATE TEMP TABLE import_qrels (line_no bigint NOT NULL, query_id text NOT NULL,"
-        " document_id text NOT NULL, relevance integer NOT NULL) ON COMMIT DROP"
-    )
-    staged = 0
-    with cur.copy(
-        "COPY import_qrels (line_no, query_id, document_id, relevance) FROM STDIN"
-    ) as copy:
-        for line in read_lines(stream):
-            try:
-                row = _qrel_row(line, file=file)
-            except InvalidLine as problem:
-                _reject(problem, skip_invalid=skip_invalid, skipped=skipped)
-                continue
-            if row is not None:
-                copy.write_row(row)
-                staged += 1
-    return staged
+def _stage_qrels(cur, stream: IO, **opts) -> int:
+    columns = ("line_no bigint NOT NULL, query_id text NOT NULL, document_id text NOT NULL,"
+               " relevance integer NOT NULL")  # fmt: skip
+    return _stage(cur, stream, table="import_qrels", columns=columns, to_row=_qrel_row, **opts)
 
 
 def _qrel_row(line, *, file: str) -> tuple | None:
