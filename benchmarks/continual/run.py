@@ -191,6 +191,11 @@ def evaluate_variant(
     return res
 
 
+def _settings_key(config, n_pairs: int) -> str:
+    raw = json.dumps([dataclasses.asdict(config), n_pairs], sort_keys=True, default=str)
+    return hashlib.sha256(raw.encode()).hexdigest()[:10]
+
+
 def train_variant(*, name: str, distill: float, pairs: list[TrainPair], args) -> tuple[Path, dict]:
     out = WORK / "models" / f"v1-{name}"
     config = FinetuneConfig(
@@ -219,7 +224,8 @@ def train_variant(*, name: str, distill: float, pairs: list[TrainPair], args) ->
         pairs=pairs,
         out_dir=out,
         config=config,
-        checkpoint_dir=WORK / "checkpoints" / f"v1-{name}",
+        # Keyed by the settings: an interrupted run resumes, a run with new settings starts fresh.
+        checkpoint_dir=WORK / "checkpoints" / f"v1-{name}-{_settings_key(config, len(pairs))}",
         on_step=progress,
     )
     curve = result.loss_curve
