@@ -67,22 +67,29 @@ def index_pending_count(*, index: VectorIndex) -> int:
 
 
 def index_pending_pages(*, index: VectorIndex, page_size: int) -> Iterator[list[tuple]]:
-    """Documents needing (re-)embedding in id order, a page at a time (keyset pagination
-    keeps memory flat and each query cheap however large the corpus)."""
+    """Documents needing (re-)embedding in id order, a page at a time.
+
+    Keyset pagination over the corpus, then one primary-key probe per candidate: written as
+    a plain anti-join, the planner may hash the whole (growing, unanalysed) vector table for
+    every page, which turns a large build quadratic.
+    """
     last_id = 0
     sql = (
-        "SELECT d.id, d.title, d.text, d.content_hash "
-        + _PENDING.format(table=index.table_name)
-        + " AND d.id > %s ORDER BY d.id LIMIT %s"
+        f"SELECT p.id, p.title, p.text, p.content_hash, EXISTS (SELECT 1 FROM {index.table_name} v "
+        "WHERE v.document_id = p.id AND v.content_hash = p.content_hash) AS done "
+        "FROM (SELECT id, title, text, content_hash FROM corpora_document "
+        "WHERE corpus_id = %s AND id > %s ORDER BY id LIMIT %s) p ORDER BY p.id"
     )
     while True:
         with connection.cursor() as cur:
             cur.execute(sql, [index.corpus_id, last_id, page_size])
-            page = cur.fetchall()
-        if not page:
+            rows = cur.fetchall()
+        if not rows:
             return
-        yield page
-        last_id = page[-1][0]
+        last_id = rows[-1][0]
+        page = [row[:4] for row in rows if not row[4]]
+        if page:
+            yield page
 
 
 def index_vectors(*, index: VectorIndex) -> tuple[list[int], list[str], np.ndarray]:
