@@ -15,8 +15,10 @@ def main() -> None:
             sys.path.append(path)
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "embedhub.settings.base")
     if sys.argv[1:2] == ["services"]:
-        # `services status|stop` must not start what it is asked about.
+        # `services status|stop` must not start what it is asked about, and managing local
+        # processes serves nothing, so it needs no production SECRET_KEY.
         os.environ["EMBEDHUB_AUTOSTART"] = "0"
+        os.environ.setdefault("DEBUG", "1")
     from django.core.management import execute_from_command_line
 
     execute_from_command_line(sys.argv)
