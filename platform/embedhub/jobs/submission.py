@@ -31,6 +31,7 @@ def job_submit_checked(
     *, user, kind: str, params: dict, idempotency_key: str | None = None
 ) -> tuple[Job, bool]:
     if idempotency_key:
+        # Checked before preparing too: a preparer may create objects (an embed job's index).
         existing = Job.objects.filter(owner=user, idempotency_key=idempotency_key).first()
         if existing:
             return existing, False

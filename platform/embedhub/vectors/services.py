@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 
+import numpy as np
 from django.db import connection, transaction
 from django.utils import timezone
 
@@ -256,8 +257,6 @@ def _embed_chunked(*, index, encoder, ctx, done, total, batch_size, chunking) ->
             keys.extend(batch.keys)
             vectors.append(batch.vectors)
             ctx.check_cancel()
-        import numpy as np
-
         with transaction.atomic():
             tables.rows_replace(
                 table=index.table_name, storage=index.storage,
