@@ -75,8 +75,9 @@ def sample_zip() -> Path:
 
 def spawn(name: str, args: list[str], log_dir: Path) -> subprocess.Popen:
     log = open(log_dir / f"{name}.log", "w")  # noqa: SIM115 - lives as long as the process
-    return subprocess.Popen(args, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)  # fmt: skip
+    return subprocess.Popen(
+        args, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
 
 
 def wait_job(job_id: int, label: str):
@@ -104,8 +105,9 @@ def run_sample_jobs(user) -> None:
     from embedhub.jobs.submission import job_submit_checked
 
     with open(sample_zip(), "rb") as fh:
-        job = corpus_upload(owner=user, uploaded_file=File(fh, name="scifact-mini.zip"),
-                            corpus_name="scifact-mini")  # fmt: skip
+        job = corpus_upload(
+            owner=user, uploaded_file=File(fh, name="scifact-mini.zip"), corpus_name="scifact-mini"
+        )
     wait_job(job.pk, "ingest")
     corpus = job.corpus
     embed = job_submit_checked(user=user, kind="embed", params={"corpus": corpus.pk})[0]
@@ -115,8 +117,9 @@ def run_sample_jobs(user) -> None:
         say("the sample has no query set; skipping the evaluation")
         return
     params = {"corpus": corpus.pk, "query_set": query_set.pk}
-    evaluation = wait_job(job_submit_checked(user=user, kind="evaluate", params=params)[0].pk,
-                          "evaluate")  # fmt: skip
+    evaluation = wait_job(
+        job_submit_checked(user=user, kind="evaluate", params=params)[0].pk, "evaluate"
+    )
     metrics = evaluation.result.get("metrics", {})
     say("evaluation: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
 
@@ -142,11 +145,39 @@ def main() -> None:
     py = sys.executable
     procs = [
         spawn("web", [py, "manage.py", "runserver", f"127.0.0.1:{port}", "--noreload"], log_dir),
-        spawn("worker", [py, "-m", "celery", "-A", "embedhub", "worker", "-Q", "cpu,gpu",
-                         "-c", "1", "--loglevel=INFO"], log_dir),
-        spawn("beat", [py, "-m", "celery", "-A", "embedhub", "beat", "--loglevel=INFO",
-                       "-S", "django_celery_beat.schedulers:DatabaseScheduler"], log_dir),
-    ]  # fmt: skip
+        spawn(
+            "worker",
+            [
+                py,
+                "-m",
+                "celery",
+                "-A",
+                "embedhub",
+                "worker",
+                "-Q",
+                "cpu,gpu",
+                "-c",
+                "1",
+                "--loglevel=INFO",
+            ],
+            log_dir,
+        ),
+        spawn(
+            "beat",
+            [
+                py,
+                "-m",
+                "celery",
+                "-A",
+                "embedhub",
+                "beat",
+                "--loglevel=INFO",
+                "-S",
+                "django_celery_beat.schedulers:DatabaseScheduler",
+            ],
+            log_dir,
+        ),
+    ]
     try:
         run_sample_jobs(user)
         print(

@@ -38,9 +38,13 @@ class WorkerProcess:
         cmd += ["--pool=solo", "-n", f"{name}@%h", "--without-gossip", "--without-mingle"]
         cmd += ["--loglevel=INFO"]
         self.proc = subprocess.Popen(
-            cmd, cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT,
+            cmd,
+            cwd=ROOT,
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
-        )  # fmt: skip
+        )
         self.name = name
         self._wait_ready()
 

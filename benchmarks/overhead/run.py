@@ -45,8 +45,12 @@ def run_size(n: int, dim: int, batch_size: int) -> dict:
     from embedhub.registry.services import model_version_default
 
     user, corpus = synthetic_corpus(n)
-    params = {"corpus": corpus.pk, "model_version": model_version_default().pk,
-              "encoder": f"fake:{dim}", "batch_size": batch_size}  # fmt: skip
+    params = {
+        "corpus": corpus.pk,
+        "model_version": model_version_default().pk,
+        "encoder": f"fake:{dim}",
+        "batch_size": batch_size,
+    }
     job, _ = job_submit_checked(user=user, kind="embed", params=params)
     from embedhub.core.profiling import PeakRss
 

@@ -54,12 +54,16 @@ def _ingest(*, user, data: Path, reuse: bool):
     if corpus is not None:
         corpus_delete(corpus=corpus)
     corpus = corpus_create(owner=user, name=CORPUS_NAME)
-    report = corpus_ingest_file(corpus_id=corpus.pk, path=data / "corpus.jsonl", fmt="jsonl",
-                                owner_id=user.pk)  # fmt: skip
+    report = corpus_ingest_file(
+        corpus_id=corpus.pk, path=data / "corpus.jsonl", fmt="jsonl", owner_id=user.pk
+    )
     query_set, qs_report = query_set_create(
-        owner=user, corpus=corpus, name=QUERY_SET_NAME, queries_file=data / "queries.jsonl",
+        owner=user,
+        corpus=corpus,
+        name=QUERY_SET_NAME,
+        queries_file=data / "queries.jsonl",
         qrels_file=data / "qrels.tsv",
-    )  # fmt: skip
+    )
     return corpus, query_set, {"corpus": report, "query_set": qs_report}
 
 
@@ -79,8 +83,13 @@ def _run_job(*, user, kind: str, params: dict):
 
 def _git_commit() -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
-                              capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 
@@ -94,10 +103,11 @@ def _table(rows: list[dict]) -> str:
         m = row["metrics"]
         recall = row["ann_recall_at_10"]
         lines.append(
-            f"| {row['mode']:<5} | " + " | ".join(f"{m[n]:>10.4f}" for n in names)
+            f"| {row['mode']:<5} | "
+            + " | ".join(f"{m[n]:>10.4f}" for n in names)
             + f" | {'' if recall is None else f'{recall:.4f}':>8} | {row['n_queries']:>7} |"
             + f" {row['seconds']:>7.1f} |"
-        )  # fmt: skip
+        )
     return "\n".join(lines)
 
 
@@ -105,8 +115,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=Path("/work/shared/data/scifact"))
     parser.add_argument("--db", default="embedhub_bench")
-    parser.add_argument("--reuse", action="store_true",
-                        help="keep an existing corpus/index (the embed job then embeds nothing)")  # fmt: skip
+    parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="keep an existing corpus/index (the embed job then embeds nothing)",
+    )
     parser.add_argument("--no-ann", action="store_true", help="skip the HNSW evaluation")
     args = parser.parse_args()
 
@@ -116,31 +129,47 @@ def main() -> int:
     from embedhub.registry.services import model_version_default
 
     user = bench_user()
-    corpus, query_set, ingest = _timed("ingest", timings, _ingest, user=user, data=args.data,
-                                       reuse=args.reuse)  # fmt: skip
+    corpus, query_set, ingest = _timed(
+        "ingest", timings, _ingest, user=user, data=args.data, reuse=args.reuse
+    )
     version = _timed("register", timings, model_version_default)
     if version.max_tokens != 256:
         raise SystemExit(
             f"{version} embeds {version.max_tokens} tokens; the 0.645 figure is at 256"
         )
-    embed = _timed("embed job", timings, _run_job, user=user, kind="embed",
-                   params={"corpus": corpus.pk, "model_version": version.pk, "activate": True})  # fmt: skip
+    embed = _timed(
+        "embed job",
+        timings,
+        _run_job,
+        user=user,
+        kind="embed",
+        params={"corpus": corpus.pk, "model_version": version.pk, "activate": True},
+    )
     runs = []
     modes = [("exact", {})] if args.no_ann else [("exact", {}), ("ann", {"ef_search": 100})]
     for mode, extra in modes:
-        job = _timed(f"eval {mode}", timings, _run_job, user=user, kind="evaluate",
-                     params={"corpus": corpus.pk, "query_set": query_set.pk, "mode": mode,
-                             **extra})  # fmt: skip
+        job = _timed(
+            f"eval {mode}",
+            timings,
+            _run_job,
+            user=user,
+            kind="evaluate",
+            params={"corpus": corpus.pk, "query_set": query_set.pk, "mode": mode, **extra},
+        )
         runs.append({**job.result, "job": job.pk})
 
     exact = runs[0]["metrics"]["ndcg@10"]
     passed = abs(exact - EXPECTED) <= TOLERANCE
     print()
     print(_table(runs))
-    print(f"\nnDCG@10 (exact) = {exact:.4f}; expected {EXPECTED} ± {TOLERANCE}: "
-          f"{'PASS' if passed else 'FAIL'}")  # fmt: skip
-    print(f"embed job: {embed.result.get('embedded')} docs in {embed.result.get('seconds')} s "
-          f"({embed.result.get('docs_per_second')} docs/s)")  # fmt: skip
+    print(
+        f"\nnDCG@10 (exact) = {exact:.4f}; expected {EXPECTED} ± {TOLERANCE}: "
+        f"{'PASS' if passed else 'FAIL'}"
+    )
+    print(
+        f"embed job: {embed.result.get('embedded')} docs in {embed.result.get('seconds')} s "
+        f"({embed.result.get('docs_per_second')} docs/s)"
+    )
     result = {
         "benchmark": "quality",
         "dataset": str(args.data),
@@ -149,13 +178,13 @@ def main() -> int:
             "label": str(version),
             "max_tokens": version.max_tokens,
             "artifact_path": version.artifact_path,
-        },  # fmt: skip
+        },
         "corpus": {"id": corpus.pk, "documents": corpus.documents.count()},
         "query_set": {
             "id": query_set.pk,
             "queries": query_set.queries.count(),
             "qrels": query_set.qrels.count(),
-        },  # fmt: skip
+        },
         "check": {
             "metric": "ndcg@10",
             "mode": "exact",
@@ -163,7 +192,7 @@ def main() -> int:
             "expected": EXPECTED,
             "tolerance": TOLERANCE,
             "passed": passed,
-        },  # fmt: skip
+        },
         "evaluations": runs,
         "embed_job": {"job": embed.pk, **embed.result},
         "ingest": ingest,

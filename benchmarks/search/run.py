@@ -35,8 +35,12 @@ def build_index(docs: int, dim: int):
     from embedhub.registry.services import model_version_default
 
     user, corpus = synthetic_corpus(docs)
-    params = {"corpus": corpus.pk, "model_version": model_version_default().pk,
-              "encoder": f"fake:{dim}", "batch_size": 1024}  # fmt: skip
+    params = {
+        "corpus": corpus.pk,
+        "model_version": model_version_default().pk,
+        "encoder": f"fake:{dim}",
+        "batch_size": 1024,
+    }
     job, _ = job_submit_checked(user=user, kind="embed", params=params)
     assert job_execute(job_id=job.pk, worker="bench") == "succeeded"
     job.refresh_from_db()
@@ -74,15 +78,25 @@ def build_jitter_index(docs: int, sigma: float):
     start = time.perf_counter()
     for lo in range(0, len(ids), 5000):
         chunk = ids[lo : lo + 5000]
-        tables.rows_replace(table=index.table_name, storage=index.storage,
-                            doc_ids=[i for i, _ in chunk], chunks=[0] * len(chunk),
-                            hashes=[h for _, h in chunk], vectors=vectors[lo : lo + 5000])  # fmt: skip
+        tables.rows_replace(
+            table=index.table_name,
+            storage=index.storage,
+            doc_ids=[i for i, _ in chunk],
+            chunks=[0] * len(chunk),
+            hashes=[h for _, h in chunk],
+            vectors=vectors[lo : lo + 5000],
+        )
     copy_s = time.perf_counter() - start
-    tables.hnsw_build(table=index.table_name, storage=index.storage, m=index.hnsw_m,
-                      ef_construction=index.hnsw_ef_construction)  # fmt: skip
+    tables.hnsw_build(
+        table=index.table_name,
+        storage=index.storage,
+        m=index.hnsw_m,
+        ef_construction=index.hnsw_ef_construction,
+    )
     hnsw_s = time.perf_counter() - start - copy_s
-    VectorIndex.objects.filter(pk=index.pk).update(state="ready", vector_count=len(ids),
-                                                   built_at=timezone.now())  # fmt: skip
+    VectorIndex.objects.filter(pk=index.pk).update(
+        state="ready", vector_count=len(ids), built_at=timezone.now()
+    )
     index.refresh_from_db()
     return index, {"copy_seconds": round(copy_s, 2), "hnsw_seconds": round(hnsw_s, 2)}
 
@@ -128,17 +142,34 @@ def main() -> None:
         index, build = build_index(args.docs, args.dim)
         qs = queries(args.queries, args.dim)
     exact_ms, exact_ids = timed_search(index, qs, exact=True, ef=None)
-    rows = [{"mode": "exact", "p50_ms": round(float(np.percentile(exact_ms, 50)), 2),
-             "p99_ms": round(float(np.percentile(exact_ms, 99)), 2), "recall@10": 1.0}]  # fmt: skip
+    rows = [
+        {
+            "mode": "exact",
+            "p50_ms": round(float(np.percentile(exact_ms, 50)), 2),
+            "p99_ms": round(float(np.percentile(exact_ms, 99)), 2),
+            "recall@10": 1.0,
+        }
+    ]
     for ef in args.ef:
         ms, ids = timed_search(index, qs, exact=False, ef=ef)
-        rows.append({"mode": f"hnsw ef_search={ef}", "p50_ms": round(float(np.percentile(ms, 50)), 2),
-                     "p99_ms": round(float(np.percentile(ms, 99)), 2),
-                     "recall@10": round(recall(ids, exact_ids), 4)})  # fmt: skip
-    report = {"machine": machine(), "kind": args.vectors, "vectors": index.vector_count,
-              "dim": index.dimension, "sigma": args.sigma if args.vectors == "jitter" else None,
-              "hnsw": {"m": index.hnsw_m, "ef_construction": index.hnsw_ef_construction},
-              "build": build, "rows": rows}  # fmt: skip
+        rows.append(
+            {
+                "mode": f"hnsw ef_search={ef}",
+                "p50_ms": round(float(np.percentile(ms, 50)), 2),
+                "p99_ms": round(float(np.percentile(ms, 99)), 2),
+                "recall@10": round(recall(ids, exact_ids), 4),
+            }
+        )
+    report = {
+        "machine": machine(),
+        "kind": args.vectors,
+        "vectors": index.vector_count,
+        "dim": index.dimension,
+        "sigma": args.sigma if args.vectors == "jitter" else None,
+        "hnsw": {"m": index.hnsw_m, "ef_construction": index.hnsw_ef_construction},
+        "build": build,
+        "rows": rows,
+    }
     OUT.mkdir(exist_ok=True)
     (OUT / f"result-{args.vectors}.json").write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))

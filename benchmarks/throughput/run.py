@@ -75,10 +75,17 @@ class Paths:
         Corpus.objects.filter(owner=user, name=name).delete()
         corpus = Corpus.objects.create(owner=user, name=name)
         Document.objects.bulk_create(
-            Document(corpus=corpus, external_id=d["_id"], title=d.get("title", ""), text=d["text"],
-                     content_hash=hashlib.sha256(f"{d.get('title', '')}\n{d['text']}".encode()).hexdigest())
+            Document(
+                corpus=corpus,
+                external_id=d["_id"],
+                title=d.get("title", ""),
+                text=d["text"],
+                content_hash=hashlib.sha256(
+                    f"{d.get('title', '')}\n{d['text']}".encode()
+                ).hexdigest(),
+            )
             for d in docs
-        )  # fmt: skip
+        )
         params = {
             "corpus": corpus.pk,
             "model_version": self.version.pk,
@@ -97,8 +104,9 @@ class Paths:
         from pgvector.psycopg import register_vector
 
         start = time.perf_counter()
-        vectors = self.st_model.encode(texts, batch_size=self.batch_size,
-                                       normalize_embeddings=True, show_progress_bar=False)  # fmt: skip
+        vectors = self.st_model.encode(
+            texts, batch_size=self.batch_size, normalize_embeddings=True, show_progress_bar=False
+        )
         with psycopg.connect(self.dsn) as conn:
             register_vector(conn)
             conn.execute("DROP TABLE IF EXISTS by_hand")
@@ -129,9 +137,14 @@ def write_paths(dsn: str, n: int, dim: int = 384) -> dict:
     start = time.perf_counter()
     for lo in range(0, n, 512):
         with transaction.atomic():
-            tables.rows_replace(table="bench_copy", storage="vector",
-                                doc_ids=list(range(lo, min(lo + 512, n))), chunks=[0] * len(vectors[lo : lo + 512]),
-                                hashes=hashes[lo : lo + 512], vectors=vectors[lo : lo + 512])  # fmt: skip
+            tables.rows_replace(
+                table="bench_copy",
+                storage="vector",
+                doc_ids=list(range(lo, min(lo + 512, n))),
+                chunks=[0] * len(vectors[lo : lo + 512]),
+                hashes=hashes[lo : lo + 512],
+                vectors=vectors[lo : lo + 512],
+            )
     copy_rate = n / (time.perf_counter() - start)
     tables.table_drop(table="bench_copy")
     with psycopg.connect(dsn) as conn:
@@ -145,9 +158,12 @@ def write_paths(dsn: str, n: int, dim: int = 384) -> dict:
         insert_rate = n / (time.perf_counter() - start)
         conn.execute("DROP TABLE by_hand_write")
         conn.commit()
-    return {"rows": n, "platform_copy_rows_per_s": round(copy_rate, 1),
-            "by_hand_insert_rows_per_s": round(insert_rate, 1),
-            "copy_over_insert": round(copy_rate / insert_rate, 2)}  # fmt: skip
+    return {
+        "rows": n,
+        "platform_copy_rows_per_s": round(copy_rate, 1),
+        "by_hand_insert_rows_per_s": round(insert_rate, 1),
+        "copy_over_insert": round(copy_rate / insert_rate, 2),
+    }
 
 
 def main() -> None:
@@ -169,9 +185,16 @@ def main() -> None:
         bare = paths.bare_forward(texts)
         job, result = paths.platform_job(docs, round_no)
         hand = paths.by_hand(texts)
-        rounds.append({"bare": round(bare, 1), "job": round(job, 1), "by_hand": round(hand, 1),
-                       "job_over_bare": round(job / bare, 3), "job_over_by_hand": round(job / hand, 3),
-                       "job_phases_s": {k: result[k] for k in ("embed_seconds", "finalise_seconds")}})  # fmt: skip
+        rounds.append(
+            {
+                "bare": round(bare, 1),
+                "job": round(job, 1),
+                "by_hand": round(hand, 1),
+                "job_over_bare": round(job / bare, 3),
+                "job_over_by_hand": round(job / hand, 3),
+                "job_phases_s": {k: result[k] for k in ("embed_seconds", "finalise_seconds")},
+            }
+        )
         print(json.dumps(rounds[-1]), flush=True)
     report = {
         "machine": machine(),

@@ -21,11 +21,17 @@ def _audit(index, *, concept="vitamin D", version=None, gaslite=0.5, state="comp
         "non_concept": {"available": True, "appeared@10": 0.0},
     }
     return RobustnessAudit.objects.create(
-        owner=index.owner, index=index, model_version=version or index.model_version,
-        concept=concept, message="m", state=state, results=results,
-        passages=[{"text": "m. x"}], held_in=[{"id": "a", "text": "a"}],
+        owner=index.owner,
+        index=index,
+        model_version=version or index.model_version,
+        concept=concept,
+        message="m",
+        state=state,
+        results=results,
+        passages=[{"text": "m. x"}],
+        held_in=[{"id": "a", "text": "a"}],
         held_out=[{"id": "b", "text": "b"}, {"id": "c", "text": "c"}],
-    )  # fmt: skip
+    )
 
 
 def test_list_detail_and_filters(api, ready_index):
@@ -34,8 +40,11 @@ def test_list_detail_and_filters(api, ready_index):
     body = api.get("/api/v1/audits/").json()
     assert [row["id"] for row in body["results"]] == [second.pk, first.pk]
     assert body["results"][0]["headline"] == {
-        "gaslite": 0.25, "message_only": 0.0, "centroid": 1.0, "non_concept": 0.0,
-    }  # fmt: skip
+        "gaslite": 0.25,
+        "message_only": 0.0,
+        "centroid": 1.0,
+        "non_concept": 0.0,
+    }
     assert body["results"][0]["n_held_out"] == 2 and "passages" not in body["results"][0]
     by_concept = api.get("/api/v1/audits/", {"concept": "vitamin D"}).json()["results"]
     assert [row["id"] for row in by_concept] == [first.pk]
@@ -73,5 +82,7 @@ def test_comparison_takes_the_latest_complete_audit_per_version_and_concept(api,
     assert rows[0]["centroid"] == 1.0 and rows[0]["message_only"] == 0.0
     everything = api.get("/api/v1/audits/comparison/").json()
     assert [(r["concept"], r["gaslite"]) for r in everything] == [
-        ("diabetes", 0.2), ("vitamin D", 0.3), ("vitamin D", 0.6),
-    ]  # fmt: skip
+        ("diabetes", 0.2),
+        ("vitamin D", 0.3),
+        ("vitamin D", 0.6),
+    ]

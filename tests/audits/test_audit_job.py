@@ -34,8 +34,16 @@ def _corpus_state(index) -> dict:
 
 def test_audit_cancel_retry_resumes_and_reports(api, other_api, real_index, query_set, worker):
     before = _corpus_state(real_index)
-    params = {"index": real_index.pk, "query_set": query_set.pk, "keyword": "vitamin d",
-              "concept": "vitamin D", "message": MESSAGE, "budget": 2, **SMALL, "seed": 1}  # fmt: skip
+    params = {
+        "index": real_index.pk,
+        "query_set": query_set.pk,
+        "keyword": "vitamin d",
+        "concept": "vitamin D",
+        "message": MESSAGE,
+        "budget": 2,
+        **SMALL,
+        "seed": 1,
+    }
     response = api.post("/api/v1/jobs/", {"kind": "audit", "params": params}, format="json")
     assert response.status_code == 202, response.content
     job_id = response.json()["id"]

@@ -30,9 +30,13 @@ def test_total_time_limit_is_shared_by_the_passages_still_to_do():
 def test_non_concept_queries_come_from_the_query_set_or_the_corpus(user, corpus, query_set):
     concept = set(VITAMIN_D)
     texts, source = selectors.non_concept_queries(
-        user=user, corpus_id=corpus.pk, query_set_id=query_set.pk, exclude_texts=concept,
-        limit=200, seed=0,
-    )  # fmt: skip
+        user=user,
+        corpus_id=corpus.pk,
+        query_set_id=query_set.pk,
+        exclude_texts=concept,
+        limit=200,
+        seed=0,
+    )
     assert texts == OTHER_QUERIES and source == f"other queries of query set {query_set.pk}"
     # An inline concept: the user's query sets on the corpus, sampled down to the limit.
     other = QuerySet.objects.create(owner=user, corpus=corpus, name="more")
@@ -53,8 +57,13 @@ def test_no_non_concept_queries_says_why(user, corpus):
 
 
 def _running_job(user, index) -> Job:
-    params = {**audit_params(index), "queries": [{"id": "q0", "text": VITAMIN_D[0]}],
-              "held_in": 0.5, "seed": 0, "time_limit_s": None}  # fmt: skip
+    params = {
+        **audit_params(index),
+        "queries": [{"id": "q0", "text": VITAMIN_D[0]}],
+        "held_in": 0.5,
+        "seed": 0,
+        "time_limit_s": None,
+    }
     job, _ = job_submit(owner=user, kind="audit", params=params, corpus=index.corpus)
     return job_claim(job_id=job.pk, worker="w1")
 

@@ -53,8 +53,9 @@ def test_query_set_keyword_selects_the_concept(api, ready_index, query_set):
 
 
 def test_query_set_ids_select_the_concept(api, ready_index, query_set):
-    params = audit_params(ready_index, query_set=query_set.pk, query_ids=["q0", "q1", "q2", "q3"],
-                          budget=1)  # fmt: skip
+    params = audit_params(
+        ready_index, query_set=query_set.pk, query_ids=["q0", "q1", "q2", "q3"], budget=1
+    )
     del params["queries"]
     response = _submit(api, params)
     assert response.status_code == 202, response.content
@@ -103,8 +104,9 @@ def test_bad_query_set_selections_are_refused(api, ready_index, query_set):
         assert fragment in _error(response), (overrides, _error(response))
 
 
-def test_other_users_index_and_query_set_are_not_found(other_api, other_user, ready_index,
-                                                      query_set):  # fmt: skip
+def test_other_users_index_and_query_set_are_not_found(
+    other_api, other_user, ready_index, query_set
+):
     response = _submit(other_api, audit_params(ready_index))
     assert response.status_code == 404
     assert f"index {ready_index.pk} not found" in _error(response)

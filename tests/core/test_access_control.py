@@ -24,11 +24,19 @@ def owned(user):
     run = EvalRun.objects.create(
         owner=user, query_set=query_set, index=index, model_version=version
     )
-    audit = RobustnessAudit.objects.create(owner=user, index=index, model_version=version,
-                                           concept="c", message="m")  # fmt: skip
+    audit = RobustnessAudit.objects.create(
+        owner=user, index=index, model_version=version, concept="c", message="m"
+    )
     job = Job.objects.create(owner=user, kind="embed", params={}, corpus=corpus)
-    return {"corpus": corpus, "index": index, "query_set": query_set, "run": run,
-            "audit": audit, "job": job, "version": version}  # fmt: skip
+    return {
+        "corpus": corpus,
+        "index": index,
+        "query_set": query_set,
+        "run": run,
+        "audit": audit,
+        "job": job,
+        "version": version,
+    }
 
 
 def _probes(o):
@@ -49,8 +57,12 @@ def _probes(o):
         ("get", f"/api/v1/jobs/{o['job'].pk}/", None),
         ("post", f"/api/v1/jobs/{o['job'].pk}/cancel/", None),
         ("post", "/api/v1/jobs/", {"kind": "embed", "params": {"corpus": c}}),
-        ("post", "/api/v1/jobs/", {"kind": "evaluate", "params": {"index": i, "query_set": o["query_set"].pk}}),
-    ]  # fmt: skip
+        (
+            "post",
+            "/api/v1/jobs/",
+            {"kind": "evaluate", "params": {"index": i, "query_set": o["query_set"].pk}},
+        ),
+    ]
 
 
 def test_a_second_user_gets_404_on_every_object_of_the_first(other_api, owned):
@@ -64,8 +76,14 @@ def test_a_second_user_gets_404_on_every_object_of_the_first(other_api, owned):
 
 
 def test_lists_show_a_second_user_nothing_of_the_first(other_api, owned):
-    for url in ["/api/v1/corpora/", "/api/v1/indexes/", "/api/v1/jobs/", "/api/v1/query-sets/",
-                "/api/v1/eval-runs/", "/api/v1/audits/"]:  # fmt: skip
+    for url in [
+        "/api/v1/corpora/",
+        "/api/v1/indexes/",
+        "/api/v1/jobs/",
+        "/api/v1/query-sets/",
+        "/api/v1/eval-runs/",
+        "/api/v1/audits/",
+    ]:
         response = other_api.get(url)
         assert response.status_code == 200, url
         assert response.json()["count"] == 0, url
@@ -90,5 +108,9 @@ def test_anonymous_requests_are_refused_and_pages_redirect_to_login(owned, clien
 
 def test_registering_model_versions_is_staff_only(api, staff_api):
     assert api.post("/api/v1/model-versions/", {}, format="json").status_code == 403
-    assert staff_api.post("/api/v1/model-versions/", {"source": "/nonexistent"},
-                          format="json").status_code == 400  # fmt: skip
+    assert (
+        staff_api.post(
+            "/api/v1/model-versions/", {"source": "/nonexistent"}, format="json"
+        ).status_code
+        == 400
+    )

@@ -57,8 +57,13 @@ def test_no_endpoint_answers_a_server_error(api_schema, token_header):
     for operation in operations:
 
         @given(case=operation.as_strategy())
-        @settings(max_examples=12, deadline=None, derandomize=True, database=None,
-                  suppress_health_check=list(HealthCheck))  # fmt: skip
+        @settings(
+            max_examples=12,
+            deadline=None,
+            derandomize=True,
+            database=None,
+            suppress_health_check=list(HealthCheck),
+        )
         def probe(case):
             response = case.call(headers=token_header)
             statuses.add(response.status_code)

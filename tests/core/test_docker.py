@@ -12,8 +12,9 @@ ENTRYPOINT = ROOT / "docker" / "entrypoint.sh"
 
 @pytest.mark.parametrize("role", ["web", "worker-gpu", "worker-cpu", "beat"])
 def test_entrypoint_refuses_to_start_a_role_without_its_settings(role):
-    out = subprocess.run(["sh", str(ENTRYPOINT), role], capture_output=True, text=True,
-                         env={"PATH": "/usr/bin:/bin"})  # fmt: skip
+    out = subprocess.run(
+        ["sh", str(ENTRYPOINT), role], capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"}
+    )
     assert out.returncode == 64
     assert "DATABASE_URL must be set" in out.stderr
 
@@ -47,8 +48,13 @@ def test_compose_sets_only_variables_the_settings_read():
 
 def test_settings_refuse_production_without_a_secret_key():
     code = "import embedhub.settings.base"
-    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": f"{ROOT / 'platform'}:{ROOT}", "DEBUG": "0",
-           "DATABASE_URL": "postgres://x@db/x", "CELERY_BROKER_URL": "redis://r"}  # fmt: skip
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "PYTHONPATH": f"{ROOT / 'platform'}:{ROOT}",
+        "DEBUG": "0",
+        "DATABASE_URL": "postgres://x@db/x",
+        "CELERY_BROKER_URL": "redis://r",
+    }
     import sys
 
     out = subprocess.run(

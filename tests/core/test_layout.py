@@ -9,8 +9,11 @@ def test_platform_dir_is_not_a_package_so_stdlib_platform_wins():
     assert not (ROOT / "platform" / "__init__.py").exists()
     out = subprocess.run(
         [sys.executable, "-c", "import platform; print(platform.system())"],
-        cwd=ROOT, capture_output=True, text=True, check=True,
-    )  # fmt: skip
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert out.stdout.strip() == "Linux"
 
 

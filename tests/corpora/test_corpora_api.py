@@ -138,10 +138,14 @@ def test_upload_end_to_end_with_a_real_worker(api, user, worker):
     csv_bytes = b"doc,body,lang\n1,first text,en\n2,,en\n3,third text,fr\n"
     response = api.post(
         "/api/v1/corpora/upload/",
-        {"file": SimpleUploadedFile("docs.csv", csv_bytes), "name": "csv-corpus",
-         "mapping": json.dumps({"id": "doc", "text": "body"}), "skip_invalid": "true"},
+        {
+            "file": SimpleUploadedFile("docs.csv", csv_bytes),
+            "name": "csv-corpus",
+            "mapping": json.dumps({"id": "doc", "text": "body"}),
+            "skip_invalid": "true",
+        },
         format="multipart",
-    )  # fmt: skip
+    )
     assert response.status_code == 202, response.content
     job_id = response.json()["id"]
     assert response["Location"] == f"/api/v1/jobs/{job_id}/"
@@ -158,8 +162,9 @@ def test_upload_end_to_end_with_a_real_worker(api, user, worker):
     corpus = Corpus.objects.get(owner=user, name="csv-corpus")
     listed = api.get(f"/api/v1/corpora/{corpus.pk}/documents/").json()
     assert [(d["external_id"], d["metadata"]) for d in listed["results"]] == [
-        ("1", {"lang": "en"}), ("3", {"lang": "fr"}),
-    ]  # fmt: skip
+        ("1", {"lang": "en"}),
+        ("3", {"lang": "fr"}),
+    ]
 
     # The shipped BEIR sample as a zip into the same corpus, then a failing upload.
     response = api.post(

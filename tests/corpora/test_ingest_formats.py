@@ -91,12 +91,18 @@ def test_tsv_uses_tabs(tmp_path, ingest, corpus):
 
 def _beir_zip(path: Path, *, top: str = "", qrels: dict[str, str] | None = None) -> Path:
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
-        zf.writestr(f"{top}corpus.jsonl", '{"_id": "d1", "title": "A", "text": "alpha"}\n'
-                    '{"_id": "d2", "title": "B", "text": "beta"}\n'
-                    '{"_id": "d3", "title": "C", "text": "gamma"}\n')  # fmt: skip
-        zf.writestr(f"{top}queries.jsonl", '{"_id": "q1", "text": "what is alpha", "metadata": {}}\n'
-                    '{"_id": "q2", "text": "what is beta"}\n'
-                    '{"_id": "q3", "text": "never judged"}\n')  # fmt: skip
+        zf.writestr(
+            f"{top}corpus.jsonl",
+            '{"_id": "d1", "title": "A", "text": "alpha"}\n'
+            '{"_id": "d2", "title": "B", "text": "beta"}\n'
+            '{"_id": "d3", "title": "C", "text": "gamma"}\n',
+        )
+        zf.writestr(
+            f"{top}queries.jsonl",
+            '{"_id": "q1", "text": "what is alpha", "metadata": {}}\n'
+            '{"_id": "q2", "text": "what is beta"}\n'
+            '{"_id": "q3", "text": "never judged"}\n',
+        )
         for split, body in (
             qrels or {"test": "query-id\tcorpus-id\tscore\nq1\td1\t1\nq2\td2\t2\n"}
         ).items():
@@ -115,11 +121,15 @@ def test_beir_zip_imports_corpus_and_a_query_set_named_after_the_qrels(
     query_set = QuerySet.objects.get(pk=imported["query_set_id"])
     assert query_set.corpus == corpus and query_set.owner == corpus.owner
     assert sorted(query_set.queries.values_list("external_id", "text")) == [
-        ("q1", "what is alpha"), ("q2", "what is beta"),
-    ]  # fmt: skip
-    assert sorted(query_set.qrels.values_list("query_external_id", "document_external_id", "relevance")) == [
-        ("q1", "d1", 1), ("q2", "d2", 2),
-    ]  # fmt: skip
+        ("q1", "what is alpha"),
+        ("q2", "what is beta"),
+    ]
+    assert sorted(
+        query_set.qrels.values_list("query_external_id", "document_external_id", "relevance")
+    ) == [
+        ("q1", "d1", 1),
+        ("q2", "d2", 2),
+    ]
 
 
 def test_beir_zip_with_several_splits_makes_one_query_set_each(tmp_path, ingest, corpus):

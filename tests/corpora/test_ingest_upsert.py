@@ -27,8 +27,11 @@ def test_reupload_touches_only_what_changed(tmp_path, ingest, corpus):
     ]
     result = ingest(write_jsonl(tmp_path / "v2.jsonl", second))
     assert {k: result[k] for k in ("inserted", "updated", "metadata_updated", "unchanged")} == {
-        "inserted": 1, "updated": 2, "metadata_updated": 1, "unchanged": 1,
-    }  # fmt: skip
+        "inserted": 1,
+        "updated": 2,
+        "metadata_updated": 1,
+        "unchanged": 1,
+    }
     after = docs(corpus)
     assert corpus.documents.count() == 5
     for key in before:  # upsert, never delete + insert

@@ -30,9 +30,12 @@ def test_imports_from_paths(tmp_path, judged_corpus, user):
     (tmp_path / "queries.jsonl").write_bytes(QUERIES)
     (tmp_path / "test.tsv").write_bytes(QRELS)
     result = query_set_import(
-        owner=user, corpus=judged_corpus, name="test",
-        queries_path=tmp_path / "queries.jsonl", qrels_path=str(tmp_path / "test.tsv"),
-    )  # fmt: skip
+        owner=user,
+        corpus=judged_corpus,
+        name="test",
+        queries_path=tmp_path / "queries.jsonl",
+        qrels_path=str(tmp_path / "test.tsv"),
+    )
     assert (result["queries"], result["qrels"], result["skipped_total"]) == (2, 2, 0)
     query_set = QuerySet.objects.get(pk=result["query_set_id"])
     assert query_set.owner == user and query_set.name == "test"
@@ -42,9 +45,12 @@ def test_imports_from_paths(tmp_path, judged_corpus, user):
 
 def test_imports_from_file_objects_and_trec_format(judged_corpus, user):
     result = query_set_import(
-        owner=user, corpus=judged_corpus, name="dev",
-        queries_path=io.BytesIO(QUERIES), qrels_path=io.BytesIO(b"q1 0 d1 2\nq1 0 d2 1\n"),
-    )  # fmt: skip
+        owner=user,
+        corpus=judged_corpus,
+        name="dev",
+        queries_path=io.BytesIO(QUERIES),
+        qrels_path=io.BytesIO(b"q1 0 d1 2\nq1 0 d2 1\n"),
+    )
     # q2 has no judgement, so it cannot be scored and is left out.
     assert (result["queries"], result["qrels"]) == (1, 2)
 
@@ -83,9 +89,14 @@ def test_bad_lines_fail_with_file_and_line_and_import_nothing(
 ):
     with pytest.raises(ApplicationError) as info:
         query_set_import(
-            owner=user, corpus=judged_corpus, name="test", queries_path=io.BytesIO(queries),
-            qrels_path=io.BytesIO(qrels), queries_label="queries.jsonl", qrels_label="qrels.tsv",
-        )  # fmt: skip
+            owner=user,
+            corpus=judged_corpus,
+            name="test",
+            queries_path=io.BytesIO(queries),
+            qrels_path=io.BytesIO(qrels),
+            queries_label="queries.jsonl",
+            qrels_label="qrels.tsv",
+        )
     assert expected in info.value.message
     assert not QuerySet.objects.exists()
 
@@ -93,9 +104,14 @@ def test_bad_lines_fail_with_file_and_line_and_import_nothing(
 def test_skip_invalid_drops_bad_judgements_and_lists_them(judged_corpus, user):
     qrels = QRELS + b"q9\td1\t1\nq1\tdX\t1\n"
     result = query_set_import(
-        owner=user, corpus=judged_corpus, name="test", queries_path=io.BytesIO(QUERIES),
-        qrels_path=io.BytesIO(qrels), skip_invalid=True, qrels_label="qrels.tsv",
-    )  # fmt: skip
+        owner=user,
+        corpus=judged_corpus,
+        name="test",
+        queries_path=io.BytesIO(QUERIES),
+        qrels_path=io.BytesIO(qrels),
+        skip_invalid=True,
+        qrels_label="qrels.tsv",
+    )
     assert result["qrels"] == 2 and result["skipped_total"] == 2
     assert sorted((s["line"], s["field"]) for s in result["skipped"]) == [
         (4, "query-id"),

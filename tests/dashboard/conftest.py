@@ -89,9 +89,16 @@ def lineage(user):
 
     corpus = CorpusFactory(owner=user, name="lineage-corpus")
     base = ModelVersionFactory(version=1)
-    child = ModelVersionFactory(version=2, parent=base, drift_norm=0.1234, loss_curve=[
-        {"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.5}, {"step": 3, "loss": 1.1},
-    ])  # fmt: skip
+    child = ModelVersionFactory(
+        version=2,
+        parent=base,
+        drift_norm=0.1234,
+        loss_curve=[
+            {"step": 1, "loss": 2.0},
+            {"step": 2, "loss": 1.5},
+            {"step": 3, "loss": 1.1},
+        ],
+    )
     old = index_create(owner=user, corpus=corpus, model_version=base, encoder="fake:8")
     new = index_create(owner=user, corpus=corpus, model_version=child, encoder="fake:8")
     VectorIndex.objects.filter(pk__in=[old.pk, new.pk]).update(state=VectorIndex.State.READY)
@@ -106,7 +113,7 @@ def lineage(user):
             compensation=mode,
             metrics={"ndcg@10": score, "recall@100": score + 0.1, "mrr@10": score},
             n_queries=5,
-        )  # fmt: skip
+        )
         for mode, score in (("none", 0.41), ("qdc", 0.52))
     }
     return {"corpus": corpus, "base": base, "child": child, "old": old, "new": new, "runs": runs}

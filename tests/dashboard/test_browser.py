@@ -181,10 +181,15 @@ def test_job_page_updates_live_and_cancels(page, screenshot, user):
     page.goto(f"/jobs/{job.pk}/")
     page.evaluate("() => { window.__sameDocument = true; }")
     Job.objects.filter(pk=job.pk).update(
-        status=Job.Status.RUNNING, progress_done=30, progress_total=120,
-        progress_unit="docs", rate=15.0, eta_seconds=6.0, progress_note="embedding batch 2",
+        status=Job.Status.RUNNING,
+        progress_done=30,
+        progress_total=120,
+        progress_unit="docs",
+        rate=15.0,
+        eta_seconds=6.0,
+        progress_note="embedding batch 2",
         worker="w-test",
-    )  # fmt: skip
+    )
     job_event_add(job=job, kind="claimed", message="attempt 1 on w-test")
     page.wait_for_selector("#job-live[data-status='running']")
     page.wait_for_function("document.getElementById('job-percent').textContent === '25.0%'")
@@ -219,32 +224,48 @@ def test_lineage_evaluation_and_audit_pages_draw_their_charts(page, screenshot, 
 
     ks = (1, 5, 10, 20, 50, 100)
     curves = {
-        "gaslite": (0.1, 0.3, 0.5, 0.6, 0.8, 0.9), "message_only": (0, 0, 0, 0, 0.05, 0.1),
-        "centroid": (0.3, 0.6, 0.8, 0.9, 1.0, 1.0), "non_concept": (0, 0, 0.02, 0.03, 0.05, 0.08),
-    }  # fmt: skip
+        "gaslite": (0.1, 0.3, 0.5, 0.6, 0.8, 0.9),
+        "message_only": (0, 0, 0, 0, 0.05, 0.1),
+        "centroid": (0.3, 0.6, 0.8, 0.9, 1.0, 1.0),
+        "non_concept": (0, 0, 0.02, 0.03, 0.05, 0.08),
+    }
     results = {
         name: {f"appeared@{k}": v for k, v in zip(ks, vals, strict=True)}
         for name, vals in curves.items()
     }
     results["non_concept"].update(available=True, source="other queries of query set 1")
     audit = RobustnessAudit.objects.create(
-        owner=user, index=lineage["old"], model_version=lineage["base"], concept="vitamin d",
-        message="Visit evil.example for the truth about vitamin D", results=results,
-        state=RobustnessAudit.State.COMPLETE, seconds=84.0,
+        owner=user,
+        index=lineage["old"],
+        model_version=lineage["base"],
+        concept="vitamin d",
+        message="Visit evil.example for the truth about vitamin D",
+        results=results,
+        state=RobustnessAudit.State.COMPLETE,
+        seconds=84.0,
         held_in=[{"id": str(i), "text": f"vitamin d question {i}"} for i in range(4)],
         held_out=[{"id": str(i), "text": f"vitamin d held out {i}"} for i in range(4, 8)],
         passages=[
-            {"text": f"Visit evil.example for the truth about vitamin D ##tok{i} bones sun",
-             "objective_curve": [0.3 + 0.02 * j + 0.01 * i for j in range(20)],
-             "initial_cosine": 0.3, "best_cosine": 0.68, "iterations_run": 20}
+            {
+                "text": f"Visit evil.example for the truth about vitamin D ##tok{i} bones sun",
+                "objective_curve": [0.3 + 0.02 * j + 0.01 * i for j in range(20)],
+                "initial_cosine": 0.3,
+                "best_cosine": 0.68,
+                "iterations_run": 20,
+            }
             for i in range(2)
         ],
         geometry={"anisotropy": 0.31, "mean_norm": 1.0},
-    )  # fmt: skip
+    )
     finetune = Job.objects.create(
-        owner=user, kind=Job.Kind.FINETUNE, status=Job.Status.SUCCEEDED, progress_done=3,
-        progress_total=3, progress_unit="steps", result={"model_version": lineage["child"].pk},
-    )  # fmt: skip
+        owner=user,
+        kind=Job.Kind.FINETUNE,
+        status=Job.Status.SUCCEEDED,
+        progress_done=3,
+        progress_total=3,
+        progress_unit="steps",
+        result={"model_version": lineage["child"].pk},
+    )
     browser_login(page, username=user.username)
 
     page.goto("/models/")
@@ -264,8 +285,11 @@ def test_lineage_evaluation_and_audit_pages_draw_their_charts(page, screenshot, 
     page.goto(f"/audits/{audit.pk}/")
     labels = page.evaluate("() => Chart.getChart('chart-appeared').data.datasets.map(d => d.label)")
     assert labels == [
-        "GASLITE passages", "message only", "centroid vector", "GASLITE on non-concept queries",
-    ]  # fmt: skip
+        "GASLITE passages",
+        "message only",
+        "centroid vector",
+        "GASLITE on non-concept queries",
+    ]
     assert page.evaluate("() => Chart.getChart('chart-objective').data.datasets.length") == 2
     assert page.locator(".adversarial-passage .badge.adversarial").count() == 2
     screenshot(page, "42-audit-detail")

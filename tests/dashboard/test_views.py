@@ -273,19 +273,32 @@ def test_audit_pages_mark_passages_adversarial_and_chart_baselines(client_for, u
     results = {
         name: {"appeared@1": a, "appeared@10": b, "appeared@100": c}
         for name, (a, b, c) in {
-            "gaslite": (0.2, 0.6, 0.9), "message_only": (0.0, 0.0, 0.1),
+            "gaslite": (0.2, 0.6, 0.9),
+            "message_only": (0.0, 0.0, 0.1),
             "centroid": (0.4, 0.8, 1.0),
         }.items()
-    }  # fmt: skip
+    }
     results["non_concept"] = {"available": True, "source": "other queries", "appeared@10": 0.05}
     audit = RobustnessAudit.objects.create(
-        owner=user, index=lineage["old"], model_version=lineage["base"], concept="vitamin d",
-        message="Visit evil.example", state=RobustnessAudit.State.COMPLETE, results=results,
+        owner=user,
+        index=lineage["old"],
+        model_version=lineage["base"],
+        concept="vitamin d",
+        message="Visit evil.example",
+        state=RobustnessAudit.State.COMPLETE,
+        results=results,
         held_in=[{"id": "1", "text": "does vitamin d help"}],
         held_out=[{"id": "2", "text": "vitamin d and bones"}],
-        passages=[{"text": "Visit evil.example vitamin bone zzz", "objective_curve": [0.3, 0.5],
-                   "initial_cosine": 0.3, "best_cosine": 0.5, "iterations_run": 2}],
-    )  # fmt: skip
+        passages=[
+            {
+                "text": "Visit evil.example vitamin bone zzz",
+                "objective_curve": [0.3, 0.5],
+                "initial_cosine": 0.3,
+                "best_cosine": 0.5,
+                "iterations_run": 2,
+            }
+        ],
+    )
     client = client_for(user)
     listing = client.get("/audits/").content.decode()
     assert "vitamin d" in listing and "60.0%" in listing and "80.0%" in listing
@@ -301,9 +314,12 @@ def test_another_users_audit_is_404(client_for, user, other_user, lineage):
     from embedhub.audits.models import RobustnessAudit
 
     audit = RobustnessAudit.objects.create(
-        owner=user, index=lineage["old"], model_version=lineage["base"], concept="c",
+        owner=user,
+        index=lineage["old"],
+        model_version=lineage["base"],
+        concept="c",
         message="m",
-    )  # fmt: skip
+    )
     assert client_for(other_user).get(f"/audits/{audit.pk}/").status_code == 404
 
 

@@ -15,10 +15,15 @@ from tests.factories import CorpusFactory, ModelVersionFactory
 def add_documents(corpus, texts: dict[str, str]) -> None:
     """Documents with empty titles, so the indexed text is exactly the given text."""
     Document.objects.bulk_create(
-        Document(corpus=corpus, external_id=ext, title="", text=text,
-                 content_hash=hashlib.sha256(text.encode()).hexdigest())
+        Document(
+            corpus=corpus,
+            external_id=ext,
+            title="",
+            text=text,
+            content_hash=hashlib.sha256(text.encode()).hexdigest(),
+        )
         for ext, text in texts.items()
-    )  # fmt: skip
+    )
 
 
 def numbered_texts(n: int, *, prefix: str = "d") -> dict[str, str]:
@@ -27,8 +32,9 @@ def numbered_texts(n: int, *, prefix: str = "d") -> dict[str, str]:
     }
 
 
-def write_beir(tmp_path: Path, queries: dict[str, str], qrels: list[tuple[str, str, int]],
-               *, stem: str = "qs") -> tuple[Path, Path]:  # fmt: skip
+def write_beir(
+    tmp_path: Path, queries: dict[str, str], qrels: list[tuple[str, str, int]], *, stem: str = "qs"
+) -> tuple[Path, Path]:
     queries_path = tmp_path / f"{stem}-queries.jsonl"
     queries_path.write_text(
         "".join(json.dumps({"_id": qid, "text": text}) + "\n" for qid, text in queries.items())
@@ -46,8 +52,9 @@ def make_query_set(tmp_path):
 
     def make(*, owner, corpus, queries, qrels, name="test"):
         queries_path, qrels_path = write_beir(tmp_path, queries, qrels, stem=name)
-        query_set, _ = query_set_create(owner=owner, corpus=corpus, name=name,
-                                        queries_file=queries_path, qrels_file=qrels_path)  # fmt: skip
+        query_set, _ = query_set_create(
+            owner=owner, corpus=corpus, name=name, queries_file=queries_path, qrels_file=qrels_path
+        )
         return query_set
 
     return make
@@ -69,8 +76,9 @@ def build_index(*, owner, corpus, model_version, encoder: str = "fake:64", **opt
     """Create and fully build an index in-process (the embed job's own service)."""
     from embedhub.vectors.services import index_build, index_create
 
-    index = index_create(owner=owner, corpus=corpus, model_version=model_version,
-                         encoder=encoder, **options)  # fmt: skip
+    index = index_create(
+        owner=owner, corpus=corpus, model_version=model_version, encoder=encoder, **options
+    )
     index_build(index=index, ctx=NullContext())
     index.refresh_from_db()
     return index

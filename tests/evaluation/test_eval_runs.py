@@ -24,18 +24,26 @@ def runs(user, corpus, model_version, make_query_set):
     second = make_query_set(owner=user, corpus=corpus, queries=queries, qrels=qrels[:3], name="b")
     rng = np.random.default_rng(0)
     drift = rng.normal(size=64).astype(np.float32) * 0.3
-    child = ModelVersionFactory(model=model_version.model, parent=model_version,
-                                dimension=64, drift=drift.tolist())  # fmt: skip
+    child = ModelVersionFactory(
+        model=model_version.model, parent=model_version, dimension=64, drift=drift.tolist()
+    )
     made = {
         "base": evaluation_run(owner=user, index=index, query_set=first),
         "qdc": evaluation_run(owner=user, index=index, query_set=first, model_version=child),
         "none": evaluation_run(
             owner=user, index=index, query_set=first, model_version=child, compensation="none"
-        ),  # fmt: skip
+        ),
         "b": evaluation_run(owner=user, index=index, query_set=second, mode="ann"),
     }
-    return {"index": index, "docs": docs, "queries": queries, "drift": drift, "child": child,
-            "sets": (first, second), **made}  # fmt: skip
+    return {
+        "index": index,
+        "docs": docs,
+        "queries": queries,
+        "drift": drift,
+        "child": child,
+        "sets": (first, second),
+        **made,
+    }
 
 
 def test_qdc_is_applied_when_the_query_version_is_a_descendant(runs):
@@ -51,10 +59,13 @@ def test_qdc_is_applied_when_the_query_version_is_a_descendant(runs):
     doc_ids = list(runs["docs"])
     doc_vecs = encoder.encode([runs["docs"][d] for d in doc_ids])
     qids = list(runs["queries"])
-    query_vecs = compensate(encoder.encode([runs["queries"][q] for q in qids], kind="query"),
-                            [runs["drift"]])  # fmt: skip
-    run = {q: dict(zip(doc_ids, (doc_vecs @ v).tolist(), strict=True))
-           for q, v in zip(qids, query_vecs, strict=True)}  # fmt: skip
+    query_vecs = compensate(
+        encoder.encode([runs["queries"][q] for q in qids], kind="query"), [runs["drift"]]
+    )
+    run = {
+        q: dict(zip(doc_ids, (doc_vecs @ v).tolist(), strict=True))
+        for q, v in zip(qids, query_vecs, strict=True)
+    }
     expected = evaluate_run(qrels={q: {f"d{q[1:]}": 1} for q in qids}, run=run)
     for name, value in expected.aggregate.items():
         assert runs["qdc"].metrics[name] == pytest.approx(value, abs=1e-6)
@@ -68,8 +79,9 @@ def test_eval_run_list_filters_and_detail_with_per_query(api, runs):
     assert body["count"] == 4 and "per_query" not in body["results"][0]
     filtered = api.get("/api/v1/eval-runs/", {"query_set": second.pk}).json()["results"]
     assert [r["id"] for r in filtered] == [runs["b"].pk]
-    filtered = api.get("/api/v1/eval-runs/", {"model_version": runs["child"].pk,
-                                               "compensation": "qdc"}).json()["results"]  # fmt: skip
+    filtered = api.get(
+        "/api/v1/eval-runs/", {"model_version": runs["child"].pk, "compensation": "qdc"}
+    ).json()["results"]
     assert [r["id"] for r in filtered] == [runs["qdc"].pk]
     page = api.get("/api/v1/eval-runs/", {"page_size": 1}).json()
     assert len(page["results"]) == 1 and page["next"]
@@ -95,9 +107,10 @@ def test_eval_run_table_rows_for_the_chart(user, staff_user, runs):
     rows = eval_run_table(user=user, query_set=first)
     assert [r["eval_run"] for r in rows] == [runs["base"].pk, runs["qdc"].pk, runs["none"].pk]
     assert [(r["model_version"], r["compensation"]) for r in rows] == [
-        (runs["index"].model_version_id, "none"), (runs["child"].pk, "qdc"),
+        (runs["index"].model_version_id, "none"),
+        (runs["child"].pk, "qdc"),
         (runs["child"].pk, "none"),
-    ]  # fmt: skip
+    ]
     assert rows[1]["ndcg@10"] == runs["qdc"].metrics["ndcg@10"]
     assert rows[1]["recall@100"] == runs["qdc"].metrics["recall@100"]
     assert rows[1]["index_model_version"] == runs["index"].model_version_id

@@ -13,8 +13,12 @@ from workers.ml.encoder import FakeEncoder
 pytestmark = pytest.mark.django_db(transaction=True)
 pytrec_eval = pytest.importorskip("pytrec_eval")
 
-TREC = {"ndcg_cut_10": "ndcg@10", "recall_10": "recall@10", "recall_100": "recall@100",
-        "map_cut_100": "map@100"}  # fmt: skip
+TREC = {
+    "ndcg_cut_10": "ndcg@10",
+    "recall_10": "recall@10",
+    "recall_100": "recall@100",
+    "map_cut_100": "map@100",
+}
 
 
 def _evaluate(user, **params) -> tuple:
@@ -32,8 +36,11 @@ def _brute_force_run(docs: dict, queries: dict, *, exclude_self=False) -> dict:
     run = {}
     for qid, text in queries.items():
         scores = doc_vecs @ encoder.encode([text], kind="query")[0]
-        run[qid] = {d: float(s) for d, s in zip(doc_ids, scores, strict=True)
-                    if not (exclude_self and d == qid)}  # fmt: skip
+        run[qid] = {
+            d: float(s)
+            for d, s in zip(doc_ids, scores, strict=True)
+            if not (exclude_self and d == qid)
+        }
     return run
 
 
@@ -52,8 +59,12 @@ def test_exact_ann_exclude_self_and_chunked_against_independent_scores(
     add_documents(corpus, docs)
     index = build_index(owner=user, corpus=corpus, model_version=model_version)
     queries = {"q_exact": docs["d3"], "q_other": "unrelated words here", "d5": docs["d5"]}
-    qrels_rows = [("q_exact", "d3", 2), ("q_other", "d7", 1), ("q_other", "d11", 2),
-                  ("d5", "d8", 1)]  # fmt: skip
+    qrels_rows = [
+        ("q_exact", "d3", 2),
+        ("q_other", "d7", 1),
+        ("q_other", "d11", 2),
+        ("d5", "d8", 1),
+    ]
     query_set = make_query_set(owner=user, corpus=corpus, queries=queries, qrels=qrels_rows)
     Query.objects.create(query_set=query_set, external_id="no-judgements", text="lonely")
     qrels = {q: {} for q, _, _ in qrels_rows}
@@ -73,8 +84,13 @@ def test_exact_ann_exclude_self_and_chunked_against_independent_scores(
         mean = np.mean([m[trec_name] for m in expected.values()])
         assert run.metrics[ours] == pytest.approx(mean, abs=1e-6)
     # By hand: a query identical to its only relevant document finds it first.
-    assert run.per_query["q_exact"] == {"ndcg@10": 1.0, "recall@10": 1.0, "recall@100": 1.0,
-                                        "mrr@10": 1.0, "map@100": 1.0}  # fmt: skip
+    assert run.per_query["q_exact"] == {
+        "ndcg@10": 1.0,
+        "recall@10": 1.0,
+        "recall@100": 1.0,
+        "mrr@10": 1.0,
+        "map@100": 1.0,
+    }
     # "d5" is also a document id and its text is d5's: d5 itself ranks first, d8 at rank r.
     r = _rank(_brute_force_run(docs, queries)["d5"], "d8")
     assert r > 1 and run.per_query["d5"]["map@100"] == pytest.approx(1 / r)
@@ -98,8 +114,14 @@ def test_exact_ann_exclude_self_and_chunked_against_independent_scores(
 
     # A chunked index (each short document is one chunk) goes through index_search(exact)
     # and must give the numpy path's numbers.
-    chunked = build_index(owner=user, corpus=corpus, model_version=model_version,
-                          chunking="chunk", chunk_window=128, chunk_overlap=16)  # fmt: skip
+    chunked = build_index(
+        owner=user,
+        corpus=corpus,
+        model_version=model_version,
+        chunking="chunk",
+        chunk_window=128,
+        chunk_overlap=16,
+    )
     _, by_chunks = _evaluate(user, index=chunked.pk, query_set=query_set.pk)
     assert by_chunks.index_id == chunked.pk
     for name, value in run.metrics.items():
@@ -129,8 +151,13 @@ def test_real_model_ranks_paraphrases_first(user, corpus, make_query_set, worker
     version = ModelVersionFactory(max_tokens=256)
     add_documents(corpus, REAL_DOCS)
     build_index(owner=user, corpus=corpus, model_version=version, encoder="")
-    qrels_rows = [("q1", "cat", 1), ("q2", "rocket", 1), ("q3", "bread", 1), ("q4", "stocks", 2),
-                  ("q4", "flood", 1)]  # fmt: skip
+    qrels_rows = [
+        ("q1", "cat", 1),
+        ("q2", "rocket", 1),
+        ("q3", "bread", 1),
+        ("q4", "stocks", 2),
+        ("q4", "flood", 1),
+    ]
     query_set = make_query_set(owner=user, corpus=corpus, queries=REAL_QUERIES, qrels=qrels_rows)
 
     _, run = _evaluate(user, corpus=corpus.pk, query_set=query_set.pk, k=10)
@@ -140,13 +167,16 @@ def test_real_model_ranks_paraphrases_first(user, corpus, make_query_set, worker
     # q4: "stocks" (gain 2) first, "flood" (gain 1) at rank r among 6 documents, so
     # nDCG@10 = (2 + 1/log2(r+1)) / (2 + 1/log2 3) and MAP = (1 + 2/r) / 2.
     encoder = encoder_for(model_version=version)
-    scores = encoder.encode(list(REAL_DOCS.values())) @ encoder.encode([REAL_QUERIES["q4"]],
-                                                                       kind="query")[0]  # fmt: skip
+    scores = (
+        encoder.encode(list(REAL_DOCS.values()))
+        @ encoder.encode([REAL_QUERIES["q4"]], kind="query")[0]
+    )
     ranking = dict(zip(REAL_DOCS, scores.tolist(), strict=True))
     assert _rank(ranking, "stocks") == 1
     r = _rank(ranking, "flood")
     ideal = 2 + 1 / np.log2(3)
     assert run.per_query["q4"]["ndcg@10"] == pytest.approx((2 + 1 / np.log2(r + 1)) / ideal)
     assert run.per_query["q4"]["map@100"] == pytest.approx((1 + 2 / r) / 2)
-    assert run.metrics["ndcg@10"] == pytest.approx(np.mean([run.per_query[q]["ndcg@10"]
-                                                            for q in REAL_QUERIES]))  # fmt: skip
+    assert run.metrics["ndcg@10"] == pytest.approx(
+        np.mean([run.per_query[q]["ndcg@10"] for q in REAL_QUERIES])
+    )

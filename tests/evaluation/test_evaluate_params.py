@@ -12,8 +12,9 @@ from tests.factories import CorpusFactory, ModelVersionFactory
 def setup(user, corpus, model_version, make_query_set):
     add_documents(corpus, numbered_texts(20))
     index = build_index(owner=user, corpus=corpus, model_version=model_version)
-    query_set = make_query_set(owner=user, corpus=corpus, queries={"q1": "hello"},
-                               qrels=[("q1", "d3", 1)])  # fmt: skip
+    query_set = make_query_set(
+        owner=user, corpus=corpus, queries={"q1": "hello"}, qrels=[("q1", "d3", 1)]
+    )
     return index, query_set
 
 
@@ -23,13 +24,25 @@ def _submit(client, **params):
 
 def test_valid_params_are_normalised(api, setup):
     index, query_set = setup
-    response = _submit(api, corpus=index.corpus_id, query_set=query_set.pk, mode="ann",
-                       ef_search="64", exclude_self="true")  # fmt: skip
+    response = _submit(
+        api,
+        corpus=index.corpus_id,
+        query_set=query_set.pk,
+        mode="ann",
+        ef_search="64",
+        exclude_self="true",
+    )
     assert response.status_code == 202, response.content
     assert response.json()["params"] == {
-        "index": index.pk, "query_set": query_set.pk, "model_version": index.model_version_id,
-        "compensation": "auto", "mode": "ann", "ef_search": 64, "k": 100, "exclude_self": True,
-    }  # fmt: skip
+        "index": index.pk,
+        "query_set": query_set.pk,
+        "model_version": index.model_version_id,
+        "compensation": "auto",
+        "mode": "ann",
+        "ef_search": 64,
+        "k": 100,
+        "exclude_self": True,
+    }
 
 
 @pytest.mark.parametrize(
@@ -93,8 +106,9 @@ def test_unrelated_query_version_is_refused(api, setup):
     assert "does not descend" in response.json()["error"]["message"]
 
 
-def test_other_users_index_and_query_set_are_404(other_api, other_user, setup, model_version,
-                                                make_query_set):  # fmt: skip
+def test_other_users_index_and_query_set_are_404(
+    other_api, other_user, setup, model_version, make_query_set
+):
     index, query_set = setup
     assert _submit(other_api, index=index.pk, query_set=query_set.pk).status_code == 404
     # Mallory's own index with Alice's query set: the query set is what is not found.

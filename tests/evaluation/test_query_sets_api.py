@@ -10,11 +10,14 @@ QRELS = b"query-id\tcorpus-id\tscore\nq1\td1\t1\nq1\td2\t2\nq2\td3\t1\n"
 def _upload(api, corpus, *, name="dev", queries=QUERIES, qrels=QRELS):
     return api.post(
         "/api/v1/query-sets/",
-        {"corpus": corpus.pk, "name": name,
-         "queries": SimpleUploadedFile("queries.jsonl", queries),
-         "qrels": SimpleUploadedFile("dev.tsv", qrels)},
+        {
+            "corpus": corpus.pk,
+            "name": name,
+            "queries": SimpleUploadedFile("queries.jsonl", queries),
+            "qrels": SimpleUploadedFile("dev.tsv", qrels),
+        },
         format="multipart",
-    )  # fmt: skip
+    )
 
 
 def test_upload_creates_query_set_with_counts_and_lists_it(api, user):

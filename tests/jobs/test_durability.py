@@ -19,14 +19,24 @@ from tests.conftest import wait_for_job, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-FAST_REAPER = {"STALE_AFTER_SECONDS": 2, "REDISPATCH_AFTER_SECONDS": 0, "MAX_ATTEMPTS": 5,
-               "HEARTBEAT_SECONDS": 0.5, "REAPER_INTERVAL_SECONDS": 1, "DEFAULT_ENCODER": "",
-               "INDEX_RETENTION_DAYS": 7}  # fmt: skip
+FAST_REAPER = {
+    "STALE_AFTER_SECONDS": 2,
+    "REDISPATCH_AFTER_SECONDS": 0,
+    "MAX_ATTEMPTS": 5,
+    "HEARTBEAT_SECONDS": 0.5,
+    "REAPER_INTERVAL_SECONDS": 1,
+    "DEFAULT_ENCODER": "",
+    "INDEX_RETENTION_DAYS": 7,
+}
 
 
 def _embed(user, corpus, model_version, batch_size=16):
-    params = {"corpus": corpus.pk, "model_version": model_version.pk, "encoder": "fake:32",
-              "batch_size": batch_size}  # fmt: skip
+    params = {
+        "corpus": corpus.pk,
+        "model_version": model_version.pk,
+        "encoder": "fake:32",
+        "batch_size": batch_size,
+    }
     return job_submit_checked(user=user, kind="embed", params=params)[0]
 
 

@@ -16,8 +16,10 @@ def corpus(user):
 def test_submit_answers_202_with_location_and_idempotency_key_never_makes_a_second_job(
     api, corpus, model_version
 ):
-    body = {"kind": "embed", "params": {"corpus": corpus.pk, "model_version": model_version.pk,
-                                         "encoder": "fake:8"}}  # fmt: skip
+    body = {
+        "kind": "embed",
+        "params": {"corpus": corpus.pk, "model_version": model_version.pk, "encoder": "fake:8"},
+    }
     first = api.post("/api/v1/jobs/", body, format="json", HTTP_IDEMPOTENCY_KEY="k-1")
     assert first.status_code == 202, first.content
     assert first["Location"] == f"/api/v1/jobs/{first.json()['id']}/"
@@ -29,8 +31,9 @@ def test_submit_answers_202_with_location_and_idempotency_key_never_makes_a_seco
 
 @pytest.mark.django_db
 def test_bad_params_are_rejected_with_one_error_shape_and_no_job(api, corpus):
-    response = api.post("/api/v1/jobs/", {"kind": "embed", "params": {"corpus": 999999}},
-                        format="json")  # fmt: skip
+    response = api.post(
+        "/api/v1/jobs/", {"kind": "embed", "params": {"corpus": 999999}}, format="json"
+    )
     assert response.status_code == 404
     assert set(response.json()["error"]) == {"code", "message", "details"}
     assert "corpus 999999" in response.json()["error"]["message"]
@@ -43,9 +46,12 @@ def test_bad_params_are_rejected_with_one_error_shape_and_no_job(api, corpus):
 @pytest.mark.django_db
 def test_another_users_job_is_a_404_for_read_cancel_and_retry(api, other_api, user):
     job = Job.objects.create(owner=user, kind="embed", params={})
-    for method, url in [("get", f"/api/v1/jobs/{job.pk}/"), ("post", f"/api/v1/jobs/{job.pk}/cancel/"),
-                        ("post", f"/api/v1/jobs/{job.pk}/retry/"),
-                        ("get", f"/api/v1/jobs/{job.pk}/events/")]:  # fmt: skip
+    for method, url in [
+        ("get", f"/api/v1/jobs/{job.pk}/"),
+        ("post", f"/api/v1/jobs/{job.pk}/cancel/"),
+        ("post", f"/api/v1/jobs/{job.pk}/retry/"),
+        ("get", f"/api/v1/jobs/{job.pk}/events/"),
+    ]:
         assert getattr(other_api, method)(url).status_code == 404
     assert api.get(f"/api/v1/jobs/{job.pk}/").status_code == 200
 

@@ -47,8 +47,9 @@ def _documents(corpus):
     rows = []
     for i, (_, text) in enumerate(TOPICS):
         digest = hashlib.sha256(text.encode()).hexdigest()
-        rows.append(Document(corpus=corpus, external_id=f"t{i}", title="", text=text,
-                             content_hash=digest))  # fmt: skip
+        rows.append(
+            Document(corpus=corpus, external_id=f"t{i}", title="", text=text, content_hash=digest)
+        )
     Document.objects.bulk_create(rows)
 
 
@@ -65,8 +66,16 @@ def _query_set(owner, corpus) -> QuerySet:
     return qs
 
 
-CONFIG = {"max_steps": 3, "batch_size": 4, "max_tokens": 64, "negatives_per_query": 2,
-          "checkpoint_every": 1, "lr": 5e-5, "seed": 0, "warmup_steps": 0}  # fmt: skip
+CONFIG = {
+    "max_steps": 3,
+    "batch_size": 4,
+    "max_tokens": 64,
+    "negatives_per_query": 2,
+    "checkpoint_every": 1,
+    "lr": 5e-5,
+    "seed": 0,
+    "warmup_steps": 0,
+}
 
 
 @pytest.mark.django_db(transaction=True)
@@ -76,15 +85,23 @@ def test_finetune_registers_a_child_with_drift_and_search_compensates(api, user,
     _documents(corpus)
     query_set = _query_set(user, corpus)
     start_worker("ft")
-    embed = job_submit_checked(user=user, kind="embed", params={"corpus": corpus.pk,
-                               "model_version": parent.pk})[0]  # fmt: skip
+    embed = job_submit_checked(
+        user=user, kind="embed", params={"corpus": corpus.pk, "model_version": parent.pk}
+    )[0]
     assert wait_for_job(embed.pk).status == "succeeded"
 
-    job, _ = job_submit_checked(user=user, kind="finetune", params={
-        "parent": parent.pk, "query_set": query_set.pk, "config": CONFIG})  # fmt: skip
+    job, _ = job_submit_checked(
+        user=user,
+        kind="finetune",
+        params={"parent": parent.pk, "query_set": query_set.pk, "config": CONFIG},
+    )
     assert job.params["corpus"] == corpus.pk  # negatives are mined from the parent's index
-    wait_until(lambda: job.__class__.objects.get(pk=job.pk).progress_done >= 1, timeout=120,
-               interval=0.05, what="first training step")  # fmt: skip
+    wait_until(
+        lambda: job.__class__.objects.get(pk=job.pk).progress_done >= 1,
+        timeout=120,
+        interval=0.05,
+        what="first training step",
+    )
     job_cancel(job=job)
     job = wait_for_job(job.pk)
     assert job.status == "cancelled"
@@ -145,14 +162,19 @@ def test_training_set_upload_validates_lines_and_feeds_a_finetune_job(api, user,
     assert error["details"]["line"] == 3 and error["details"]["field"] == "positive"
     assert "pairs.jsonl line 3" in error["message"]
 
-    good = io.BytesIO(b'{"query": "a", "positive": "b", "negatives": ["x"]}\n'
-                      b'{"query": "c", "positive": "d"}\n')  # fmt: skip
+    good = io.BytesIO(
+        b'{"query": "a", "positive": "b", "negatives": ["x"]}\n{"query": "c", "positive": "d"}\n'
+    )
     good.name = "pairs.jsonl"
     response = api.post("/api/v1/training-sets/", {"file": good}, format="multipart")
     assert response.status_code == 201, response.content
     body = response.json()
-    assert body == {"training_set": body["training_set"], "pairs": 2, "queries": 2,
-                    "with_negatives": 1}  # fmt: skip
+    assert body == {
+        "training_set": body["training_set"],
+        "pairs": 2,
+        "queries": 2,
+        "with_negatives": 1,
+    }
 
     params, corpus = finetune_job_prepare(
         user=user, params={"parent": parent.pk, "training_set": body["training_set"]}
@@ -160,18 +182,34 @@ def test_training_set_upload_validates_lines_and_feeds_a_finetune_job(api, user,
     assert corpus is None and Path(params["pairs_path"]).exists()
     assert params["config"] == {}
     with pytest.raises(NotFound):  # someone else's upload
-        finetune_job_prepare(user=other_user, params={"parent": parent.pk,
-                             "training_set": body["training_set"]})  # fmt: skip
+        finetune_job_prepare(
+            user=other_user, params={"parent": parent.pk, "training_set": body["training_set"]}
+        )
     with pytest.raises(ApplicationError, match="only staff"):
         finetune_job_prepare(user=user, params={"parent": parent.pk, "pairs_path": "/etc/hosts"})
     with pytest.raises(ApplicationError, match="config: unknown keys"):
-        finetune_job_prepare(user=user, params={"parent": parent.pk, "config": {"lrr": 1},
-                             "training_set": body["training_set"]})  # fmt: skip
+        finetune_job_prepare(
+            user=user,
+            params={
+                "parent": parent.pk,
+                "config": {"lrr": 1},
+                "training_set": body["training_set"],
+            },
+        )
     with pytest.raises(ApplicationError, match="config.batch_size"):
-        finetune_job_prepare(user=user, params={"parent": parent.pk, "config": {"batch_size": 0},
-                             "training_set": body["training_set"]})  # fmt: skip
+        finetune_job_prepare(
+            user=user,
+            params={
+                "parent": parent.pk,
+                "config": {"batch_size": 0},
+                "training_set": body["training_set"],
+            },
+        )
     other_corpus = CorpusFactory(owner=other_user)
     other_qs = QuerySet.objects.create(owner=other_user, corpus=other_corpus, name="x")
-    response = api.post("/api/v1/jobs/", {"kind": "finetune", "params": {
-        "parent": parent.pk, "query_set": other_qs.pk}}, format="json")  # fmt: skip
+    response = api.post(
+        "/api/v1/jobs/",
+        {"kind": "finetune", "params": {"parent": parent.pk, "query_set": other_qs.pk}},
+        format="json",
+    )
     assert response.status_code == 404

@@ -22,8 +22,12 @@ def test_embed_job_writes_one_vector_per_document_and_activates_the_index(
     user, corpus, model_version, worker
 ):
     make_documents(corpus, 300)
-    params = {"corpus": corpus.pk, "model_version": model_version.pk, "encoder": "fake:64",
-              "batch_size": 32}  # fmt: skip
+    params = {
+        "corpus": corpus.pk,
+        "model_version": model_version.pk,
+        "encoder": "fake:64",
+        "batch_size": 32,
+    }
     job, created = job_submit_checked(user=user, kind="embed", params=params)
     assert created
     job = wait_for_job(job.pk)
@@ -65,8 +69,11 @@ def test_search_api_returns_ranked_documents(api, user, corpus, model_version, w
     wait_for_job(job_submit_checked(user=user, kind="embed", params=params)[0].pk)
     text = "Doc 7 " + corpus.documents.get(external_id="d7").text
     for exact in (False, True):
-        response = api.post("/api/v1/search/", {"corpus": corpus.pk, "query": text, "k": 5,
-                                                "exact": exact}, format="json")  # fmt: skip
+        response = api.post(
+            "/api/v1/search/",
+            {"corpus": corpus.pk, "query": text, "k": 5, "exact": exact},
+            format="json",
+        )
         assert response.status_code == 200, response.content
         results = response.json()["results"]
         assert len(results) == 5

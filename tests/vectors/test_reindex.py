@@ -79,8 +79,9 @@ def test_reindex_swaps_the_active_index_and_the_old_one_can_be_rolled_back(
     assert (shadow.state, shadow.vector_count, shadow.model_version_id) == ("ready", 40, v2.pk)
     assert old.state == "retired" and old.retired_at is not None
 
-    response = api.post("/api/v1/jobs/", {"kind": "reindex", "params": {"corpus": corpus.pk}},
-                        format="json")  # fmt: skip
+    response = api.post(
+        "/api/v1/jobs/", {"kind": "reindex", "params": {"corpus": corpus.pk}}, format="json"
+    )
     assert response.status_code == 409, response.content
     assert response.json()["error"]["code"] == "up_to_date"
 
@@ -96,8 +97,9 @@ def test_second_reindex_of_a_corpus_is_refused_while_one_is_queued(api, user, co
     make_documents(corpus, 5)
     _embed(user, corpus, v1)
     first = _reindex(user, corpus=corpus.pk)
-    response = api.post("/api/v1/jobs/", {"kind": "reindex", "params": {"corpus": corpus.pk}},
-                        format="json")  # fmt: skip
+    response = api.post(
+        "/api/v1/jobs/", {"kind": "reindex", "params": {"corpus": corpus.pk}}, format="json"
+    )
     assert response.status_code == 409
     assert response.json()["error"]["code"] == "reindex_running"
     assert f"job {first.pk}" in response.json()["error"]["message"]
@@ -106,8 +108,9 @@ def test_second_reindex_of_a_corpus_is_refused_while_one_is_queued(api, user, co
 def test_reindex_of_another_users_corpus_is_not_found(other_api, user, corpus, lineage):
     make_documents(corpus, 5)
     _embed(user, corpus, lineage[0])
-    response = other_api.post("/api/v1/jobs/", {"kind": "reindex", "params": {"corpus": corpus.pk}},
-                              format="json")  # fmt: skip
+    response = other_api.post(
+        "/api/v1/jobs/", {"kind": "reindex", "params": {"corpus": corpus.pk}}, format="json"
+    )
     assert response.status_code == 404
 
 
@@ -132,8 +135,7 @@ def test_gate_keeps_the_active_index_when_ndcg_drops_and_swaps_when_it_holds(use
     gate = {"query_set": _query_set(user, corpus, 10).pk, "tolerance": 0.01}
 
     # Hash vectors of "text" and "title text" are unrelated: the shadow ranks at random.
-    job = _run(_reindex(user, corpus=corpus.pk, model_version=v2.pk, encoder="fake:384",
-                        gate=gate))  # fmt: skip
+    job = _run(_reindex(user, corpus=corpus.pk, model_version=v2.pk, encoder="fake:384", gate=gate))
     assert job.status == "succeeded", job.error
     result = job.result["gate"]
     assert result["passed"] is False and job.result["activated"] is False
@@ -215,16 +217,19 @@ def test_killed_reindex_leaves_active_untouched_and_the_reaper_resumes_it(
     job = _reindex(user, corpus=corpus.pk, batch_size=4)  # small batches: many checkpoints
     wait_until(
         lambda: Job.objects.filter(pk=job.pk, status="running", progress_done__gte=200).exists(),
-        timeout=60, interval=0.05, what="reindex midway",
-    )  # fmt: skip
+        timeout=60,
+        interval=0.05,
+        what="reindex midway",
+    )
     first.kill()
     job.refresh_from_db()
     assert job.status == "running" and 0 < job.progress_done < 2500, job.progress_done
     corpus.refresh_from_db()
     assert corpus.active_index_id == active.pk
     text = "Doc 7 " + corpus.documents.get(external_id="d7").text
-    response = api.post("/api/v1/search/", {"corpus": corpus.pk, "query": text, "k": 1},
-                        format="json")  # fmt: skip
+    response = api.post(
+        "/api/v1/search/", {"corpus": corpus.pk, "query": text, "k": 1}, format="json"
+    )
     assert response.status_code == 200 and response.json()["index"] == active.pk
 
     settings.EMBEDHUB = {**settings.EMBEDHUB, "STALE_AFTER_SECONDS": 0.5}

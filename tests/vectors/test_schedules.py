@@ -87,11 +87,22 @@ def start_beat(tmp_path, transactional_db):
 
     def start():
         log = open(tmp_path / "beat.log", "w")  # noqa: SIM115 - closed at teardown
-        cmd = [sys.executable, "-m", "celery", "-A", "embedhub", "beat", "--loglevel=INFO",
-               "-S", "django_celery_beat.schedulers:DatabaseScheduler", "--max-interval=1",
-               f"--pidfile={tmp_path / 'beat.pid'}"]  # fmt: skip
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "embedhub",
+            "beat",
+            "--loglevel=INFO",
+            "-S",
+            "django_celery_beat.schedulers:DatabaseScheduler",
+            "--max-interval=1",
+            f"--pidfile={tmp_path / 'beat.pid'}",
+        ]
+        proc = subprocess.Popen(
+            cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         procs.append((proc, log))
         return proc
 
@@ -116,9 +127,11 @@ def test_beat_runs_a_periodic_reindex_and_the_active_index_swaps(
     v2 = ModelVersionFactory(model=v1.model, parent=v1)
     every, _ = IntervalSchedule.objects.get_or_create(every=1, period=IntervalSchedule.SECONDS)
     PeriodicTask.objects.create(
-        name=f"Nightly: reindex corpus {corpus.pk} to newest version", task="embedhub.reindex_corpus",
-        interval=every, kwargs=json.dumps({"corpus_id": corpus.pk}),
-    )  # fmt: skip
+        name=f"Nightly: reindex corpus {corpus.pk} to newest version",
+        task="embedhub.reindex_corpus",
+        interval=every,
+        kwargs=json.dumps({"corpus_id": corpus.pk}),
+    )
     worker = start_worker("sched")
     beat = start_beat()
 
@@ -137,8 +150,12 @@ def test_beat_runs_a_periodic_reindex_and_the_active_index_swaps(
     # Beat keeps firing every second; the corpus is up to date now, so nothing more is queued.
     log = tmp_path / "beat.log"
     fired = log.read_text().count("(embedhub.reindex_corpus)")
-    wait_until(lambda: log.read_text().count("(embedhub.reindex_corpus)") >= fired + 2,
-               timeout=60, interval=0.5, what="beat to fire again")  # fmt: skip
+    wait_until(
+        lambda: log.read_text().count("(embedhub.reindex_corpus)") >= fired + 2,
+        timeout=60,
+        interval=0.5,
+        what="beat to fire again",
+    )
     done = lambda: sum(  # noqa: E731
         "embedhub.reindex_corpus[" in line and "succeeded in" in line
         for line in worker.log_path.read_text().splitlines()

@@ -35,9 +35,12 @@ def reindex_corpus(
     if corpus is None:
         return {"corpus": corpus_id, "job": None, "outcome": "no such corpus"}
     job, outcome = reindex_schedule_submit(
-        corpus=corpus, model_version=model_version, model_name=model_name,
-        only_gated=only_gated, gate=gate,
-    )  # fmt: skip
+        corpus=corpus,
+        model_version=model_version,
+        model_name=model_name,
+        only_gated=only_gated,
+        gate=gate,
+    )
     return {"corpus": corpus_id, "job": job.pk if job else None, "outcome": outcome}
 
 

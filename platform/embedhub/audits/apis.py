@@ -9,10 +9,23 @@ from embedhub.audits import selectors
 from embedhub.audits.models import RobustnessAudit
 
 SUMMARY_FIELDS = [
-    "id", "job", "index", "corpus", "model_version", "query_set", "state", "concept",
-    "message", "n_passages", "n_held_in", "n_held_out", "headline", "seconds", "created_at",
+    "id",
+    "job",
+    "index",
+    "corpus",
+    "model_version",
+    "query_set",
+    "state",
+    "concept",
+    "message",
+    "n_passages",
+    "n_held_in",
+    "n_held_out",
+    "headline",
+    "seconds",
+    "created_at",
     "completed_at",
-]  # fmt: skip
+]
 
 
 class AuditSummaryOutput(serializers.ModelSerializer):
@@ -37,17 +50,24 @@ class AuditSummaryOutput(serializers.ModelSerializer):
 
     def get_headline(self, audit) -> dict:
         results = audit.results or {}
-        return {ref: (results.get(ref) or {}).get(selectors.HEADLINE)
-                for ref in selectors.REFERENCES}  # fmt: skip
+        return {
+            ref: (results.get(ref) or {}).get(selectors.HEADLINE) for ref in selectors.REFERENCES
+        }
 
 
 class AuditDetailOutput(AuditSummaryOutput):
     class Meta:
         model = RobustnessAudit
         fields = [
-            *SUMMARY_FIELDS, "params", "held_in", "held_out", "passages", "results", "geometry",
+            *SUMMARY_FIELDS,
+            "params",
+            "held_in",
+            "held_out",
+            "passages",
+            "results",
+            "geometry",
             "timings",
-        ]  # fmt: skip
+        ]
 
 
 class AuditFilter(filters.FilterSet):

@@ -50,8 +50,9 @@ def _dedupe(queries: list[dict]) -> list[dict]:
     return out
 
 
-def concept_queries(*, query_set: QuerySet, keyword: str | None = None,
-                    query_ids: list | None = None) -> list[dict]:  # fmt: skip
+def concept_queries(
+    *, query_set: QuerySet, keyword: str | None = None, query_ids: list | None = None
+) -> list[dict]:
     """The concept's queries from a query set: those whose text matches `keyword` (a
     case-insensitive regular expression, so a plain word is a substring match) or those
     named by external id. Returns [{"id", "text"}] in query set order."""
@@ -79,8 +80,15 @@ def concept_queries(*, query_set: QuerySet, keyword: str | None = None,
     return _dedupe([{"id": i, "text": found[i]} for i in dict.fromkeys(wanted)])
 
 
-def non_concept_queries(*, user, corpus_id: int, query_set_id: int | None,
-                        exclude_texts: set[str], limit: int, seed: int) -> tuple[list[str], str]:  # fmt: skip
+def non_concept_queries(
+    *,
+    user,
+    corpus_id: int,
+    query_set_id: int | None,
+    exclude_texts: set[str],
+    limit: int,
+    seed: int,
+) -> tuple[list[str], str]:
     """Queries outside the concept, to show the passages do not spill over to other topics.
 
     The rest of the concept's own query set when it came from one; otherwise the user's
@@ -118,14 +126,16 @@ def audit_comparison(*, user, concept: str | None = None) -> list[dict]:
     rows = []
     for (name, version_id), audit in sorted(latest.items(), key=lambda kv: (kv[0][0], kv[0][1])):
         results = audit.results or {}
-        rows.append({
-            "concept": name,
-            "model_version": version_id,
-            "model_version_label": str(audit.model_version),
-            "audit": audit.pk,
-            "index": audit.index_id,
-            "n_passages": len(audit.passages),
-            "n_held_out": len(audit.held_out),
-            **{ref: (results.get(ref) or {}).get(HEADLINE) for ref in REFERENCES},
-        })  # fmt: skip
+        rows.append(
+            {
+                "concept": name,
+                "model_version": version_id,
+                "model_version_label": str(audit.model_version),
+                "audit": audit.pk,
+                "index": audit.index_id,
+                "n_passages": len(audit.passages),
+                "n_held_out": len(audit.held_out),
+                **{ref: (results.get(ref) or {}).get(HEADLINE) for ref in REFERENCES},
+            }
+        )
     return rows

@@ -91,8 +91,9 @@ def _audit_index(*, user, params: dict) -> VectorIndex:
 def _concept(*, user, params: dict) -> tuple[list[dict], object]:
     inline, query_set_id = params.get("queries"), params.get("query_set")
     if inline is not None and query_set_id not in (None, ""):
-        raise ApplicationError("give the concept either as queries (inline) or as query_set, "
-                               "not both")  # fmt: skip
+        raise ApplicationError(
+            "give the concept either as queries (inline) or as query_set, not both"
+        )
     if inline is not None:
         return _inline_queries(inline), None
     if query_set_id in (None, ""):
@@ -194,8 +195,9 @@ def _tokenizer(path: str):
 
 def _check_passage_length(*, index: VectorIndex, message: str, trigger_len: int) -> None:
     version = index.model_version
-    head = _tokenizer(version.artifact_path)(version.document_prefix + message + ".",
-                                             add_special_tokens=False)["input_ids"]  # fmt: skip
+    head = _tokenizer(version.artifact_path)(
+        version.document_prefix + message + ".", add_special_tokens=False
+    )["input_ids"]
     total = len(head) + trigger_len + 2  # [CLS] and [SEP]
     if total > version.max_tokens:
         raise ApplicationError(
@@ -222,13 +224,21 @@ def audit_job_run(*, job, ctx) -> dict:
     attacker = _attacker(index.model_version.artifact_path)
     load_seconds = time.monotonic() - started
     if not audit.targets:
-        ctx.progress(0, total=params["budget"], unit="passages",
-                     note="embedding the concept's queries and choosing targets")  # fmt: skip
+        ctx.progress(
+            0,
+            total=params["budget"],
+            unit="passages",
+            note="embedding the concept's queries and choosing targets",
+        )
         audit = audit_targets_set(audit=audit, index=index, queries=params["queries"])
     for i in range(len(audit.passages), params["budget"]):
         audit = audit_passage_attack(audit=audit, attacker=attacker, i=i, ctx=ctx)
-    ctx.progress(params["budget"], total=params["budget"], unit="passages",
-                 note="evaluating passages against the index")  # fmt: skip
+    ctx.progress(
+        params["budget"],
+        total=params["budget"],
+        unit="passages",
+        note="evaluating passages against the index",
+    )
     audit = audit_evaluate(audit=audit, attacker=attacker, index=index, load_seconds=load_seconds)
     return audit_summary(audit=audit)
 
@@ -242,10 +252,15 @@ def audit_for_job(*, job, index: VectorIndex) -> RobustnessAudit:
     try:
         with transaction.atomic():
             return RobustnessAudit.objects.create(
-                owner=job.owner, job=job, index=index, model_version=index.model_version,
-                query_set_id=params.get("query_set"), concept=params["concept"],
-                message=params["message"], params=_stored_params(params),
-            )  # fmt: skip
+                owner=job.owner,
+                job=job,
+                index=index,
+                model_version=index.model_version,
+                query_set_id=params.get("query_set"),
+                concept=params["concept"],
+                message=params["message"],
+                params=_stored_params(params),
+            )
     except IntegrityError:  # a duplicate delivery raced us to it
         return RobustnessAudit.objects.get(job=job)
 
@@ -263,8 +278,7 @@ def audit_targets_set(
     from workers.ml.gaslite import kmeans_targets, split_held_in_out
 
     params = audit.params
-    held_in, held_out = split_held_in_out(queries, held_in=params["held_in"],
-                                          seed=params["seed"])  # fmt: skip
+    held_in, held_out = split_held_in_out(queries, held_in=params["held_in"], seed=params["seed"])
     vecs, _ = query_vectors(index=index, texts=[q["text"] for q in held_in])
     targets = kmeans_targets(vecs, n=params["budget"], seed=params["seed"])
     audit.held_in, audit.held_out = held_in, held_out
@@ -314,20 +328,34 @@ def audit_passage_attack(*, audit: RobustnessAudit, attacker, i: int, ctx) -> Ro
     spent = sum(p["seconds"] for p in audit.passages)
 
     def on_iteration(it: int, best: float) -> None:
-        ctx.progress(i, total=n, unit="passages", note=f"passage {i + 1}/{n}, iteration "
-                     f"{it + 1}/{params['iterations']}, best cos {best:.3f}")  # fmt: skip
+        ctx.progress(
+            i,
+            total=n,
+            unit="passages",
+            note=f"passage {i + 1}/{n}, iteration "
+            f"{it + 1}/{params['iterations']}, best cos {best:.3f}",
+        )
 
     watch = _CancelWatch(ctx)
-    result = attacker.attack(target=np.asarray(audit.targets[i], dtype=np.float32),
-                             message=audit.message, config=_attack_config(params, i=i, spent=spent),
-                             on_iteration=on_iteration, should_stop=watch)  # fmt: skip
+    result = attacker.attack(
+        target=np.asarray(audit.targets[i], dtype=np.float32),
+        message=audit.message,
+        config=_attack_config(params, i=i, spent=spent),
+        on_iteration=on_iteration,
+        should_stop=watch,
+    )
     if watch.stopped:
         ctx.check_cancel()  # raises JobCancelled / JobLost: the partial passage is not kept
     # Saved before the checkpoint: if the progress call finds a cancel, the passage is kept.
     audit = audit_passage_store(audit=audit, job=ctx.job, passage=_passage_record(result, i=i))
-    ctx.progress(i + 1, total=n, unit="passages", note=f"passage {i + 1}/{n} done, cos "
-                 f"{result.initial_cosine:.3f} -> {result.best_cosine:.3f}",
-                 checkpoint={"audit": audit.pk, "passages_done": i + 1})  # fmt: skip
+    ctx.progress(
+        i + 1,
+        total=n,
+        unit="passages",
+        note=f"passage {i + 1}/{n} done, cos "
+        f"{result.initial_cosine:.3f} -> {result.best_cosine:.3f}",
+        checkpoint={"audit": audit.pk, "passages_done": i + 1},
+    )
     return audit
 
 
@@ -390,8 +418,9 @@ def _judge(*, index, doc_vecs, texts: list[str], refs: dict) -> dict:
     return {"queries": queries, "topk": topk, "scores": scores}
 
 
-def audit_evaluate(*, audit: RobustnessAudit, attacker, index: VectorIndex,
-                   load_seconds: float) -> RobustnessAudit:  # fmt: skip
+def audit_evaluate(
+    *, audit: RobustnessAudit, attacker, index: VectorIndex, load_seconds: float
+) -> RobustnessAudit:
     """appeared@k on held-out (and held-in) queries for the passages embedded from their
     decoded text, the message alone, the centroids, and spill-over onto other queries."""
     from workers.ml.geometry import geometry_report
@@ -406,10 +435,12 @@ def audit_evaluate(*, audit: RobustnessAudit, attacker, index: VectorIndex,
         "message_only": attacker.embed_texts([audit.message], kind="document"),
         "centroid": np.asarray(audit.targets, dtype=np.float32),
     }
-    out = _judge(index=index, doc_vecs=doc_vecs,
-                 texts=[q["text"] for q in audit.held_out], refs=refs)  # fmt: skip
-    held_in = _judge(index=index, doc_vecs=doc_vecs,
-                     texts=[q["text"] for q in audit.held_in], refs=refs)  # fmt: skip
+    out = _judge(
+        index=index, doc_vecs=doc_vecs, texts=[q["text"] for q in audit.held_out], refs=refs
+    )
+    held_in = _judge(
+        index=index, doc_vecs=doc_vecs, texts=[q["text"] for q in audit.held_in], refs=refs
+    )
     audit.results = {
         **out["scores"],
         "held_in": held_in["scores"],
@@ -417,28 +448,41 @@ def audit_evaluate(*, audit: RobustnessAudit, attacker, index: VectorIndex,
         "depth": int(out["topk"].shape[1]),
     }
     enough = out["topk"].shape[1] >= 10
-    audit.geometry = geometry_report(doc_vecs=doc_vecs, query_vecs=out["queries"],
-                                     topk_scores=out["topk"] if enough else None,
-                                     seed=audit.params["seed"])  # fmt: skip
-    return _complete(audit=audit, load_seconds=load_seconds, evaluate=time.monotonic() - started,
-                     device=str(attacker.device))  # fmt: skip
+    audit.geometry = geometry_report(
+        doc_vecs=doc_vecs,
+        query_vecs=out["queries"],
+        topk_scores=out["topk"] if enough else None,
+        seed=audit.params["seed"],
+    )
+    return _complete(
+        audit=audit,
+        load_seconds=load_seconds,
+        evaluate=time.monotonic() - started,
+        device=str(attacker.device),
+    )
 
 
 def _non_concept(*, audit: RobustnessAudit, index, doc_vecs, refs: dict) -> dict:
     concept = {q["text"] for q in audit.held_in + audit.held_out}
     texts, source = selectors.non_concept_queries(
-        user=audit.owner, corpus_id=index.corpus_id, query_set_id=audit.query_set_id,
-        exclude_texts=concept, limit=NON_CONCEPT_LIMIT, seed=audit.params["seed"],
-    )  # fmt: skip
+        user=audit.owner,
+        corpus_id=index.corpus_id,
+        query_set_id=audit.query_set_id,
+        exclude_texts=concept,
+        limit=NON_CONCEPT_LIMIT,
+        seed=audit.params["seed"],
+    )
     if not texts:
         return {"available": False, "source": source, "n_queries": 0}
-    judged = _judge(index=index, doc_vecs=doc_vecs, texts=texts,
-                    refs={"gaslite": refs["gaslite"]})["scores"]["gaslite"]  # fmt: skip
+    judged = _judge(index=index, doc_vecs=doc_vecs, texts=texts, refs={"gaslite": refs["gaslite"]})[
+        "scores"
+    ]["gaslite"]
     return {"available": True, "source": source, **judged}
 
 
-def _complete(*, audit: RobustnessAudit, load_seconds: float, evaluate: float,
-              device: str) -> RobustnessAudit:  # fmt: skip
+def _complete(
+    *, audit: RobustnessAudit, load_seconds: float, evaluate: float, device: str
+) -> RobustnessAudit:
     attack = sum(p["seconds"] for p in audit.passages)
     audit.timings = {
         "load_seconds_last_attempt": round(load_seconds, 3),
@@ -450,8 +494,17 @@ def _complete(*, audit: RobustnessAudit, load_seconds: float, evaluate: float,
     audit.seconds = round(load_seconds + attack + evaluate, 3)
     audit.state = RobustnessAudit.State.COMPLETE
     audit.completed_at = timezone.now()
-    audit.save(update_fields=["results", "geometry", "timings", "seconds", "state",
-                              "completed_at", "updated_at"])  # fmt: skip
+    audit.save(
+        update_fields=[
+            "results",
+            "geometry",
+            "timings",
+            "seconds",
+            "state",
+            "completed_at",
+            "updated_at",
+        ]
+    )
     return audit
 
 
@@ -466,6 +519,6 @@ def audit_summary(*, audit: RobustnessAudit) -> dict:
         **{
             f"{ref}_{selectors.HEADLINE}": (results.get(ref) or {}).get(selectors.HEADLINE)
             for ref in selectors.REFERENCES
-        },  # fmt: skip
+        },
         "seconds": audit.seconds,
     }

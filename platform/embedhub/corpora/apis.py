@@ -39,18 +39,30 @@ class CorpusOutput(serializers.ModelSerializer):
     class Meta:
         model = Corpus
         fields = [
-            "id", "name", "description", "owner", "document_count", "active_index",
-            "created_at", "updated_at",
-        ]  # fmt: skip
+            "id",
+            "name",
+            "description",
+            "owner",
+            "document_count",
+            "active_index",
+            "created_at",
+            "updated_at",
+        ]
 
 
 class DocumentOutput(serializers.ModelSerializer):
     class Meta:
         model = Document
         fields = [
-            "id", "external_id", "title", "text", "metadata", "content_hash",
-            "created_at", "updated_at",
-        ]  # fmt: skip
+            "id",
+            "external_id",
+            "title",
+            "text",
+            "metadata",
+            "content_hash",
+            "created_at",
+            "updated_at",
+        ]
 
 
 class CorpusListCreateApi(ListAPIView):

@@ -102,10 +102,13 @@ def _inspect(archive: zipfile.ZipFile, *, name: str) -> BeirArchive:
             f"qrels/<split>.tsv); it holds {', '.join(sorted(members)[:10]) or 'nothing'}",
         )
     qrels = sorted(
-        (info for rel, info in members.items()
-         if rel.startswith("qrels/") and rel.endswith(".tsv") and rel.count("/") == 1),
+        (
+            info
+            for rel, info in members.items()
+            if rel.startswith("qrels/") and rel.endswith(".tsv") and rel.count("/") == 1
+        ),
         key=lambda i: i.filename,
-    )  # fmt: skip
+    )
     queries = members.get("queries.jsonl")
     if qrels and queries is None:
         raise file_error(name, "the zip has qrels/ but no queries.jsonl to go with them")

@@ -388,8 +388,14 @@ def _record_from_row(row, start, feeder, columns, index, header, file) -> Record
 
 def sniff_format(name: str) -> str:
     lower = name.lower()
-    for suffix, fmt in ((".jsonl", "jsonl"), (".json", "jsonl"), (".ndjson", "jsonl"),
-                        (".csv", "csv"), (".tsv", "tsv"), (".zip", "zip")):  # fmt: skip
+    for suffix, fmt in (
+        (".jsonl", "jsonl"),
+        (".json", "jsonl"),
+        (".ndjson", "jsonl"),
+        (".csv", "csv"),
+        (".tsv", "tsv"),
+        (".zip", "zip"),
+    ):
         if lower.endswith(suffix):
             return fmt
     raise ApplicationError(

@@ -123,9 +123,12 @@ def corpus_upload(
     }
     params, corpus = ingest_job_prepare(user=owner, params=params)
     job, _ = job_submit(
-        owner=owner, kind=Job.Kind.INGEST, params=params, corpus=corpus,
+        owner=owner,
+        kind=Job.Kind.INGEST,
+        params=params,
+        corpus=corpus,
         idempotency_key=idempotency_key,
-    )  # fmt: skip
+    )
     return job
 
 
@@ -215,19 +218,32 @@ def corpus_ingest_file(
         if owner_id is None:
             owner_id = Corpus.objects.values_list("owner_id", flat=True).get(pk=corpus_id)
         result = _ingest_zip(
-            corpus_id=corpus_id, owner_id=owner_id, path=path, filename=filename,
-            skip_invalid=skip_invalid, skipped=skipped, progress=throttled,
-        )  # fmt: skip
+            corpus_id=corpus_id,
+            owner_id=owner_id,
+            path=path,
+            filename=filename,
+            skip_invalid=skip_invalid,
+            skipped=skipped,
+            progress=throttled,
+        )
     else:
         with open(path, "rb") as stream, loading.import_cursor() as cur:
             records = parsing.records(
-                stream, fmt=fmt, file=filename, mapping=mapping,
+                stream,
+                fmt=fmt,
+                file=filename,
+                mapping=mapping,
                 on_invalid=_on_invalid(skip_invalid, skipped),
-            )  # fmt: skip
+            )
             result = loading.documents_load(
-                cur=cur, corpus_id=corpus_id, records=records, file=filename,
-                skip_invalid=skip_invalid, skipped=skipped, progress=throttled,
-            )  # fmt: skip
+                cur=cur,
+                corpus_id=corpus_id,
+                records=records,
+                file=filename,
+                skip_invalid=skip_invalid,
+                skipped=skipped,
+                progress=throttled,
+            )
     return {"format": fmt, "file": filename, **result, **skipped.as_result()}
 
 
@@ -251,18 +267,28 @@ def _ingest_zip(*, corpus_id, owner_id, path, filename, skip_invalid, skipped, p
                 stream, file=label, on_invalid=_on_invalid(skip_invalid, skipped)
             )
             result = loading.documents_load(
-                cur=cur, corpus_id=corpus_id, records=records, file=label,
-                skip_invalid=skip_invalid, skipped=skipped, progress=progress,
-            )  # fmt: skip
+                cur=cur,
+                corpus_id=corpus_id,
+                records=records,
+                file=label,
+                skip_invalid=skip_invalid,
+                skipped=skipped,
+                progress=progress,
+            )
         result["query_sets"] = []
         for qrels in archive.qrels:
             with archive.zip.open(archive.queries) as queries, archive.zip.open(qrels) as judged:
                 imported = query_set_import(
-                    owner=owner_id, corpus=corpus_id, name=archives.split_name(qrels),
-                    queries_path=queries, qrels_path=judged, skip_invalid=skip_invalid,
-                    cursor=cur, queries_label=archive.label(archive.queries),
+                    owner=owner_id,
+                    corpus=corpus_id,
+                    name=archives.split_name(qrels),
+                    queries_path=queries,
+                    qrels_path=judged,
+                    skip_invalid=skip_invalid,
+                    cursor=cur,
+                    queries_label=archive.label(archive.queries),
                     qrels_label=archive.label(qrels),
-                )  # fmt: skip
+                )
             skipped.merge(parsing.Skipped(imported.pop("skipped"), imported.pop("skipped_total")))
             result["query_sets"].append(imported)
     return result

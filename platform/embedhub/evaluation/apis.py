@@ -64,13 +64,19 @@ class QuerySetListCreateApi(ListAPIView):
         corpus = corpus_get(user=request.user, corpus_id=params["corpus"])
         replaced = corpus.query_sets.filter(name=params["name"].strip()).exists()
         query_set, report = services.query_set_create(
-            owner=request.user, corpus=corpus, name=params["name"],
-            queries_file=params["queries"], qrels_file=params["qrels"],
+            owner=request.user,
+            corpus=corpus,
+            name=params["name"],
+            queries_file=params["queries"],
+            qrels_file=params["qrels"],
             skip_invalid=params["skip_invalid"],
-        )  # fmt: skip
+        )
         query_set = selectors.query_set_get(user=request.user, query_set_id=query_set.pk)
-        body = {**QuerySetOutput(query_set).data, "skipped": report.get("skipped", []),
-                "skipped_total": report.get("skipped_total", 0)}  # fmt: skip
+        body = {
+            **QuerySetOutput(query_set).data,
+            "skipped": report.get("skipped", []),
+            "skipped_total": report.get("skipped_total", 0),
+        }
         code = status.HTTP_200_OK if replaced else status.HTTP_201_CREATED
         return Response(body, status=code)
 
@@ -89,10 +95,23 @@ class EvalRunOutput(serializers.ModelSerializer):
     class Meta:
         model = EvalRun
         fields = [
-            "id", "job", "query_set", "query_set_name", "index", "model_version",
-            "model_version_label", "compensation", "mode", "metrics", "n_queries",
-            "ann_recall_at_10", "seconds", "timings", "params", "created_at",
-        ]  # fmt: skip
+            "id",
+            "job",
+            "query_set",
+            "query_set_name",
+            "index",
+            "model_version",
+            "model_version_label",
+            "compensation",
+            "mode",
+            "metrics",
+            "n_queries",
+            "ann_recall_at_10",
+            "seconds",
+            "timings",
+            "params",
+            "created_at",
+        ]
 
 
 class EvalRunFilter(filters.FilterSet):

@@ -74,8 +74,10 @@ def _stage(
 
 
 def _stage_queries(cur, stream: IO, **opts) -> int:
-    columns = ("line_no bigint NOT NULL, external_id text NOT NULL, text text NOT NULL,"
-               " metadata jsonb NOT NULL")  # fmt: skip
+    columns = (
+        "line_no bigint NOT NULL, external_id text NOT NULL, text text NOT NULL,"
+        " metadata jsonb NOT NULL"
+    )
     return _stage(cur, stream, table="import_queries", columns=columns, to_row=_query_row, **opts)
 
 
@@ -99,8 +101,10 @@ def _query_row(line, *, file: str) -> tuple | None:
 
 
 def _stage_qrels(cur, stream: IO, **opts) -> int:
-    columns = ("line_no bigint NOT NULL, query_id text NOT NULL, document_id text NOT NULL,"
-               " relevance integer NOT NULL")  # fmt: skip
+    columns = (
+        "line_no bigint NOT NULL, query_id text NOT NULL, document_id text NOT NULL,"
+        " relevance integer NOT NULL"
+    )
     return _stage(cur, stream, table="import_qrels", columns=columns, to_row=_qrel_row, **opts)
 
 
@@ -137,8 +141,17 @@ def _qrel_row(line, *, file: str) -> tuple | None:
     return (line.number, query_id, document_id, relevance)
 
 
-def _drop_bad(cur, *, select: str, params: list, table: str, describe, file: str,
-              skip_invalid: bool, skipped: Skipped) -> list[InvalidLine]:  # fmt: skip
+def _drop_bad(
+    cur,
+    *,
+    select: str,
+    params: list,
+    table: str,
+    describe,
+    file: str,
+    skip_invalid: bool,
+    skipped: Skipped,
+) -> list[InvalidLine]:
     """Run a check query returning (line_no, ...) rows; skip them, or return them to report."""
     cur.execute(f"{select} ORDER BY line_no LIMIT 1000", params)
     problems = [InvalidLine(file=file, line=row[0], **describe(row)) for row in cur.fetchall()]
@@ -153,8 +166,9 @@ def _drop_bad(cur, *, select: str, params: list, table: str, describe, file: str
     return []
 
 
-def _check(cur, *, corpus_id: int, queries_file: str, qrels_file: str, skip_invalid: bool,
-           skipped: Skipped) -> None:  # fmt: skip
+def _check(
+    cur, *, corpus_id: int, queries_file: str, qrels_file: str, skip_invalid: bool, skipped: Skipped
+) -> None:
     common = {"skip_invalid": skip_invalid, "skipped": skipped}
     problems = _drop_bad(
         cur,
@@ -284,8 +298,9 @@ def query_set_import(
             _check(
                 cur, corpus_id=_pk(corpus), queries_file=queries_file, qrels_file=qrels_file, **opts
             )
-            result = _write(cur, owner_id=_pk(owner), corpus_id=_pk(corpus), name=name,
-                            only_judged=only_judged)  # fmt: skip
+            result = _write(
+                cur, owner_id=_pk(owner), corpus_id=_pk(corpus), name=name, only_judged=only_judged
+            )
             cur.execute("DROP TABLE import_queries")
             cur.execute("DROP TABLE import_qrels")
     finally:

@@ -52,9 +52,13 @@ def query_set_create(
     """Import BEIR queries + qrels as the query set `name` of `corpus` (replacing one of the
     same name). Returns (query set, import report with counts and skipped lines)."""
     report = query_set_import(
-        owner=owner, corpus=corpus, name=name, queries_path=queries_file,
-        qrels_path=qrels_file, skip_invalid=skip_invalid,
-    )  # fmt: skip
+        owner=owner,
+        corpus=corpus,
+        name=name,
+        queries_path=queries_file,
+        qrels_path=qrels_file,
+        skip_invalid=skip_invalid,
+    )
     return QuerySet.objects.get(pk=report["query_set_id"]), report
 
 
@@ -157,12 +161,18 @@ def evaluate_job_run(*, job, ctx) -> dict:
     p = job.params
     index = VectorIndex.objects.select_related("model_version", "corpus").get(pk=p["index"])
     run = evaluation_run(
-        owner=job.owner, job=job, ctx=ctx, index=index,
+        owner=job.owner,
+        job=job,
+        ctx=ctx,
+        index=index,
         query_set=QuerySet.objects.get(pk=p["query_set"]),
         model_version=ModelVersion.objects.get(pk=p["model_version"]),
-        compensation=p["compensation"], mode=p["mode"], k=p["k"],
-        ef_search=p.get("ef_search"), exclude_self=p["exclude_self"],
-    )  # fmt: skip
+        compensation=p["compensation"],
+        mode=p["mode"],
+        k=p["k"],
+        ef_search=p.get("ef_search"),
+        exclude_self=p["exclude_self"],
+    )
     return {
         "eval_run": run.pk,
         "metrics": run.metrics,
@@ -218,9 +228,12 @@ class _Searcher:
         # One extra hit so that dropping the query's own document still leaves k.
         depth = k + 1 if self.exclude_self else k
         hits = vector_selectors.index_search(
-            index=self.index, query_vectors=vectors, k=depth, exact=exact,
+            index=self.index,
+            query_vectors=vectors,
+            k=depth,
+            exact=exact,
             ef_search=None if exact else self.ef_search,
-        )  # fmt: skip
+        )
         out = []
         for qid, query_hits in zip(qids, hits, strict=True):
             kept = [h for h in query_hits if not (self.exclude_self and h.external_id == qid)]
@@ -274,9 +287,11 @@ def evaluation_run(
         qids = [qid for qid, _ in batch]
         t0 = time.monotonic()
         vectors, info = qdc.query_vectors(
-            index=index, texts=[text for _, text in batch], model_version=version,
+            index=index,
+            texts=[text for _, text in batch],
+            model_version=version,
             compensation=compensation,
-        )  # fmt: skip
+        )
         applied = info["compensation"]
         t1 = time.monotonic()
         rankings = searcher.rankings(qids, vectors, k=k, exact=mode == EvalRun.Mode.EXACT)
@@ -297,14 +312,25 @@ def evaluation_run(
     result = evaluate_run(qrels=qrels, run=run)
     timings["metrics"] = time.monotonic() - t0
     return _eval_run_save(
-        owner=owner, job=job, index=index, query_set=query_set, model_version=version,
-        compensation=applied, mode=mode, result=result,
+        owner=owner,
+        job=job,
+        index=index,
+        query_set=query_set,
+        model_version=version,
+        compensation=applied,
+        mode=mode,
+        result=result,
         ann_recall=float(np.mean(overlaps)) if overlaps else None,
-        seconds=time.monotonic() - started, timings=timings,
-        params={"k": k, "ef_search": ef_search, "exclude_self": exclude_self,
-                "compensation_requested": compensation,
-                "skipped_unjudged": len(queries) - len(judged)},
-    )  # fmt: skip
+        seconds=time.monotonic() - started,
+        timings=timings,
+        params={
+            "k": k,
+            "ef_search": ef_search,
+            "exclude_self": exclude_self,
+            "compensation_requested": compensation,
+            "skipped_unjudged": len(queries) - len(judged),
+        },
+    )
 
 
 def _progress(ctx, *, total: int, mode: str):
@@ -315,15 +341,36 @@ def _progress(ctx, *, total: int, mode: str):
     return report
 
 
-def _eval_run_save(*, owner, job, index, query_set, model_version, compensation, mode, result,
-                   ann_recall, seconds, timings, params) -> EvalRun:  # fmt: skip
+def _eval_run_save(
+    *,
+    owner,
+    job,
+    index,
+    query_set,
+    model_version,
+    compensation,
+    mode,
+    result,
+    ann_recall,
+    seconds,
+    timings,
+    params,
+) -> EvalRun:
     fields = {
-        "owner": owner, "query_set": query_set, "index": index, "model_version": model_version,
-        "compensation": compensation, "mode": mode, "metrics": result.aggregate,
-        "per_query": result.per_query, "n_queries": result.n_queries,
-        "ann_recall_at_10": ann_recall, "seconds": round(seconds, 3),
-        "timings": {name: round(value, 3) for name, value in timings.items()}, "params": params,
-    }  # fmt: skip
+        "owner": owner,
+        "query_set": query_set,
+        "index": index,
+        "model_version": model_version,
+        "compensation": compensation,
+        "mode": mode,
+        "metrics": result.aggregate,
+        "per_query": result.per_query,
+        "n_queries": result.n_queries,
+        "ann_recall_at_10": ann_recall,
+        "seconds": round(seconds, 3),
+        "timings": {name: round(value, 3) for name, value in timings.items()},
+        "params": params,
+    }
     with transaction.atomic():
         if job is not None:
             EvalRun.objects.filter(job=job).delete()

@@ -17,11 +17,29 @@ class JobOutput(serializers.ModelSerializer):
     class Meta:
         model = Job
         fields = [
-            "id", "kind", "status", "queue", "params", "corpus", "progress_done",
-            "progress_total", "progress_unit", "percent", "rate", "eta_seconds", "progress_note",
-            "attempts", "heartbeat_at", "worker", "error", "result", "cancel_requested",
-            "created_at", "started_at", "finished_at",
-        ]  # fmt: skip
+            "id",
+            "kind",
+            "status",
+            "queue",
+            "params",
+            "corpus",
+            "progress_done",
+            "progress_total",
+            "progress_unit",
+            "percent",
+            "rate",
+            "eta_seconds",
+            "progress_note",
+            "attempts",
+            "heartbeat_at",
+            "worker",
+            "error",
+            "result",
+            "cancel_requested",
+            "created_at",
+            "started_at",
+            "finished_at",
+        ]
 
 
 class JobEventOutput(serializers.ModelSerializer):

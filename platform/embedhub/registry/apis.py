@@ -16,9 +16,16 @@ class VersionSummaryOutput(serializers.ModelSerializer):
     class Meta:
         model = ModelVersion
         fields = [
-            "id", "model", "version", "status", "parent", "source", "dimension", "drift_norm",
+            "id",
+            "model",
+            "version",
+            "status",
+            "parent",
+            "source",
+            "dimension",
+            "drift_norm",
             "created_at",
-        ]  # fmt: skip
+        ]
 
 
 class ModelOutput(serializers.ModelSerializer):
@@ -40,11 +47,29 @@ class VersionDetailOutput(serializers.ModelSerializer):
     class Meta:
         model = ModelVersion
         fields = [
-            "id", "model", "version", "status", "parent", "ancestors", "children", "source",
-            "artifact_path", "dimension", "pooling", "normalize", "max_tokens", "query_prefix",
-            "document_prefix", "drift_norm", "training_params", "provenance", "loss_curve",
-            "gate_passed", "created_at", "updated_at",
-        ]  # fmt: skip
+            "id",
+            "model",
+            "version",
+            "status",
+            "parent",
+            "ancestors",
+            "children",
+            "source",
+            "artifact_path",
+            "dimension",
+            "pooling",
+            "normalize",
+            "max_tokens",
+            "query_prefix",
+            "document_prefix",
+            "drift_norm",
+            "training_params",
+            "provenance",
+            "loss_curve",
+            "gate_passed",
+            "created_at",
+            "updated_at",
+        ]
 
     def get_ancestors(self, version) -> list[dict]:
         chain = selectors.model_version_ancestors(version=version)
@@ -71,9 +96,11 @@ class ModelVersionListCreateApi(ListAPIView):
     @extend_schema_serializer(component_name="ModelVersionRegisterInput")
     class InputSerializer(serializers.Serializer):
         source = serializers.CharField(
-            required=False, allow_null=True, default=None,
+            required=False,
+            allow_null=True,
+            default=None,
             help_text="a directory on the server or a Hub id; empty for the bundled base model",
-        )  # fmt: skip
+        )
         name = serializers.CharField(required=False, allow_null=True, default=None, max_length=200)
         parent = serializers.PrimaryKeyRelatedField(
             queryset=ModelVersion.objects.all(), required=False, allow_null=True, default=None

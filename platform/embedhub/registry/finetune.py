@@ -151,9 +151,11 @@ def _parent_index(*, corpus_id: int | None, parent: ModelVersion) -> VectorIndex
     if corpus_id is None:
         return None
     candidates = VectorIndex.objects.filter(
-        corpus_id=corpus_id, model_version=parent, chunking=VectorIndex.Chunking.TRUNCATE,
+        corpus_id=corpus_id,
+        model_version=parent,
+        chunking=VectorIndex.Chunking.TRUNCATE,
         state__in=[VectorIndex.State.READY, VectorIndex.State.RETIRED],
-    ).select_related("corpus", "model_version")  # fmt: skip
+    ).select_related("corpus", "model_version")
     active_id = Corpus.objects.filter(pk=corpus_id).values_list("active_index_id", flat=True)[0]
     return min(candidates, key=lambda i: (i.pk != active_id, -i.pk), default=None)
 
@@ -206,13 +208,19 @@ def _build_pairs(*, job, parent: ModelVersion, ctx) -> tuple[list[TrainPair], di
     if params.get("query_set"):
         query_set = QuerySet.objects.get(pk=params["query_set"])
         pairs = _query_set_pairs(query_set)
-        provenance = {"source": "query_set", "query_set": query_set.pk,
-                      "query_set_name": query_set.name}  # fmt: skip
+        provenance = {
+            "source": "query_set",
+            "query_set": query_set.pk,
+            "query_set_name": query_set.name,
+        }
     else:
         path = Path(params["pairs_path"])
         pairs = training_sets.pairs_read(source=path, file=path.name)
-        provenance = {"source": "file", "file": str(path),
-                      "file_sha256": training_sets.file_sha256(path)}  # fmt: skip
+        provenance = {
+            "source": "file",
+            "file": str(path),
+            "file_sha256": training_sets.file_sha256(path),
+        }
     if not pairs:
         raise ApplicationError("no training pairs: the query set's judgements match no documents")
     k = params["config"].get("negatives_per_query", FinetuneConfig.negatives_per_query)
@@ -221,14 +229,18 @@ def _build_pairs(*, job, parent: ModelVersion, ctx) -> tuple[list[TrainPair], di
     if index is not None and k > 0:
         ctx.progress(0, unit="steps", note=f"mining hard negatives from index {index.pk}")
         mined = _mine(pairs=pairs, index=index, k=k)
-    provenance.update({
-        "corpus": params.get("corpus"),
-        "negatives_index": index.pk if index is not None and mined else None,
-        "pairs_with_mined_negatives": mined,
-    })  # fmt: skip
+    provenance.update(
+        {
+            "corpus": params.get("corpus"),
+            "negatives_index": index.pk if index is not None and mined else None,
+            "pairs_with_mined_negatives": mined,
+        }
+    )
     saved.parent.mkdir(parents=True, exist_ok=True)
-    lines = [json.dumps({"query": p.query, "positive": p.positive, "negatives": p.negatives})
-             for p in pairs]  # fmt: skip
+    lines = [
+        json.dumps({"query": p.query, "positive": p.positive, "negatives": p.negatives})
+        for p in pairs
+    ]
     saved.write_text("\n".join(lines) + "\n")
     meta_file.write_text(json.dumps(provenance))
     return pairs, provenance
@@ -255,8 +267,13 @@ class _Reporter:
 
     def on_step(self, info) -> None:
         try:
-            self.ctx.progress(info.step, total=info.total_steps, unit="steps",
-                              note=f"loss {info.loss:.4f}", checkpoint={"step": info.step})  # fmt: skip
+            self.ctx.progress(
+                info.step,
+                total=info.total_steps,
+                unit="steps",
+                note=f"loss {info.loss:.4f}",
+                checkpoint={"step": info.step},
+            )
         except (JobCancelled, JobLost) as exc:
             self.stop_reason = exc
 
@@ -300,23 +317,35 @@ def finetune_job_run(*, job, ctx) -> dict:
     reporter = _Reporter(ctx)
     export_dir = _job_dir(job) / "export"
     outcome = finetune(
-        parent_path=parent.artifact_path, pairs=pairs, out_dir=export_dir, config=config,
-        checkpoint_dir=_job_dir(job) / "checkpoint", on_step=reporter.on_step,
+        parent_path=parent.artifact_path,
+        pairs=pairs,
+        out_dir=export_dir,
+        config=config,
+        checkpoint_dir=_job_dir(job) / "checkpoint",
+        on_step=reporter.on_step,
         should_stop=reporter.should_stop,
-    )  # fmt: skip
+    )
     if outcome.stopped:
         raise reporter.stop_reason or JobCancelled()
     ctx.progress(outcome.steps, unit="steps", note="computing the drift vector")
     drift = _drift(parent=parent, child_dir=export_dir, pairs=pairs)
     ctx.check_cancel()  # the last point where a cancel still leaves no child behind
-    provenance.update({
-        "job": job.pk, "pairs": len(pairs), "queries": len({p.query for p in pairs}),
-        "pairs_sha256": _pairs_digest(pairs),
-    })  # fmt: skip
+    provenance.update(
+        {
+            "job": job.pk,
+            "pairs": len(pairs),
+            "queries": len({p.query for p in pairs}),
+            "pairs_sha256": _pairs_digest(pairs),
+        }
+    )
     child = model_version_register_child(
-        parent=parent, export_dir=export_dir, drift=drift, loss_curve=outcome.loss_curve,
-        training_params={**asdict(config), "parent": parent.pk}, provenance=provenance,
-    )  # fmt: skip
+        parent=parent,
+        export_dir=export_dir,
+        drift=drift,
+        loss_curve=outcome.loss_curve,
+        training_params={**asdict(config), "parent": parent.pk},
+        provenance=provenance,
+    )
     # The checkpoint holds model + optimizer state (several times the model): free it.
     shutil.rmtree(_job_dir(job) / "checkpoint", ignore_errors=True)
     return _result(child)
@@ -359,11 +388,16 @@ def model_version_register_child(
         final.parent.mkdir(parents=True, exist_ok=True)
         os.replace(export_dir, final)
         child = model_version_register(
-            source=str(final), name=model.name, parent=parent,
-            status=ModelVersion.Status.READY, drift=drift.astype(np.float32),
-            drift_norm=float(np.linalg.norm(drift)), training_params=training_params,
-            provenance=provenance, loss_curve=loss_curve,
-        )  # fmt: skip
+            source=str(final),
+            name=model.name,
+            parent=parent,
+            status=ModelVersion.Status.READY,
+            drift=drift.astype(np.float32),
+            drift_norm=float(np.linalg.norm(drift)),
+            training_params=training_params,
+            provenance=provenance,
+            loss_curve=loss_curve,
+        )
     if child.version != number:
         raise RuntimeError(f"registered {child} but its weights are in {final}")
     logger.info("registered %s (parent %s, drift norm %.4f)", child, parent, child.drift_norm)

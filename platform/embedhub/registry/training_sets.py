@@ -40,13 +40,23 @@ def _negatives(value, *, file: str, line: int) -> list[str]:
     if value is None:
         return []
     if not isinstance(value, list):
-        raise InvalidLine(file=file, line=line, field="negatives",
-                          problem=f"must be a list of strings, not {type(value).__name__}")  # fmt: skip
+        raise InvalidLine(
+            file=file,
+            line=line,
+            field="negatives",
+            problem=f"must be a list of strings, not {type(value).__name__}",
+        )
     if len(value) > MAX_NEGATIVES_PER_LINE:
-        raise InvalidLine(file=file, line=line, field="negatives",
-                          problem=f"has {len(value)} items; at most {MAX_NEGATIVES_PER_LINE}")  # fmt: skip
-    return [clean_text(v, file=file, line=line, name=f"negatives[{i}]", required=True)
-            for i, v in enumerate(value)]  # fmt: skip
+        raise InvalidLine(
+            file=file,
+            line=line,
+            field="negatives",
+            problem=f"has {len(value)} items; at most {MAX_NEGATIVES_PER_LINE}",
+        )
+    return [
+        clean_text(v, file=file, line=line, name=f"negatives[{i}]", required=True)
+        for i, v in enumerate(value)
+    ]
 
 
 def pairs_read(*, source: str | Path | IO, file: str) -> list[TrainPair]:
@@ -59,17 +69,20 @@ def pairs_read(*, source: str | Path | IO, file: str) -> list[TrainPair]:
                 obj = json_object(line, file=file)
                 if obj is None:
                     continue
-                query = clean_text(obj.get("query"), file=file, line=line.number, name="query",
-                                   required=True)  # fmt: skip
-                positive = clean_text(obj.get("positive"), file=file, line=line.number,
-                                      name="positive", required=True)  # fmt: skip
+                query = clean_text(
+                    obj.get("query"), file=file, line=line.number, name="query", required=True
+                )
+                positive = clean_text(
+                    obj.get("positive"), file=file, line=line.number, name="positive", required=True
+                )
                 negatives = _negatives(obj.get("negatives"), file=file, line=line.number)
             except InvalidLine as problem:
                 raise ApplicationError(
-                    f"{problem} (expected one JSON object per line with \"query\", \"positive\" "
-                    "and optionally \"negatives\": a list of strings)",
-                    details=problem.as_dict(), code="invalid_file",
-                ) from None  # fmt: skip
+                    f'{problem} (expected one JSON object per line with "query", "positive" '
+                    'and optionally "negatives": a list of strings)',
+                    details=problem.as_dict(),
+                    code="invalid_file",
+                ) from None
             pairs.append(TrainPair(query=query, positive=positive, negatives=negatives))
     finally:
         if opened:
@@ -81,10 +94,12 @@ def pairs_read(*, source: str | Path | IO, file: str) -> list[TrainPair]:
 
 def _describe(pairs: list[TrainPair], *, sha256: str, path: Path) -> TrainingSet:
     return TrainingSet(
-        sha256=sha256, path=str(path), pairs=len(pairs),
+        sha256=sha256,
+        path=str(path),
+        pairs=len(pairs),
         queries=len({p.query for p in pairs}),
         with_negatives=sum(1 for p in pairs if p.negatives),
-    )  # fmt: skip
+    )
 
 
 def training_set_store(*, user, upload) -> TrainingSet:

@@ -15,11 +15,25 @@ class IndexOutput(serializers.ModelSerializer):
     class Meta:
         model = VectorIndex
         fields = [
-            "id", "corpus", "model_version", "state", "is_active", "storage", "dimension",
-            "metric", "chunking", "chunk_window", "chunk_overlap", "hnsw_m",
-            "hnsw_ef_construction", "encoder", "vector_count", "created_at", "built_at",
+            "id",
+            "corpus",
+            "model_version",
+            "state",
+            "is_active",
+            "storage",
+            "dimension",
+            "metric",
+            "chunking",
+            "chunk_window",
+            "chunk_overlap",
+            "hnsw_m",
+            "hnsw_ef_construction",
+            "encoder",
+            "vector_count",
+            "created_at",
+            "built_at",
             "retired_at",
-        ]  # fmt: skip
+        ]
 
     def get_is_active(self, index) -> bool:
         return index.corpus.active_index_id == index.pk
@@ -104,12 +118,17 @@ class SearchApi(APIView):
         if params.get("model_version"):
             version = services.model_version_resolve(version_id=params["model_version"])
         vectors, info = compensation.query_vectors(
-            index=index, texts=[params["query"]], model_version=version,
+            index=index,
+            texts=[params["query"]],
+            model_version=version,
             compensation=params["compensation"],
-        )  # fmt: skip
+        )
         hits = selectors.index_search(
-            index=index, query_vectors=vectors, k=params["k"], exact=params["exact"],
+            index=index,
+            query_vectors=vectors,
+            k=params["k"],
+            exact=params["exact"],
             ef_search=params.get("ef_search"),
-        )[0]  # fmt: skip
+        )[0]
         body = {"index": index.pk, **info, "exact": params["exact"], "results": hits}
         return Response(self.OutputSerializer(body).data)

@@ -64,11 +64,13 @@ def _target_version(*, corpus: Corpus, params: dict) -> ModelVersion:
         return model_version_resolve(version_id=params["model_version"])
     active = corpus.active_index
     if params.get("model_name"):
-        version = newest_version(model_name=params["model_name"],
-                                 only_gated=bool(params.get("only_gated")))  # fmt: skip
+        version = newest_version(
+            model_name=params["model_name"], only_gated=bool(params.get("only_gated"))
+        )
     elif active is not None:
-        version = newest_version(model_id=active.model_version.model_id,
-                                 only_gated=bool(params.get("only_gated")))  # fmt: skip
+        version = newest_version(
+            model_id=active.model_version.model_id, only_gated=bool(params.get("only_gated"))
+        )
     else:
         raise ApplicationError(
             f"corpus {corpus.pk} has no active index to take the model from: give model_version"
@@ -86,9 +88,13 @@ def _options(*, params: dict, active: VectorIndex | None) -> dict:
     """How the shadow is built: like the active index unless the params say otherwise."""
     inherited = {}
     if active is not None:
-        inherited = {"storage": active.storage, "chunking": active.chunking,
-                     "encoder": active.encoder, "chunk_window": active.chunk_window,
-                     "chunk_overlap": active.chunk_overlap}  # fmt: skip
+        inherited = {
+            "storage": active.storage,
+            "chunking": active.chunking,
+            "encoder": active.encoder,
+            "chunk_window": active.chunk_window,
+            "chunk_overlap": active.chunk_overlap,
+        }
     return _index_options({**inherited, **{k: v for k, v in params.items() if v is not None}})
 
 
@@ -151,10 +157,13 @@ def reindex_job_prepare(*, user, params: dict) -> tuple[dict, Corpus]:
         )
     shadow = _shadow(user=user, corpus=corpus, version=version, options=options)
     normalised = {
-        "corpus": corpus.pk, "model_version": version.pk, "index": shadow.pk,
-        "previous_index": active.pk if active else None, "gate": gate,
+        "corpus": corpus.pk,
+        "model_version": version.pk,
+        "index": shadow.pk,
+        "previous_index": active.pk if active else None,
+        "gate": gate,
         "batch_size": params.get("batch_size"),
-    }  # fmt: skip
+    }
     return normalised, corpus
 
 
@@ -165,11 +174,21 @@ def _ndcg(*, owner, index: VectorIndex, query_set, ctx) -> dict:
     """Gate evaluation by the evaluation app (stores an EvalRun, so it shows with the rest)."""
     from embedhub.evaluation.services import evaluation_run
 
-    run = evaluation_run(owner=owner, index=index, query_set=query_set,
-                         model_version=index.model_version, compensation="none")  # fmt: skip
+    run = evaluation_run(
+        owner=owner,
+        index=index,
+        query_set=query_set,
+        model_version=index.model_version,
+        compensation="none",
+    )
     ctx.check_cancel()
-    return {"eval_run": run.pk, "index": index.pk, "model_version": index.model_version_id,
-            GATE_METRIC: run.metrics[GATE_METRIC], "n_queries": run.n_queries}  # fmt: skip
+    return {
+        "eval_run": run.pk,
+        "index": index.pk,
+        "model_version": index.model_version_id,
+        GATE_METRIC: run.metrics[GATE_METRIC],
+        "n_queries": run.n_queries,
+    }
 
 
 def _gate_check(*, job, ctx, shadow: VectorIndex, active: VectorIndex) -> dict:
@@ -182,8 +201,14 @@ def _gate_check(*, job, ctx, shadow: VectorIndex, active: VectorIndex) -> dict:
     ctx.progress(ctx.job.progress_done, note=f"gate: evaluating the active index {active.pk}")
     old = _ndcg(owner=job.owner, index=active, query_set=query_set, ctx=ctx)
     passed = new[GATE_METRIC] >= old[GATE_METRIC] - gate["tolerance"]
-    return {"query_set": query_set.pk, "metric": GATE_METRIC, "tolerance": gate["tolerance"],
-            "new": new, "active": old, "passed": passed}  # fmt: skip
+    return {
+        "query_set": query_set.pk,
+        "metric": GATE_METRIC,
+        "tolerance": gate["tolerance"],
+        "new": new,
+        "active": old,
+        "passed": passed,
+    }
 
 
 def reindex_job_run(*, job, ctx) -> dict:
@@ -194,8 +219,9 @@ def reindex_job_run(*, job, ctx) -> dict:
     if corpus.active_index_id == shadow.pk:  # an earlier attempt swapped, then died
         return {"index": shadow.pk, "activated": True, "resumed_after_swap": True}
     try:
-        build = index_build(index=shadow, ctx=ctx, batch_size=job.params.get("batch_size"),
-                            activate=False)  # fmt: skip
+        build = index_build(
+            index=shadow, ctx=ctx, batch_size=job.params.get("batch_size"), activate=False
+        )
     except (JobCancelled, JobLost):
         raise  # the shadow stays "building": a retry or the reaper resumes it
     except Exception:
@@ -218,10 +244,13 @@ def reindex_job_run(*, job, ctx) -> dict:
             state=VectorIndex.State.RETIRED, retired_at=timezone.now()
         )
     return {
-        "index": shadow.pk, "model_version": shadow.model_version_id,
-        "previous_index": active.pk if active else None, "activated": activated,
-        "gate": gate, "build": build,
-    }  # fmt: skip
+        "index": shadow.pk,
+        "model_version": shadow.model_version_id,
+        "previous_index": active.pk if active else None,
+        "activated": activated,
+        "gate": gate,
+        "build": build,
+    }
 
 
 # ------------------------------------------------------------------ schedules and retention
@@ -243,8 +272,13 @@ def reindex_schedule_submit(
     """
     from embedhub.jobs.services import job_submit
 
-    params = {"corpus": corpus.pk, "model_version": model_version, "model_name": model_name,
-              "only_gated": only_gated, "gate": gate}  # fmt: skip
+    params = {
+        "corpus": corpus.pk,
+        "model_version": model_version,
+        "model_name": model_name,
+        "only_gated": only_gated,
+        "gate": gate,
+    }
     with transaction.atomic():
         Corpus.objects.select_for_update().filter(pk=corpus.pk).first()
         try:
@@ -252,8 +286,9 @@ def reindex_schedule_submit(
         except ApplicationError as exc:
             logger.info("not reindexing corpus %s: %s", corpus.pk, exc.message)
             return None, exc.message
-        job, _ = job_submit(owner=corpus.owner, kind=Job.Kind.REINDEX, params=prepared,
-                            corpus=corpus)  # fmt: skip
+        job, _ = job_submit(
+            owner=corpus.owner, kind=Job.Kind.REINDEX, params=prepared, corpus=corpus
+        )
     return job, "submitted"
 
 

@@ -42,9 +42,12 @@ def index_matching(
 ) -> VectorIndex | None:
     """An existing, not-dropped index built the same way (so re-embedding is incremental)."""
     qs = VectorIndex.objects.filter(
-        corpus=corpus, model_version=model_version, storage=storage, chunking=chunking,
+        corpus=corpus,
+        model_version=model_version,
+        storage=storage,
+        chunking=chunking,
         encoder=encoder,
-    ).exclude(state__in=[VectorIndex.State.DROPPED, VectorIndex.State.FAILED])  # fmt: skip
+    ).exclude(state__in=[VectorIndex.State.DROPPED, VectorIndex.State.FAILED])
     if chunk:
         qs = qs.filter(**chunk)
     return qs.order_by("-created_at").first()

@@ -152,8 +152,12 @@ def embed_job_run(*, job, ctx) -> dict:
     index = VectorIndex.objects.select_related("corpus", "model_version").get(
         pk=job.params["index"]
     )
-    return index_build(index=index, ctx=ctx, batch_size=job.params.get("batch_size"),
-                       activate=job.params.get("activate"))  # fmt: skip
+    return index_build(
+        index=index,
+        ctx=ctx,
+        batch_size=job.params.get("batch_size"),
+        activate=job.params.get("activate"),
+    )
 
 
 def index_build(*, index: VectorIndex, ctx, batch_size: int | None = None, activate=None) -> dict:
@@ -176,8 +180,9 @@ def index_build(*, index: VectorIndex, ctx, batch_size: int | None = None, activ
         pending = selectors.index_pending_count(index=index)
         done = total - pending
         ctx.progress(done, total=total, unit="docs", note="embedding")
-        embedded = _embed_pending(index=index, encoder=encoder, ctx=ctx, done=done, total=total,
-                                  batch_size=batch_size)  # fmt: skip
+        embedded = _embed_pending(
+            index=index, encoder=encoder, ctx=ctx, done=done, total=total, batch_size=batch_size
+        )
         embed_seconds = time.monotonic() - started
         ctx.progress(total, total=total, unit="docs", note="building HNSW index")
         stats = _finalise(index=index, activate=activate)
@@ -229,17 +234,27 @@ def _embed_pending(*, index, encoder, ctx, done: int, total: int, batch_size) ->
     hashes: dict[int, str] = {}
     items = _pending_items(index, hashes)
     if index.chunking == VectorIndex.Chunking.CHUNK:
-        return _embed_chunked(index=index, encoder=encoder, ctx=ctx, done=done, total=total,
-                              batch_size=batch_size, chunking=Chunking(index.chunk_window,
-                              index.chunk_overlap))  # fmt: skip
+        return _embed_chunked(
+            index=index,
+            encoder=encoder,
+            ctx=ctx,
+            done=done,
+            total=total,
+            batch_size=batch_size,
+            chunking=Chunking(index.chunk_window, index.chunk_overlap),
+        )
     embedded = 0
     for batch in encoder.iter_encode(items, kind="document", batch_size=batch_size):
         doc_hashes = [hashes.pop(key) for key in batch.keys]
         with transaction.atomic():
             tables.rows_replace(
-                table=index.table_name, storage=index.storage, doc_ids=list(batch.keys),
-                chunks=[0] * len(batch.keys), hashes=doc_hashes, vectors=batch.vectors,
-            )  # fmt: skip
+                table=index.table_name,
+                storage=index.storage,
+                doc_ids=list(batch.keys),
+                chunks=[0] * len(batch.keys),
+                hashes=doc_hashes,
+                vectors=batch.vectors,
+            )
             embedded += len(batch.keys)
             ctx.progress(done + embedded, total=total, checkpoint={"embedded": done + embedded})
     return embedded
@@ -259,10 +274,13 @@ def _embed_chunked(*, index, encoder, ctx, done, total, batch_size, chunking) ->
             ctx.check_cancel()
         with transaction.atomic():
             tables.rows_replace(
-                table=index.table_name, storage=index.storage,
-                doc_ids=[k[0] for k in keys], chunks=[k[1] for k in keys],
-                hashes=[hashes[k[0]] for k in keys], vectors=np.concatenate(vectors),
-            )  # fmt: skip
+                table=index.table_name,
+                storage=index.storage,
+                doc_ids=[k[0] for k in keys],
+                chunks=[k[1] for k in keys],
+                hashes=[hashes[k[0]] for k in keys],
+                vectors=np.concatenate(vectors),
+            )
             embedded += len(page)
             ctx.progress(done + embedded, total=total, checkpoint={"embedded": done + embedded})
     return embedded
@@ -271,8 +289,12 @@ def _embed_chunked(*, index, encoder, ctx, done, total, batch_size, chunking) ->
 def _finalise(*, index: VectorIndex, activate) -> dict:
     tables.orphans_delete(table=index.table_name, corpus_id=index.corpus_id)
     if not tables.hnsw_exists(table=index.table_name):
-        tables.hnsw_build(table=index.table_name, storage=index.storage, m=index.hnsw_m,
-                          ef_construction=index.hnsw_ef_construction)  # fmt: skip
+        tables.hnsw_build(
+            table=index.table_name,
+            storage=index.storage,
+            m=index.hnsw_m,
+            ef_construction=index.hnsw_ef_construction,
+        )
     vectors, documents = tables.rows_count(table=index.table_name)
     VectorIndex.objects.filter(pk=index.pk).update(
         state=VectorIndex.State.READY, vector_count=vectors, built_at=timezone.now()

@@ -53,11 +53,19 @@ def _copy_payload(
     vec_bytes = 4 + dim * np.dtype(value_type).itemsize
     record = np.dtype(
         [
-            ("nfields", ">i2"), ("l_id", ">i4"), ("id", ">i8"), ("l_chunk", ">i4"), ("chunk", ">i4"),
-            ("l_hash", ">i4"), ("hash", f"S{HASH_BYTES}"), ("l_vec", ">i4"), ("dim", ">i2"),
-            ("unused", ">i2"), ("vec", value_type, (dim,)),
+            ("nfields", ">i2"),
+            ("l_id", ">i4"),
+            ("id", ">i8"),
+            ("l_chunk", ">i4"),
+            ("chunk", ">i4"),
+            ("l_hash", ">i4"),
+            ("hash", f"S{HASH_BYTES}"),
+            ("l_vec", ">i4"),
+            ("dim", ">i2"),
+            ("unused", ">i2"),
+            ("vec", value_type, (dim,)),
         ]
-    )  # fmt: skip
+    )
     rows = np.empty(n, dtype=record)
     rows["nfields"], rows["l_id"], rows["l_chunk"] = 4, 8, 4
     rows["l_hash"], rows["l_vec"], rows["dim"], rows["unused"] = HASH_BYTES, vec_bytes, dim, 0
@@ -97,8 +105,10 @@ def rows_replace(
 
 def hnsw_exists(*, table: str) -> bool:
     with connection.cursor() as cur:
-        cur.execute("SELECT 1 FROM pg_indexes WHERE tablename = %s AND indexname = %s",
-                    [table, f"{table}_hnsw"])  # fmt: skip
+        cur.execute(
+            "SELECT 1 FROM pg_indexes WHERE tablename = %s AND indexname = %s",
+            [table, f"{table}_hnsw"],
+        )
         return cur.fetchone() is not None
 
 
