@@ -77,7 +77,6 @@ BAD_PARAMS = [
     ({"message": "  "}, "message: required"),
     ({"concept": ""}, "concept: give the concept a name"),
     ({"queries": "vitamin d"}, "queries: must be a list"),
-    ({"query_set": 1}, "either as queries (inline) or as query_set"),
 ]
 
 
@@ -94,6 +93,7 @@ def test_bad_query_set_selections_are_refused(api, ready_index, query_set):
     del base["queries"]
     cases = [
         ({}, "exactly one of keyword or query_ids"),
+        ({"queries": VITAMIN_D}, "either as queries (inline) or as query_set"),
         ({"keyword": "vitamin(", "concept": "x"}, "not a valid regular expression"),
         ({"keyword": "astronomy"}, "0 distinct queries"),
         ({"query_ids": ["q0", "nope"]}, "1 not in query set"),

@@ -118,7 +118,10 @@ def test_ingest_job_cannot_read_files_outside_the_upload_folder(api, user):
     corpus = CorpusFactory(owner=user)
     params = {"corpus": corpus.pk, "path": "../../../etc/passwd", "format": "csv"}
     response = api.post("/api/v1/jobs/", {"kind": "ingest", "params": params}, format="json")
-    assert response.status_code == 400 and response.json()["error"]["details"]["field"] == "path"
+    assert (
+        response.status_code == 400
+        and response.json()["error"]["details"]["field"] == "params.path"
+    )
 
 
 def _scifact_zip() -> bytes:

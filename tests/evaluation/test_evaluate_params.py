@@ -29,8 +29,8 @@ def test_valid_params_are_normalised(api, setup):
         corpus=index.corpus_id,
         query_set=query_set.pk,
         mode="ann",
-        ef_search="64",
-        exclude_self="true",
+        ef_search=64,
+        exclude_self=True,
     )
     assert response.status_code == 202, response.content
     assert response.json()["params"] == {
@@ -56,7 +56,11 @@ def test_valid_params_are_normalised(api, setup):
         ({"ef_search": 50}, 400, ["ef_search", '"ann"']),
         ({"compensation": "magic"}, 400, ["compensation", "qdc"]),
         ({"exclude_self": "maybe"}, 400, ["exclude_self", "true or false"]),
-        ({"model_version": 999999}, 400, ["model_version", "not found"]),
+        ({"model_version": 999999}, 404, ["params.model_version", "not found"]),
+        ({"k": "12"}, 400, ["params.k", "must be an integer"]),
+        ({"k": 12.5}, 400, ["params.k", "must be an integer"]),
+        ({"exclude_self": "true"}, 400, ["params.exclude_self", "true or false"]),
+        ({"kk": 1}, 400, ["params.kk", "unknown field"]),
     ],
 )
 def test_bad_params_are_refused_with_the_field_named(api, setup, params, status, words):

@@ -39,7 +39,7 @@ def test_bad_params_are_rejected_with_one_error_shape_and_no_job(api, corpus):
     assert "corpus 999999" in response.json()["error"]["message"]
     response = api.post("/api/v1/jobs/", {"kind": "nonsense"}, format="json")
     assert response.status_code == 400
-    assert "kind" in response.json()["error"]["details"]
+    assert response.json()["error"]["details"]["field"] == "kind"
     assert Job.objects.count() == 0
 
 

@@ -18,8 +18,9 @@ is queued or running, or the corpus is already on the target version, a run does
 
 from celery import shared_task
 
+from embedhub.continual.selectors import corpora_stale
+from embedhub.continual.services.reindex import indexes_drop_expired, reindex_schedule_submit
 from embedhub.corpora.models import Corpus
-from embedhub.vectors.reindex import corpora_stale, indexes_drop_expired, reindex_schedule_submit
 
 
 @shared_task(name="embedhub.reindex_corpus")

@@ -23,167 +23,14 @@ from embedhub.core.errors import ApplicationError
 from embedhub.jobs.services import JobCancelled, JobLost, job_heartbeat
 from embedhub.vectors.compensation import query_vectors
 from embedhub.vectors.models import VectorIndex
-from embedhub.vectors.selectors import index_for_search, index_search, index_vectors
+from embedhub.vectors.selectors import index_search, index_vectors
 
-MIN_QUERIES = 4
 DEPTH = 100  # real rankings are read this deep; appeared@k is reported for k <= DEPTH
 NON_CONCEPT_LIMIT = 200
 CANCEL_CHECK_SECONDS = 2.0
 
-# name -> (default, lowest, highest); None as default means "not set".
-INT_PARAMS = {
-    "budget": (10, 1, 50),
-    "trigger_len": (30, 1, 200),
-    "iterations": (30, 0, 1000),
-    "candidates": (32, 1, 512),
-    "positions": (10, 1, 200),
-    "grad_copies": (10, 1, 256),
-    "seed": (0, 0, 2**31 - 1),
-}
 
-
-# ------------------------------------------------------------------ prepare (at submit)
-
-
-def audit_job_prepare(*, user, params: dict) -> tuple[dict, object]:
-    """Check and normalise an audit's params; the concept's queries are resolved now, so the
-    job attacks exactly what the user saw accepted even if the query set changes later."""
-    index = _audit_index(user=user, params=params)
-    queries, query_set = _concept(user=user, params=params)
-    numbers = _numbers(params)
-    held_in = _fraction(params.get("held_in", 0.5), name="held_in", lo=0.1, hi=0.9)
-    _check_split(n=len(queries), held_in=held_in, budget=numbers["budget"])
-    message = _text(params.get("message"), name="message", limit=2000)
-    _check_passage_length(index=index, message=message, trigger_len=numbers["trigger_len"])
-    if numbers["positions"] > numbers["trigger_len"]:
-        raise ApplicationError(
-            f"positions: {numbers['positions']} is more than trigger_len "
-            f"({numbers['trigger_len']}); each iteration visits distinct trigger positions"
-        )
-    normalised = {
-        "index": index.pk,
-        "concept": _concept_name(params, query_set=query_set),
-        "message": message,
-        "queries": queries,
-        "query_set": query_set.pk if query_set else None,
-        "keyword": params.get("keyword") or None,
-        **numbers,
-        "held_in": held_in,
-        "time_limit_s": _time_limit(params.get("time_limit_s")),
-    }
-    return normalised, index.corpus
-
-
-def _audit_index(*, user, params: dict) -> VectorIndex:
-    index = index_for_search(
-        user=user, corpus_id=params.get("corpus"), index_id=params.get("index")
-    )
-    if index.encoder:
-        raise ApplicationError(
-            f"index {index.pk} was built with the {index.encoder!r} test encoder, not its model "
-            "version: an attack on the real model would be judged in a different space; "
-            "embed the corpus with the model version itself and audit that index",
-            code="fake_encoder",
-        )
-    return index
-
-
-def _concept(*, user, params: dict) -> tuple[list[dict], object]:
-    inline, query_set_id = params.get("queries"), params.get("query_set")
-    if inline is not None and query_set_id not in (None, ""):
-        raise ApplicationError(
-            "give the concept either as queries (inline) or as query_set, not both"
-        )
-    if inline is not None:
-        return _inline_queries(inline), None
-    if query_set_id in (None, ""):
-        raise ApplicationError(
-            "give the concept's queries: queries (a list of query texts), or query_set with "
-            "keyword (a regular expression) or query_ids (a list of query ids)"
-        )
-    keyword, query_ids = params.get("keyword"), params.get("query_ids")
-    if bool(keyword) == bool(query_ids):
-        raise ApplicationError("with query_set, give exactly one of keyword or query_ids")
-    if keyword is not None and not isinstance(keyword, str):
-        raise ApplicationError("keyword: must be a string")
-    if query_ids is not None and not isinstance(query_ids, list):
-        raise ApplicationError("query_ids: must be a list of query ids")
-    query_set = selectors.query_set_get(user=user, query_set_id=query_set_id)
-    queries = selectors.concept_queries(query_set=query_set, keyword=keyword, query_ids=query_ids)
-    return queries, query_set
-
-
-def _inline_queries(raw) -> list[dict]:
-    if not isinstance(raw, list) or not all(isinstance(q, str) for q in raw):
-        raise ApplicationError("queries: must be a list of query texts (strings)")
-    texts = list(dict.fromkeys(q.strip() for q in raw if q.strip()))
-    if any(len(t) > 2000 for t in texts):
-        raise ApplicationError("queries: each query must be at most 2000 characters")
-    return [{"id": f"q{i}", "text": t} for i, t in enumerate(texts)]
-
-
-def _int(value, *, name: str, lo: int, hi: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-        raise ApplicationError(f"{name}: must be an integer between {lo} and {hi}, got {value!r}")
-    return value
-
-
-def _numbers(params: dict) -> dict:
-    return {
-        name: _int(params.get(name, default), name=name, lo=lo, hi=hi)
-        for name, (default, lo, hi) in INT_PARAMS.items()
-    }
-
-
-def _fraction(value, *, name: str, lo: float, hi: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not lo <= value <= hi:
-        raise ApplicationError(f"{name}: must be a number between {lo} and {hi}, got {value!r}")
-    return float(value)
-
-
-def _time_limit(value) -> float | None:
-    if value is None:
-        return None
-    return _fraction(value, name="time_limit_s", lo=1, hi=7 * 24 * 3600)
-
-
-def _text(value, *, name: str, limit: int) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise ApplicationError(f"{name}: required, the adversary's text the passages carry")
-    if len(value) > limit:
-        raise ApplicationError(f"{name}: at most {limit} characters")
-    return value.strip()
-
-
-def _check_split(*, n: int, held_in: float, budget: int) -> None:
-    if n < MIN_QUERIES:
-        raise ApplicationError(
-            f"the concept has {n} distinct queries; an audit needs at least {MIN_QUERIES} "
-            "(some to attack with, some held out to judge the attack)",
-            code="too_few_queries",
-        )
-    n_in = int(round(held_in * n))
-    if n_in < 1 or n_in >= n:
-        raise ApplicationError(
-            f"held_in {held_in} of {n} queries leaves {n_in} held-in and {n - n_in} held-out; "
-            "both must be at least 1"
-        )
-    if budget > n_in:
-        raise ApplicationError(
-            f"budget: {budget} passages but only {n_in} held-in queries (held_in {held_in} of "
-            f"{n}); each passage targets a cluster of held-in queries, so lower the budget "
-            "or add queries",
-            code="budget_too_large",
-        )
-
-
-def _concept_name(params: dict, *, query_set) -> str:
-    name = params.get("concept") or (params.get("keyword") if query_set else None)
-    if not isinstance(name, str) or not name.strip():
-        raise ApplicationError('concept: give the concept a name (e.g. "vitamin D")')
-    if len(name) > 200:
-        raise ApplicationError("concept: at most 200 characters")
-    return name.strip()
+# ------------------------------------------------------------------ checks at submission
 
 
 @lru_cache(maxsize=2)
@@ -193,7 +40,7 @@ def _tokenizer(path: str):
     return AutoTokenizer.from_pretrained(path)
 
 
-def _check_passage_length(*, index: VectorIndex, message: str, trigger_len: int) -> None:
+def passage_length_check(*, index: VectorIndex, message: str, trigger_len: int) -> None:
     version = index.model_version
     head = _tokenizer(version.artifact_path)(
         version.document_prefix + message + ".", add_special_tokens=False

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from django.core.exceptions import PermissionDenied
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http import Http404
@@ -36,6 +38,25 @@ class Conflict(ApplicationError):
     code = "conflict"
 
 
+def error_fields(detail, *, prefix: str = "") -> dict[str, list[str]]:
+    """DRF's nested errors as {"params.config.lr": [messages]}: each under its full path."""
+    if isinstance(detail, Mapping):
+        flat: dict[str, list] = {}
+        for key, value in detail.items():
+            if key == "non_field_errors":
+                path = prefix or "non_field_errors"
+            else:
+                path = f"{prefix}.{key}" if prefix else str(key)
+            flat.update(error_fields(value, prefix=path))
+        return flat
+    if isinstance(detail, list) and detail and not all(isinstance(item, str) for item in detail):
+        flat = {}
+        for i, item in enumerate(detail):
+            flat.update(error_fields(item, prefix=f"{prefix}[{i}]") if item else {})
+        return flat
+    return {prefix: [str(item) for item in (detail if isinstance(detail, list) else [detail])]}
+
+
 def _body(code: str, message: str, details=None) -> dict:
     return {"error": {"code": code, "message": message, "details": details or {}}}
 
@@ -53,8 +74,10 @@ def api_exception_handler(exc, context):
     if response is None:
         return None
     if isinstance(exc, exceptions.ValidationError):
-        message = "Invalid input."
         details = response.data
+        fields = error_fields(details)
+        path, messages = next(iter(fields.items()), ("", ["Invalid input."]))
+        message = f"{path}: {messages[0]}" if path else messages[0]
     else:
         detail = response.data.get("detail", "") if isinstance(response.data, dict) else ""
         message, details = str(detail) or str(exc), {}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
@@ -118,3 +119,19 @@ def _inspect(archive: zipfile.ZipFile, *, name: str) -> BeirArchive:
 def split_name(info: zipfile.ZipInfo) -> str:
     """qrels/test.tsv -> "test": the query set is named after its qrels file."""
     return PurePosixPath(info.filename).stem
+
+
+# A BEIR archive's queries and qrels are the evaluation app's business, and evaluation sits
+# above corpora: it registers its importer here at start-up (EvaluationConfig.ready), so
+# corpora calls it without importing it. Each importer takes the keyword arguments of
+# evaluation.importing.query_set_import and returns its report.
+_query_set_importers: list[Callable[..., dict]] = []
+
+
+def query_set_importer_register(importer: Callable[..., dict]) -> None:
+    if importer not in _query_set_importers:
+        _query_set_importers.append(importer)
+
+
+def query_set_importers() -> list[Callable[..., dict]]:
+    return list(_query_set_importers)

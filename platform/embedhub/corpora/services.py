@@ -1,25 +1,26 @@
 """Writes on corpora: create/delete, store an upload, and the `ingest` job.
 
 The REST API and the dashboard both call `corpus_upload`; the worker runs
-`ingest_job_run`. A retried ingest starts over: the import is one transaction, and
+the `ingest` job kind (`corpora/jobs.py`). A retried ingest starts over: the import is one transaction, and
 re-importing the same file is a no-op thanks to the upsert on (corpus, external id).
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import re
-import shutil
 import uuid
 from pathlib import Path
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
 
-from embedhub.core.errors import ApplicationError, Conflict, NotFound
+from embedhub.core.errors import ApplicationError, Conflict
 from embedhub.corpora import archives, loading, parsing
 from embedhub.corpora.models import Corpus
 from embedhub.jobs.models import Job
+from embedhub.jobs.submission import job_submit_checked
 
 logger = logging.getLogger(__name__)
 
@@ -46,12 +47,12 @@ def corpus_get_or_create(*, owner, name: str) -> Corpus:
 
 
 def corpus_delete(*, corpus: Corpus) -> None:
-    """Delete the corpus, its documents, jobs, query sets and its indexes' vector tables."""
-    from embedhub.vectors.tables import table_drop
+    """Delete the corpus, its documents, jobs, query sets and indexes, in one transaction.
 
+    Each index's vector table is dropped by the vectors app when its row goes (a post_delete
+    receiver), inside this transaction, so a failed delete keeps every table.
+    """
     with transaction.atomic():
-        for table in corpus.indexes.exclude(table_name=None).values_list("table_name", flat=True):
-            table_drop(table=table)  # per-index tables are not cascaded by the ORM
         corpus.delete()
 
 
@@ -76,7 +77,7 @@ def upload_store(*, owner, uploaded_file) -> Path:
     return target
 
 
-def _upload_path(relative: str) -> Path:
+def upload_path(relative: str) -> Path:
     """Resolve a stored upload; refuses anything outside MEDIA_ROOT/uploads."""
     root = (Path(settings.MEDIA_ROOT) / UPLOAD_DIR).resolve()
     path = (root / relative).resolve()
@@ -100,8 +101,6 @@ def corpus_upload(
     idempotency_key: str | None = None,
 ) -> Job:
     """Store the file and submit the ingest job, creating the corpus if it is new."""
-    from embedhub.jobs.services import job_submit
-
     if idempotency_key:
         existing = Job.objects.filter(owner=owner, idempotency_key=idempotency_key).first()
         if existing:
@@ -121,80 +120,13 @@ def corpus_upload(
         "skip_invalid": bool(skip_invalid),
         "size": stored.stat().st_size,
     }
-    params, corpus = ingest_job_prepare(user=owner, params=params)
-    job, _ = job_submit(
-        owner=owner,
-        kind=Job.Kind.INGEST,
-        params=params,
-        corpus=corpus,
-        idempotency_key=idempotency_key,
+    job, _ = job_submit_checked(
+        user=owner, kind=Job.Kind.INGEST, params=params, idempotency_key=idempotency_key
     )
     return job
 
 
-# --- the ingest job ------------------------------------------------------------------
-
-
-def ingest_job_prepare(*, user, params: dict) -> tuple[dict, Corpus]:
-    from embedhub.core.selectors import owned_by
-
-    corpus_id = params.get("corpus")
-    corpus = owned_by(Corpus.objects.all(), user=user).filter(pk=corpus_id).first()
-    if corpus is None:
-        raise NotFound(f"corpus {corpus_id!r} not found", details={"field": "corpus"})
-    path = _upload_path(str(params.get("path") or ""))
-    if not path.is_file():
-        raise ApplicationError(
-            f"uploaded file {params.get('path')!r} is not there; upload it again",
-            details={"field": "path"},
-        )
-    fmt = params.get("format") or parsing.sniff_format(path.name)
-    if fmt not in parsing.FORMATS:
-        raise ApplicationError(
-            f"format {fmt!r} is not one of {', '.join(parsing.FORMATS)}",
-            details={"field": "format"},
-        )
-    mapping = params.get("mapping") or {}
-    if not isinstance(mapping, dict) or not all(
-        isinstance(v, str | list) for v in mapping.values()
-    ):
-        raise ApplicationError(
-            'mapping must be an object of field -> column, e.g. {"id": "doc_id", "text": "body"}',
-            details={"field": "mapping"},
-        )
-    clean = {
-        **params,
-        "corpus": corpus.pk,
-        "format": fmt,
-        "mapping": mapping,
-        "skip_invalid": bool(params.get("skip_invalid", False)),
-        "filename": params.get("filename") or path.name,
-    }
-    return clean, corpus
-
-
-def ingest_job_run(*, job: Job, ctx) -> dict:
-    params = job.params
-    path = _upload_path(params["path"])
-    total = path.stat().st_size
-
-    def report(done: int) -> None:
-        ctx.progress(done, total=total, unit="bytes", note=f"reading {params['filename']}")
-
-    report(0)
-    result = corpus_ingest_file(
-        corpus_id=params["corpus"],
-        owner_id=job.owner_id,
-        path=path,
-        filename=params["filename"],
-        fmt=params["format"],
-        mapping=params.get("mapping") or None,
-        skip_invalid=params.get("skip_invalid", False),
-        progress=report,
-    )
-    ctx.progress(total, total=total, unit="bytes", note="imported")
-    shutil.rmtree(path.parent, ignore_errors=True)  # kept on failure so a retry can reread it
-    return result
+# --- importing ------------------------------------------------------------------
 
 
 def corpus_ingest_file(
@@ -257,8 +189,6 @@ def _on_invalid(skip_invalid: bool, skipped: parsing.Skipped):
 
 
 def _ingest_zip(*, corpus_id, owner_id, path, filename, skip_invalid, skipped, progress) -> dict:
-    from embedhub.evaluation.importing import query_set_import
-
     archive = archives.open_beir(path, name=filename)
     with archive.zip, loading.import_cursor() as cur:
         label = archive.label(archive.corpus)
@@ -276,9 +206,9 @@ def _ingest_zip(*, corpus_id, owner_id, path, filename, skip_invalid, skipped, p
                 progress=progress,
             )
         result["query_sets"] = []
-        for qrels in archive.qrels:
+        for qrels, importer in itertools.product(archive.qrels, archives.query_set_importers()):
             with archive.zip.open(archive.queries) as queries, archive.zip.open(qrels) as judged:
-                imported = query_set_import(
+                imported = importer(
                     owner=owner_id,
                     corpus=corpus_id,
                     name=archives.split_name(qrels),

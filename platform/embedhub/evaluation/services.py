@@ -36,7 +36,6 @@ from embedhub.registry.models import ModelVersion
 from embedhub.vectors import compensation as qdc
 from embedhub.vectors import selectors as vector_selectors
 from embedhub.vectors.models import VectorIndex
-from embedhub.vectors.services import model_version_resolve
 
 QUERY_BATCH = 256  # queries encoded and searched between two progress reports
 MAX_K = 1000
@@ -65,41 +64,7 @@ def query_set_create(
 # ------------------------------------------------------------------ the evaluate job
 
 
-def evaluate_job_prepare(*, user, params: dict) -> tuple[dict, Corpus]:
-    """Check every param before the job exists; errors name the field to fix."""
-    index = vector_selectors.index_for_search(
-        user=user, corpus_id=params.get("corpus"), index_id=params.get("index")
-    )
-    if params.get("query_set") in (None, ""):
-        raise ApplicationError("query_set: this field is required", details={"field": "query_set"})
-    query_set = selectors.query_set_get(user=user, query_set_id=params["query_set"])
-    if query_set.corpus_id != index.corpus_id:
-        raise ApplicationError(
-            f"query_set: query set {query_set.pk} ({query_set.name!r}) belongs to corpus "
-            f"{query_set.corpus_id}, but index {index.pk} is on corpus {index.corpus_id}; "
-            "pick a query set of the index's corpus",
-            details={"field": "query_set"},
-        )
-    version = index.model_version
-    if params.get("model_version") not in (None, ""):
-        version = model_version_resolve(version_id=params["model_version"])
-    compensation = params.get("compensation") or "auto"
-    _check_compensation(index=index, version=version, compensation=compensation)
-    mode, ef_search = _mode(params)
-    normalised = {
-        "index": index.pk,
-        "query_set": query_set.pk,
-        "model_version": version.pk,
-        "compensation": compensation,
-        "mode": mode,
-        "ef_search": ef_search,
-        "k": _int_param(params, "k", default=100, low=1, high=MAX_K),
-        "exclude_self": _bool_param(params, "exclude_self"),
-    }
-    return normalised, index.corpus
-
-
-def _check_compensation(*, index: VectorIndex, version: ModelVersion, compensation: str) -> None:
+def compensation_check(*, index: VectorIndex, version: ModelVersion, compensation: str) -> None:
     # Fail at submission, not minutes later in the worker, when the versions are unrelated
     # or QDC is asked for without the drift vectors it needs.
     if compensation not in qdc.COMPENSATIONS:
@@ -110,51 +75,6 @@ def _check_compensation(*, index: VectorIndex, version: ModelVersion, compensati
     path = qdc.drift_path(query_version=version, index_version=index.model_version)
     if path and compensation in ("auto", "qdc"):
         qdc.drift_deltas(path)
-
-
-def _mode(params: dict) -> tuple[str, int | None]:
-    mode = params.get("mode") or EvalRun.Mode.EXACT
-    if mode not in EvalRun.Mode.values:
-        raise ApplicationError(
-            f"mode: must be one of {EvalRun.Mode.values}, not {mode!r}", details={"field": "mode"}
-        )
-    if mode == EvalRun.Mode.EXACT:
-        if params.get("ef_search") not in (None, ""):
-            raise ApplicationError(
-                'ef_search: only applies to mode "ann"; exact search scans every vector',
-                details={"field": "ef_search"},
-            )
-        return mode, None
-    return mode, _int_param(params, "ef_search", default=None, low=1, high=MAX_K)
-
-
-def _int_param(params: dict, name: str, *, default, low: int, high: int):
-    value = params.get(name)
-    if value in (None, ""):
-        return default
-    if isinstance(value, bool) or not isinstance(value, int | str):
-        raise ApplicationError(f"{name}: must be an integer", details={"field": name})
-    try:
-        value = int(value)
-    except ValueError:
-        raise ApplicationError(f"{name}: must be an integer", details={"field": name}) from None
-    if not low <= value <= high:
-        raise ApplicationError(
-            f"{name}: must be between {low} and {high}, not {value}", details={"field": name}
-        )
-    return value
-
-
-def _bool_param(params: dict, name: str) -> bool:
-    value = params.get(name, False)
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("", "none", "0", "false", "no"):
-        return False
-    if text in ("1", "true", "yes"):
-        return True
-    raise ApplicationError(f"{name}: must be true or false", details={"field": name})
 
 
 def evaluate_job_run(*, job, ctx) -> dict:

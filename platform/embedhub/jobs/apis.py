@@ -1,13 +1,16 @@
 from django.urls import reverse
 from django_filters import rest_framework as filters
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import PolymorphicProxySerializer, extend_schema
 from rest_framework import serializers, status
 from rest_framework.generics import ListAPIView
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from embedhub.jobs import selectors, services
+from embedhub.jobs.kinds import JobKind, job_kinds
 from embedhub.jobs.models import Job, JobEvent
+from embedhub.jobs.params import params_error
+from embedhub.jobs.submission import job_submit_checked
 
 
 class JobOutput(serializers.ModelSerializer):
@@ -54,12 +57,31 @@ class JobFilter(filters.FilterSet):
         fields = ["kind", "status", "corpus"]
 
 
+def _submission_schema(kind: JobKind) -> type[serializers.Serializer]:
+    """The request body for one kind, for OpenAPI only: {"kind": <name>, "params": {...}}."""
+    fields = {
+        "kind": serializers.ChoiceField(choices=[kind.name], help_text=kind.description),
+        "params": kind.params(help_text=f"the params of the {kind.name} job"),
+    }
+    name = f"{kind.name.title()}JobSubmission"
+    return type(name, (serializers.Serializer,), {**fields, "__doc__": kind.description})
+
+
+# One body per kind, told apart by "kind": Swagger shows each kind's params with their
+# descriptions, defaults and bounds, and schemathesis fuzzes inside them.
+JOB_SUBMISSION = PolymorphicProxySerializer(
+    component_name="JobSubmission",
+    serializers={kind.name: _submission_schema(kind) for kind in job_kinds()},
+    resource_type_field_name="kind",
+)
+
+
 class JobListCreateApi(ListAPIView):
     """List your jobs, or submit one (202 + Location; Idempotency-Key honoured)."""
 
     class InputSerializer(serializers.Serializer):
         kind = serializers.ChoiceField(choices=Job.Kind.choices)
-        params = serializers.JSONField(default=dict)
+        params = serializers.DictField(default=dict)
 
     serializer_class = JobOutput
     filterset_class = JobFilter
@@ -71,12 +93,11 @@ class JobListCreateApi(ListAPIView):
     def get_queryset(self):
         return selectors.job_list(user=self.request.user)
 
-    @extend_schema(request=InputSerializer, responses={202: JobOutput})
+    @extend_schema(request=JOB_SUBMISSION, responses={200: JobOutput, 202: JobOutput})
     def post(self, request):
-        from embedhub.jobs.submission import job_submit_checked
-
         data = self.InputSerializer(data=request.data)
-        data.is_valid(raise_exception=True)
+        if not data.is_valid():
+            raise params_error(data.errors, prefix="")
         job, created = job_submit_checked(
             user=request.user,
             kind=data.validated_data["kind"],

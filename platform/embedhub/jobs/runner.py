@@ -1,37 +1,22 @@
-"""Running a claimed job: the runner registry, the context a runner reports through, and
-a heartbeat thread so a long forward pass is never mistaken for a dead worker."""
+"""Running a claimed job: the context a kind's `run` reports through, and a heartbeat
+thread so a long forward pass is never mistaken for a dead worker."""
 
 from __future__ import annotations
 
-import importlib
 import logging
 import threading
 import time
 import traceback
-from collections.abc import Callable
 
 from django.conf import settings
 from django.db import close_old_connections, connection
 
+from embedhub.core.errors import ApplicationError
 from embedhub.jobs import services
+from embedhub.jobs.kinds import job_kind_get
 from embedhub.jobs.models import Job
 
 logger = logging.getLogger(__name__)
-
-# kind -> "module.function" taking (job=..., ctx=...) and returning the result dict.
-RUNNERS: dict[str, str] = {
-    Job.Kind.INGEST: "embedhub.corpora.services.ingest_job_run",
-    Job.Kind.EMBED: "embedhub.vectors.services.embed_job_run",
-    Job.Kind.EVALUATE: "embedhub.evaluation.services.evaluate_job_run",
-    Job.Kind.FINETUNE: "embedhub.registry.finetune.finetune_job_run",
-    Job.Kind.REINDEX: "embedhub.vectors.reindex.reindex_job_run",
-    Job.Kind.AUDIT: "embedhub.audits.services.audit_job_run",
-}
-
-
-def runner_for(kind: str) -> Callable:
-    module_name, func = RUNNERS[kind].rsplit(".", 1)
-    return getattr(importlib.import_module(module_name), func)
 
 
 class JobContext:
@@ -69,11 +54,15 @@ class JobContext:
             checkpoint=checkpoint,
             rate=rate,
         )
+        # Kept in step with the row: a later report of "the same" progress must not write an
+        # older number back.
+        self.job.progress_done = done
         if total is not None:
             self.job.progress_total = total
 
     def check_cancel(self) -> None:
-        services.job_progress(job=self.job, done=self.job.progress_done)
+        """A cancel point that writes no progress (only the heartbeat)."""
+        services.job_check_in(job=self.job)
 
     def event(self, kind: str, message: str = "", data: dict | None = None) -> None:
         services.job_event_add(job=self.job, kind=kind, message=message, data=data)
@@ -115,7 +104,7 @@ def job_execute(*, job_id: int, worker: str) -> str:
     ctx = JobContext(job)
     try:
         with Heartbeat(job):
-            result = runner_for(job.kind)(job=job, ctx=ctx)
+            result = job_kind_get(job.kind).run(job=job, ctx=ctx)
     except services.JobCancelled:
         services.job_mark_cancelled(job=job)
         return "cancelled"
@@ -132,8 +121,6 @@ def job_execute(*, job_id: int, worker: str) -> str:
 
 def _describe(exc: Exception) -> str:
     # User-facing errors (bad input) carry their own message; anything else keeps the trace.
-    from embedhub.core.errors import ApplicationError
-
     if isinstance(exc, ApplicationError):
         return exc.message
     return f"{type(exc).__name__}: {exc}\n\n{traceback.format_exc()}"

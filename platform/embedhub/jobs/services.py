@@ -15,20 +15,12 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from embedhub.core.errors import Conflict
+from embedhub.jobs.kinds import job_kind_get
 from embedhub.jobs.models import Job, JobEvent
 
 logger = logging.getLogger(__name__)
 
 RUN_JOB_TASK = "embedhub.run_job"
-# Kinds that run a model go to the gpu queue (served by CPU workers too where no GPU exists).
-QUEUE_BY_KIND = {
-    Job.Kind.INGEST: "cpu",
-    Job.Kind.EVALUATE: "cpu",
-    Job.Kind.EMBED: "gpu",
-    Job.Kind.FINETUNE: "gpu",
-    Job.Kind.REINDEX: "gpu",
-    Job.Kind.AUDIT: "gpu",
-}
 
 
 def _conf(name: str) -> float:
@@ -63,7 +55,7 @@ def job_submit(
                 kind=kind,
                 params=params,
                 corpus=corpus,
-                queue=QUEUE_BY_KIND.get(kind, "cpu"),
+                queue=job_kind_get(kind).queue,
                 idempotency_key=idempotency_key or None,
             )
             job_event_add(job=job, kind="submitted", data={"params": params})
@@ -135,7 +127,7 @@ def job_progress(
     rate: float | None = None,
 ) -> None:
     """Record progress (and a checkpoint) atomically; raise if cancelled or no longer ours."""
-    fields: dict = {"progress_done": done, "heartbeat_at": timezone.now()}
+    fields: dict = {"progress_done": done}
     if total is not None:
         fields["progress_total"] = total
     if unit is not None:
@@ -149,7 +141,12 @@ def job_progress(
         fields["rate"] = rate
         remaining = (total if total is not None else job.progress_total or 0) - done
         fields["eta_seconds"] = remaining / rate if rate > 0 and remaining >= 0 else None
-    if not Job.objects.filter(_owned(job)).update(**fields):
+    job_check_in(job=job, **fields)
+
+
+def job_check_in(*, job: Job, **fields) -> None:
+    """Heartbeat plus `fields`, only while this claim owns the job; then honour a cancel."""
+    if not Job.objects.filter(_owned(job)).update(heartbeat_at=timezone.now(), **fields):
         raise JobLost(f"job {job.pk} is no longer owned by {job.worker}")
     if Job.objects.filter(pk=job.pk, cancel_requested=True).exists():
         raise JobCancelled()

@@ -1,41 +1,44 @@
-"""Submitting a job over the API: each kind's app checks and normalises its params first.
+"""Submitting a job: the kind's Params serializer, then its prepare, then the Job row.
 
-A preparer takes (user=..., params=...) and returns (params, corpus) or raises
-ApplicationError/NotFound naming the bad field. It runs before the Job row exists, so a
-bad request never leaves a job behind.
+All three run in one transaction, so a request that fails at any step leaves nothing
+behind: no job, and no index or vector table that a preparer had started to create.
 """
 
 from __future__ import annotations
 
-import importlib
+from django.db import transaction
+from rest_framework import serializers
 
+from embedhub.jobs.kinds import job_kind_get
 from embedhub.jobs.models import Job
+from embedhub.jobs.params import params_error, params_validate
 from embedhub.jobs.services import job_submit
 
-PREPARERS: dict[str, str] = {
-    Job.Kind.INGEST: "embedhub.corpora.services.ingest_job_prepare",
-    Job.Kind.EMBED: "embedhub.vectors.services.embed_job_prepare",
-    Job.Kind.EVALUATE: "embedhub.evaluation.services.evaluate_job_prepare",
-    Job.Kind.FINETUNE: "embedhub.registry.finetune.finetune_job_prepare",
-    Job.Kind.REINDEX: "embedhub.vectors.reindex.reindex_job_prepare",
-    Job.Kind.AUDIT: "embedhub.audits.services.audit_job_prepare",
-}
 
-
-def _preparer(kind: str):
-    module_name, func = PREPARERS[kind].rsplit(".", 1)
-    return getattr(importlib.import_module(module_name), func)
+def job_params_prepare(*, user, kind: str, params, from_form: bool = False) -> tuple[dict, object]:
+    """(json params, corpus) for a job of `kind`, or an error naming the params field."""
+    spec = job_kind_get(kind)
+    validated = params_validate(
+        serializer=spec.params, user=user, params=params, from_form=from_form
+    )
+    try:
+        return spec.prepare(user=user, params=validated)
+    except serializers.ValidationError as exc:  # a business check that names its field
+        raise params_error(exc.detail) from None
 
 
 def job_submit_checked(
-    *, user, kind: str, params: dict, idempotency_key: str | None = None
+    *, user, kind: str, params, idempotency_key: str | None = None, from_form: bool = False
 ) -> tuple[Job, bool]:
     if idempotency_key:
         # Checked before preparing too: a preparer may create objects (an embed job's index).
         existing = Job.objects.filter(owner=user, idempotency_key=idempotency_key).first()
         if existing:
             return existing, False
-    params, corpus = _preparer(kind)(user=user, params=params)
-    return job_submit(
-        owner=user, kind=kind, params=params, corpus=corpus, idempotency_key=idempotency_key
-    )
+    with transaction.atomic():
+        prepared, corpus = job_params_prepare(
+            user=user, kind=kind, params=params, from_form=from_form
+        )
+        return job_submit(
+            owner=user, kind=kind, params=prepared, corpus=corpus, idempotency_key=idempotency_key
+        )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.db.models import Prefetch, QuerySet
 
-from embedhub.core.errors import NotFound
+from embedhub.core.errors import ApplicationError, NotFound
 from embedhub.registry.models import EmbeddingModel, ModelVersion
 
 # The drift vector is 384+ floats; listings never need it.
@@ -33,6 +33,22 @@ def model_version_get(*, version_id: int) -> ModelVersion:
     )
     if version is None:
         raise NotFound(f"model version {version_id} not found")
+    return version
+
+
+def model_version_resolve(*, version_id: int) -> ModelVersion:
+    """A ready version that a job, a search or an evaluation may use.
+
+    Versions are shared by every user today; this is the one place that will scope them.
+    """
+    version = ModelVersion.objects.select_related("model").filter(pk=version_id).first()
+    if version is None:
+        raise NotFound(f"model version {version_id} not found")
+    if version.status != ModelVersion.Status.READY:
+        raise ApplicationError(
+            f"model version {version_id} ({version}) is {version.status}, not ready",
+            code="version_not_ready",
+        )
     return version
 
 

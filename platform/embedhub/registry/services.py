@@ -10,11 +10,13 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shutil
 import socket
 import threading
 from pathlib import Path
 from urllib.parse import urlparse
 
+import numpy as np
 from django.conf import settings
 from django.db import transaction
 from django.db.models import Max
@@ -243,3 +245,43 @@ def model_version_default() -> ModelVersion:
         .first()
     )
     return version or model_version_register()
+
+
+def model_version_register_child(
+    *,
+    parent: ModelVersion,
+    export_dir: Path,
+    drift: np.ndarray,
+    loss_curve: list[dict],
+    training_params: dict,
+    provenance: dict,
+) -> ModelVersion:
+    """Move the child's weights to ARTIFACT_ROOT/models/<name>/v<N>/ and register it there
+    (registry.services.model_version_register) with its drift vector.
+
+    The model row stays locked from choosing N to the commit, so two jobs finishing at
+    once never pick the same folder (the registry numbers the version under the same lock).
+    """
+    with transaction.atomic():
+        model = EmbeddingModel.objects.select_for_update().get(pk=parent.model_id)
+        number = (model.versions.aggregate(n=Max("version"))["n"] or 0) + 1
+        final = Path(settings.ARTIFACT_ROOT) / "models" / model.name / f"v{number}"
+        if final.exists():  # left by a crash between the move and the commit: no row owns it
+            shutil.rmtree(final)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(export_dir, final)
+        child = model_version_register(
+            source=str(final),
+            name=model.name,
+            parent=parent,
+            status=ModelVersion.Status.READY,
+            drift=drift.astype(np.float32),
+            drift_norm=float(np.linalg.norm(drift)),
+            training_params=training_params,
+            provenance=provenance,
+            loss_curve=loss_curve,
+        )
+    if child.version != number:
+        raise RuntimeError(f"registered {child} but its weights are in {final}")
+    logger.info("registered %s (parent %s, drift norm %.4f)", child, parent, child.drift_norm)
+    return child

@@ -55,6 +55,7 @@ INSTALLED_APPS = [
     "embedhub.vectors",
     "embedhub.jobs",
     "embedhub.evaluation",
+    "embedhub.continual",
     "embedhub.audits",
     "dashboard",
 ]

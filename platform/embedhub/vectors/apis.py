@@ -5,6 +5,7 @@ from rest_framework.generics import ListAPIView
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from embedhub.registry.selectors import model_version_resolve
 from embedhub.vectors import compensation, selectors, services
 from embedhub.vectors.models import VectorIndex
 
@@ -116,7 +117,7 @@ class SearchApi(APIView):
         )
         version = None
         if params.get("model_version"):
-            version = services.model_version_resolve(version_id=params["model_version"])
+            version = model_version_resolve(version_id=params["model_version"])
         vectors, info = compensation.query_vectors(
             index=index,
             texts=[params["query"]],

@@ -16,6 +16,11 @@ from embedhub.vectors import tables
 from embedhub.vectors.models import VectorIndex
 
 
+def document_text(title: str, text: str) -> str:
+    """The text an index embeds for a document (fine-tuning pairs use the same)."""
+    return f"{title} {text}" if title else text
+
+
 def corpus_for_user(*, user, corpus_id) -> Corpus:
     if corpus_id in (None, ""):
         raise ApplicationError("corpus: this field is required")

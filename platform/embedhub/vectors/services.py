@@ -9,7 +9,7 @@ import numpy as np
 from django.db import connection, transaction
 from django.utils import timezone
 
-from embedhub.core.errors import ApplicationError, Conflict
+from embedhub.core.errors import Conflict
 from embedhub.corpora.models import Corpus
 from embedhub.registry.encoders import encoder_for
 from embedhub.registry.models import ModelVersion
@@ -83,81 +83,7 @@ def index_drop(*, index: VectorIndex) -> None:
     VectorIndex.objects.filter(pk=index.pk).update(state=VectorIndex.State.DROPPED)
 
 
-# ------------------------------------------------------------------ the embed job
-
-
-def model_version_resolve(*, version_id) -> ModelVersion:
-    """The named version (versions are shared by all users), or the default base model."""
-    if version_id in (None, ""):
-        from embedhub.registry.services import model_version_default
-
-        return model_version_default()
-    try:
-        version = ModelVersion.objects.get(pk=int(version_id))
-    except (ModelVersion.DoesNotExist, TypeError, ValueError):
-        raise ApplicationError(f"model_version: {version_id} not found", code="not_found") from None
-    if version.status != ModelVersion.Status.READY:
-        raise ApplicationError(f"model_version: {version} is {version.status}, not ready")
-    return version
-
-
-def embed_job_prepare(*, user, params: dict) -> tuple[dict, Corpus]:
-    """Resolve corpus, model version and target index (reusing a matching one, so a second
-    embed job on the same corpus × version only embeds what changed)."""
-    corpus = selectors.corpus_for_user(user=user, corpus_id=params.get("corpus"))
-    version = model_version_resolve(version_id=params.get("model_version"))
-    options = _index_options(params)
-    index = None
-    if params.get("index"):
-        index = selectors.index_get(user=user, index_id=params["index"])
-        if index.corpus_id != corpus.pk:
-            raise ApplicationError("index: belongs to another corpus", details={"index": index.pk})
-    else:
-        index = selectors.index_matching(corpus=corpus, model_version=version, **options)
-    if index is None:
-        index = index_create(owner=user, corpus=corpus, model_version=version, **options)
-    batch_size = params.get("batch_size")
-    if batch_size is not None and (not isinstance(batch_size, int) or not 1 <= batch_size <= 4096):
-        raise ApplicationError("batch_size: must be an integer between 1 and 4096")
-    normalised = {
-        "corpus": corpus.pk,
-        "model_version": version.pk,
-        "index": index.pk,
-        "batch_size": batch_size,
-        "activate": params.get("activate"),
-    }
-    return normalised, corpus
-
-
-def _index_options(params: dict) -> dict:
-    storage = params.get("storage", VectorIndex.Storage.VECTOR)
-    chunking = params.get("chunking", VectorIndex.Chunking.TRUNCATE)
-    if storage not in VectorIndex.Storage.values:
-        raise ApplicationError(f"storage: must be one of {VectorIndex.Storage.values}")
-    if chunking not in VectorIndex.Chunking.values:
-        raise ApplicationError(f"chunking: must be one of {VectorIndex.Chunking.values}")
-    encoder = params.get("encoder", "") or ""
-    if encoder and not encoder.startswith("fake"):
-        raise ApplicationError('encoder: only "fake" or "fake:<dim>" may override the model')
-    options = {"storage": storage, "chunking": chunking, "encoder": encoder}
-    if chunking == VectorIndex.Chunking.CHUNK:
-        options["chunk_window"] = int(params.get("chunk_window", 128))
-        options["chunk_overlap"] = int(params.get("chunk_overlap", 32))
-        if not 0 <= options["chunk_overlap"] < options["chunk_window"]:
-            raise ApplicationError("chunk_overlap: must be >= 0 and smaller than chunk_window")
-    return options
-
-
-def embed_job_run(*, job, ctx) -> dict:
-    index = VectorIndex.objects.select_related("corpus", "model_version").get(
-        pk=job.params["index"]
-    )
-    return index_build(
-        index=index,
-        ctx=ctx,
-        batch_size=job.params.get("batch_size"),
-        activate=job.params.get("activate"),
-    )
+# ------------------------------------------------------------------ building (the embed job)
 
 
 def index_build(*, index: VectorIndex, ctx, batch_size: int | None = None, activate=None) -> dict:
@@ -217,15 +143,11 @@ class _index_lock:
             cur.execute("SELECT pg_advisory_unlock(7201, %s)", [self.key])
 
 
-def _document_text(title: str, text: str) -> str:
-    return f"{title} {text}" if title else text
-
-
 def _pending_items(index: VectorIndex, hashes: dict) -> Iterator[tuple[int, str]]:
     for page in selectors.index_pending_pages(index=index, page_size=PAGE_SIZE):
         for doc_id, title, text, content_hash in page:
             hashes[doc_id] = content_hash
-            yield doc_id, _document_text(title, text)
+            yield doc_id, selectors.document_text(title, text)
 
 
 def _embed_pending(*, index, encoder, ctx, done: int, total: int, batch_size) -> int:
@@ -265,7 +187,7 @@ def _embed_chunked(*, index, encoder, ctx, done, total, batch_size, chunking) ->
     document is never left with some of its chunks."""
     embedded = 0
     for page in selectors.index_pending_pages(index=index, page_size=PAGE_SIZE // 4):
-        items = [(doc_id, _document_text(title, text)) for doc_id, title, text, _ in page]
+        items = [(doc_id, selectors.document_text(title, text)) for doc_id, title, text, _ in page]
         hashes = {doc_id: content_hash for doc_id, _, _, content_hash in page}
         keys, vectors = [], []
         for batch in encoder.iter_encode(items, batch_size=batch_size, chunking=chunking):

@@ -40,6 +40,12 @@ def table_drop(*, table: str) -> None:
         cur.execute(f"DROP TABLE IF EXISTS {table}")
 
 
+def index_table_drop_on_delete(*, instance, **_signal) -> None:
+    """post_delete receiver for VectorIndex: drop its table in the deleting transaction."""
+    if instance.table_name:
+        table_drop(table=instance.table_name)
+
+
 def _copy_payload(
     doc_ids: np.ndarray, chunks: np.ndarray, hashes: list[str], vectors: np.ndarray, storage: str
 ) -> bytes:

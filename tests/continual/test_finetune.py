@@ -14,8 +14,7 @@ from embedhub.core.errors import ApplicationError, NotFound
 from embedhub.corpora.models import Document
 from embedhub.evaluation.models import Qrel, Query, QuerySet
 from embedhub.jobs.services import job_cancel, job_retry
-from embedhub.jobs.submission import job_submit_checked
-from embedhub.registry.finetune import finetune_job_prepare
+from embedhub.jobs.submission import job_params_prepare, job_submit_checked
 from embedhub.registry.models import ModelVersion
 from tests.conftest import wait_for_job, wait_until
 from tests.factories import CorpusFactory, EmbeddingModelFactory, ModelVersionFactory
@@ -176,19 +175,26 @@ def test_training_set_upload_validates_lines_and_feeds_a_finetune_job(api, user,
         "with_negatives": 1,
     }
 
-    params, corpus = finetune_job_prepare(
-        user=user, params={"parent": parent.pk, "training_set": body["training_set"]}
+    params, corpus = job_params_prepare(
+        kind="finetune",
+        user=user,
+        params={"parent": parent.pk, "training_set": body["training_set"]},
     )
     assert corpus is None and Path(params["pairs_path"]).exists()
     assert params["config"] == {}
     with pytest.raises(NotFound):  # someone else's upload
-        finetune_job_prepare(
-            user=other_user, params={"parent": parent.pk, "training_set": body["training_set"]}
+        job_params_prepare(
+            kind="finetune",
+            user=other_user,
+            params={"parent": parent.pk, "training_set": body["training_set"]},
         )
     with pytest.raises(ApplicationError, match="only staff"):
-        finetune_job_prepare(user=user, params={"parent": parent.pk, "pairs_path": "/etc/hosts"})
-    with pytest.raises(ApplicationError, match="config: unknown keys"):
-        finetune_job_prepare(
+        job_params_prepare(
+            kind="finetune", user=user, params={"parent": parent.pk, "pairs_path": "/etc/hosts"}
+        )
+    with pytest.raises(ApplicationError, match="params.config.lrr: unknown field"):
+        job_params_prepare(
+            kind="finetune",
             user=user,
             params={
                 "parent": parent.pk,
@@ -196,8 +202,9 @@ def test_training_set_upload_validates_lines_and_feeds_a_finetune_job(api, user,
                 "training_set": body["training_set"],
             },
         )
-    with pytest.raises(ApplicationError, match="config.batch_size"):
-        finetune_job_prepare(
+    with pytest.raises(ApplicationError, match="params.config.batch_size"):
+        job_params_prepare(
+            kind="finetune",
             user=user,
             params={
                 "parent": parent.pk,

@@ -1,4 +1,5 @@
-"""The `reindex` job, scheduled reindexing and index retention.
+"""The `reindex` job's work (declared in continual/jobs.py), scheduled reindexing and
+index retention.
 
 A reindex builds a shadow index of the corpus with the target model version while search
 keeps using the active index (queries of a newer version are drift-compensated there,
@@ -18,110 +19,28 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from embedhub.core.errors import ApplicationError, Conflict
+from embedhub.core.errors import ApplicationError
 from embedhub.corpora.models import Corpus
+from embedhub.evaluation.models import QuerySet
+from embedhub.evaluation.services import evaluation_run
 from embedhub.jobs.models import Job
 from embedhub.jobs.services import JobCancelled, JobLost
+from embedhub.jobs.submission import job_submit_checked
 from embedhub.registry.models import ModelVersion
 from embedhub.vectors import selectors
 from embedhub.vectors.models import VectorIndex
-from embedhub.vectors.services import (
-    _index_options,
-    index_activate,
-    index_build,
-    index_create,
-    index_drop,
-    model_version_resolve,
-)
+from embedhub.vectors.services import index_activate, index_build, index_create, index_drop
 
 logger = logging.getLogger(__name__)
 
 GATE_METRIC = "ndcg@10"
 DEFAULT_TOLERANCE = 0.01
-ACTIVE_JOB = (Job.Status.QUEUED, Job.Status.RUNNING)
 
 
-# ------------------------------------------------------------------ choosing the target
+# ------------------------------------------------------------------ the shadow index
 
 
-def newest_version(
-    *, model_id: int | None = None, model_name: str | None = None, only_gated: bool = False
-) -> ModelVersion | None:
-    """The newest ready version of a model. Versions that failed a gate are never chosen;
-    with only_gated, only versions that passed one are."""
-    qs = ModelVersion.objects.filter(status=ModelVersion.Status.READY).exclude(gate_passed=False)
-    if model_id is not None:
-        qs = qs.filter(model_id=model_id)
-    if model_name is not None:
-        qs = qs.filter(model__name=model_name)
-    if only_gated:
-        qs = qs.filter(gate_passed=True)
-    return qs.select_related("model").order_by("-version").first()
-
-
-def _target_version(*, corpus: Corpus, params: dict) -> ModelVersion:
-    if params.get("model_version") not in (None, ""):
-        return model_version_resolve(version_id=params["model_version"])
-    active = corpus.active_index
-    if params.get("model_name"):
-        version = newest_version(
-            model_name=params["model_name"], only_gated=bool(params.get("only_gated"))
-        )
-    elif active is not None:
-        version = newest_version(
-            model_id=active.model_version.model_id, only_gated=bool(params.get("only_gated"))
-        )
-    else:
-        raise ApplicationError(
-            f"corpus {corpus.pk} has no active index to take the model from: give model_version"
-        )
-    if version is None:
-        raise ApplicationError(
-            "model_version: no ready version to reindex with"
-            + (" that passed its gate" if params.get("only_gated") else ""),
-            code="no_version",
-        )
-    return version
-
-
-def _options(*, params: dict, active: VectorIndex | None) -> dict:
-    """How the shadow is built: like the active index unless the params say otherwise."""
-    inherited = {}
-    if active is not None:
-        inherited = {
-            "storage": active.storage,
-            "chunking": active.chunking,
-            "encoder": active.encoder,
-            "chunk_window": active.chunk_window,
-            "chunk_overlap": active.chunk_overlap,
-        }
-    return _index_options({**inherited, **{k: v for k, v in params.items() if v is not None}})
-
-
-def _gate(*, user, corpus: Corpus, gate) -> dict | None:
-    if gate in (None, {}, ""):
-        return None
-    from embedhub.evaluation.selectors import query_set_get
-
-    if not isinstance(gate, dict) or gate.get("query_set") in (None, ""):
-        raise ApplicationError('gate: expected {"query_set": <id>, "tolerance": 0.01}')
-    query_set = query_set_get(user=user, query_set_id=gate["query_set"])
-    if query_set.corpus_id != corpus.pk:
-        raise ApplicationError(
-            f"gate.query_set: query set {query_set.pk} belongs to corpus {query_set.corpus_id}, "
-            f"not to corpus {corpus.pk}"
-        )
-    tolerance = gate.get("tolerance", DEFAULT_TOLERANCE)
-    if isinstance(tolerance, bool) or not isinstance(tolerance, int | float) or tolerance < 0:
-        raise ApplicationError("gate.tolerance: must be a number >= 0 (nDCG@10 points, 0.01 = 1%)")
-    return {"query_set": query_set.pk, "tolerance": float(tolerance)}
-
-
-def reindex_running(*, corpus: Corpus) -> Job | None:
-    return Job.objects.filter(corpus=corpus, kind=Job.Kind.REINDEX, status__in=ACTIVE_JOB).first()
-
-
-def _shadow(*, user, corpus: Corpus, version: ModelVersion, options: dict) -> VectorIndex:
+def reindex_shadow(*, user, corpus: Corpus, version: ModelVersion, options: dict) -> VectorIndex:
     """An unfinished index of the same kind is reused (a cancelled reindex resumes where it
     stopped; a retired one only embeds what changed since)."""
     existing = selectors.index_matching(corpus=corpus, model_version=version, **options)
@@ -130,50 +49,11 @@ def _shadow(*, user, corpus: Corpus, version: ModelVersion, options: dict) -> Ve
     return index_create(owner=user, corpus=corpus, model_version=version, **options)
 
 
-def reindex_job_prepare(*, user, params: dict) -> tuple[dict, Corpus]:
-    corpus = selectors.corpus_for_user(user=user, corpus_id=params.get("corpus"))
-    active = corpus.active_index
-    version = _target_version(corpus=corpus, params=params)
-    option_keys = ("storage", "chunking", "chunk_window", "chunk_overlap", "encoder")
-    options = _options(params={k: params.get(k) for k in option_keys}, active=active)
-    if (
-        active is not None
-        and active.model_version_id == version.pk
-        and all(getattr(active, key) == value for key, value in options.items())
-    ):
-        raise Conflict(
-            f"corpus {corpus.pk} is already indexed with {version} (index {active.pk})",
-            code="up_to_date",
-        )
-    gate = _gate(user=user, corpus=corpus, gate=params.get("gate"))
-    if gate is not None and active is None:
-        raise ApplicationError("gate: the corpus has no active index to compare with")
-    running = reindex_running(corpus=corpus)
-    if running is not None:
-        raise Conflict(
-            f"reindex job {running.pk} for corpus {corpus.pk} is already {running.status}; "
-            "wait for it or cancel it",
-            code="reindex_running",
-        )
-    shadow = _shadow(user=user, corpus=corpus, version=version, options=options)
-    normalised = {
-        "corpus": corpus.pk,
-        "model_version": version.pk,
-        "index": shadow.pk,
-        "previous_index": active.pk if active else None,
-        "gate": gate,
-        "batch_size": params.get("batch_size"),
-    }
-    return normalised, corpus
-
-
 # ------------------------------------------------------------------ the job
 
 
 def _ndcg(*, owner, index: VectorIndex, query_set, ctx) -> dict:
     """Gate evaluation by the evaluation app (stores an EvalRun, so it shows with the rest)."""
-    from embedhub.evaluation.services import evaluation_run
-
     run = evaluation_run(
         owner=owner,
         index=index,
@@ -192,8 +72,6 @@ def _ndcg(*, owner, index: VectorIndex, query_set, ctx) -> dict:
 
 
 def _gate_check(*, job, ctx, shadow: VectorIndex, active: VectorIndex) -> dict:
-    from embedhub.evaluation.models import QuerySet
-
     gate = job.params["gate"]
     query_set = QuerySet.objects.get(pk=gate["query_set"])
     ctx.progress(ctx.job.progress_done, note=f"gate: evaluating the new index {shadow.pk}")
@@ -270,40 +148,21 @@ def reindex_schedule_submit(
     queued or running, no suitable version. The corpus row is locked while checking, so
     two beats firing at once still submit one job.
     """
-    from embedhub.jobs.services import job_submit
-
-    params = {
-        "corpus": corpus.pk,
+    given = {
         "model_version": model_version,
         "model_name": model_name,
         "only_gated": only_gated,
-        "gate": gate,
+        "gate": gate or None,
     }
+    params = {"corpus": corpus.pk, **{k: v for k, v in given.items() if v is not None}}
     with transaction.atomic():
         Corpus.objects.select_for_update().filter(pk=corpus.pk).first()
         try:
-            prepared, corpus = reindex_job_prepare(user=corpus.owner, params=params)
+            job, _ = job_submit_checked(user=corpus.owner, kind=Job.Kind.REINDEX, params=params)
         except ApplicationError as exc:
             logger.info("not reindexing corpus %s: %s", corpus.pk, exc.message)
             return None, exc.message
-        job, _ = job_submit(
-            owner=corpus.owner, kind=Job.Kind.REINDEX, params=prepared, corpus=corpus
-        )
     return job, "submitted"
-
-
-def corpora_stale(*, only_gated: bool = False) -> list[Corpus]:
-    """Corpora whose active index was built by an older version than the newest of its model."""
-    stale = []
-    corpora = Corpus.objects.filter(active_index__isnull=False).select_related(
-        "owner", "active_index__model_version"
-    )
-    for corpus in corpora:
-        current = corpus.active_index.model_version
-        newest = newest_version(model_id=current.model_id, only_gated=only_gated)
-        if newest is not None and newest.version > current.version:
-            stale.append(corpus)
-    return stale
 
 
 def indexes_drop_expired(*, now=None) -> list[int]:

@@ -9,6 +9,7 @@ import pytest
 from django.db import connection
 from django.utils import timezone
 
+from embedhub.continual.services.reindex import indexes_drop_expired
 from embedhub.evaluation.models import Qrel, Query, QuerySet
 from embedhub.jobs.models import Job
 from embedhub.jobs.runner import job_execute
@@ -16,7 +17,6 @@ from embedhub.jobs.services import job_retry, jobs_reap
 from embedhub.jobs.submission import job_submit_checked
 from embedhub.registry.models import ModelVersion
 from embedhub.vectors.models import VectorIndex
-from embedhub.vectors.reindex import indexes_drop_expired
 from tests.conftest import wait_for_job, wait_until
 from tests.factories import ModelVersionFactory
 from tests.vectors.conftest import make_documents

@@ -1,4 +1,4 @@
-"""The `finetune` job: train a child ModelVersion from its parent on (query, positive) pairs,
+"""The `finetune` job's work (declared in continual/jobs.py): train a child ModelVersion from its parent on (query, positive) pairs,
 register it with its lineage and its QDC drift vector.
 
 Training itself is workers.ml.training.finetune (InfoNCE + distillation, resumable from a
@@ -11,113 +11,31 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import shutil
 from dataclasses import asdict, fields
 from pathlib import Path
 
 import numpy as np
 from django.conf import settings
-from django.db import transaction
-from django.db.models import Max
 
 from embedhub.core.errors import ApplicationError
 from embedhub.corpora.models import Corpus, Document
 from embedhub.evaluation import selectors as evaluation_selectors
-from embedhub.evaluation.models import Qrel, QuerySet
+from embedhub.evaluation.models import QuerySet
 from embedhub.jobs.services import JobCancelled, JobLost
 from embedhub.registry import training_sets
 from embedhub.registry.encoders import encoder_for
-from embedhub.registry.models import EmbeddingModel, ModelVersion
+from embedhub.registry.models import ModelVersion
+from embedhub.registry.services import model_version_register_child
 from embedhub.vectors import selectors as vector_selectors
+from embedhub.vectors.compensation import query_vectors
 from embedhub.vectors.models import VectorIndex
-from workers.ml.training import FinetuneConfig, TrainPair
+from workers.ml.drift import drift_vector
+from workers.ml.encoder import Encoder
+from workers.ml.spec import read_model_spec
+from workers.ml.training import FinetuneConfig, TrainPair, finetune, mine_hard_negatives
 
 logger = logging.getLogger(__name__)
-
-# (type, lowest allowed, highest allowed) of each config key a job may set.
-CONFIG_LIMITS: dict[str, tuple[type, float, float]] = {
-    "lr": (float, 1e-8, 1e-2),
-    "epochs": (int, 1, 100),
-    "max_steps": (int, 1, 1_000_000),
-    "batch_size": (int, 2, 1024),
-    "seed": (int, 0, 2**31 - 1),
-    "max_tokens": (int, 8, 512),
-    "distill_weight": (float, 0.0, 100.0),
-    "negatives_per_query": (int, 0, 64),
-    "checkpoint_every": (int, 1, 1_000_000),
-    "warmup_steps": (int, 0, 1_000_000),
-}
-MAX_PAIRS = 2_000_000
-
-
-# ------------------------------------------------------------------------------ prepare
-
-
-def _config(raw) -> dict:
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise ApplicationError('config: must be an object, e.g. {"lr": 2e-5, "epochs": 1}')
-    unknown = sorted(set(raw) - set(CONFIG_LIMITS))
-    if unknown:
-        raise ApplicationError(f"config: unknown keys {unknown}; allowed: {sorted(CONFIG_LIMITS)}")
-    config = {}
-    for key, value in raw.items():
-        kind, low, high = CONFIG_LIMITS[key]
-        if value is None:
-            continue
-        ok = isinstance(value, int | float) and not isinstance(value, bool)
-        if ok and kind is int:
-            ok = float(value).is_integer()
-        if not ok or not low <= value <= high:
-            raise ApplicationError(f"config.{key}: must be {kind.__name__} in [{low}, {high}]")
-        config[key] = kind(value)
-    return config
-
-
-def _data_source(*, user, params: dict) -> tuple[dict, Corpus | None]:
-    """Exactly one of query_set / training_set / pairs_path, checked and normalised."""
-    given = [k for k in ("query_set", "training_set", "pairs_path") if params.get(k)]
-    if len(given) != 1:
-        raise ApplicationError(
-            "give exactly one source of training pairs: query_set (an evaluation query set "
-            "with judgements), training_set (the id of an uploaded JSONL) or pairs_path"
-        )
-    corpus = None
-    if params.get("corpus"):
-        corpus = vector_selectors.corpus_for_user(user=user, corpus_id=params["corpus"])
-    if given == ["query_set"]:
-        query_set = evaluation_selectors.query_set_get(user=user, query_set_id=params["query_set"])
-        if not Qrel.objects.filter(query_set=query_set, relevance__gt=0).exists():
-            raise ApplicationError(f"query_set {query_set.pk} has no positive judgements")
-        return {"query_set": query_set.pk}, query_set.corpus
-    if given == ["training_set"]:
-        path = training_sets.training_set_path(user=user, sha256=params["training_set"])
-    else:
-        path = training_sets.pairs_path_check(user=user, path=params["pairs_path"])
-    # Validated now, so a malformed file is a 400 with its line number, not a failed job.
-    pairs = training_sets.pairs_read(source=path, file=path.name)
-    if len(pairs) > MAX_PAIRS:
-        raise ApplicationError(f"{path.name}: {len(pairs)} pairs; at most {MAX_PAIRS}")
-    return {"pairs_path": str(path)}, corpus
-
-
-def finetune_job_prepare(*, user, params: dict) -> tuple[dict, Corpus | None]:
-    from embedhub.vectors.services import model_version_resolve
-
-    if params.get("parent") in (None, ""):
-        raise ApplicationError("parent: the id of the model version to fine-tune is required")
-    parent = model_version_resolve(version_id=params["parent"])
-    source, corpus = _data_source(user=user, params=params)
-    normalised = {
-        "parent": parent.pk,
-        **source,
-        "corpus": corpus.pk if corpus else None,
-        "config": _config(params.get("config")),
-    }
-    return normalised, corpus
-
 
 # ------------------------------------------------------------------------------ pairs
 
@@ -128,13 +46,11 @@ def _job_dir(job) -> Path:
 
 def _query_set_pairs(query_set: QuerySet) -> list[TrainPair]:
     """(query text, positive document text) per judgement with relevance > 0, in a fixed order."""
-    from embedhub.vectors.services import _document_text  # the text an index embeds
-
     texts = dict(evaluation_selectors.query_set_queries(query_set=query_set))
     qrels = evaluation_selectors.query_set_qrels(query_set=query_set)
     judged = sorted((q, d) for q, docs in qrels.items() for d, rel in docs.items() if rel > 0)
     docs = {
-        ext: _document_text(title, text)
+        ext: vector_selectors.document_text(title, text)
         for ext, title, text in Document.objects.filter(
             corpus_id=query_set.corpus_id, external_id__in={d for _, d in judged}
         ).values_list("external_id", "title", "text")
@@ -162,16 +78,12 @@ def _parent_index(*, corpus_id: int | None, parent: ModelVersion) -> VectorIndex
 
 def _mine(*, pairs: list[TrainPair], index: VectorIndex, k: int) -> int:
     """Fill in hard negatives for pairs that have none; returns how many pairs got some."""
-    from embedhub.vectors.compensation import query_vectors
-    from embedhub.vectors.services import _document_text
-    from workers.ml.training import mine_hard_negatives
-
     todo = [p for p in pairs if not p.negatives]
     doc_ids, _, doc_vecs = vector_selectors.index_vectors(index=index)
     if not todo or not doc_ids:
         return 0
     rows = Document.objects.filter(id__in=doc_ids).values_list("id", "title", "text")
-    text_of = {pk: _document_text(title, text) for pk, title, text in rows}
+    text_of = {pk: vector_selectors.document_text(title, text) for pk, title, text in rows}
     texts = [text_of[pk] for pk in doc_ids]
     rows_by_text: dict[str, set[int]] = {}
     for row, text in enumerate(texts):
@@ -305,8 +217,6 @@ def _result(child: ModelVersion) -> dict:
 
 
 def finetune_job_run(*, job, ctx) -> dict:
-    from workers.ml.training import finetune
-
     # Registered already by an attempt that died before reporting success: do not train twice.
     existing = ModelVersion.objects.filter(provenance__job=job.pk).first()
     if existing is not None:
@@ -353,52 +263,6 @@ def finetune_job_run(*, job, ctx) -> dict:
 
 def _drift(*, parent: ModelVersion, child_dir: Path, pairs: list[TrainPair]) -> np.ndarray:
     """Δ over the distinct training queries, child and parent encoded as search encodes them."""
-    from workers.ml.drift import drift_vector
-    from workers.ml.encoder import Encoder
-    from workers.ml.spec import read_model_spec
-
     child = Encoder(read_model_spec(child_dir))
     queries = list(dict.fromkeys(p.query for p in pairs))
     return drift_vector(child=child, parent=encoder_for(model_version=parent), queries=queries)
-
-
-def model_version_register_child(
-    *,
-    parent: ModelVersion,
-    export_dir: Path,
-    drift: np.ndarray,
-    loss_curve: list[dict],
-    training_params: dict,
-    provenance: dict,
-) -> ModelVersion:
-    """Move the child's weights to ARTIFACT_ROOT/models/<name>/v<N>/ and register it there
-    (registry.services.model_version_register) with its drift vector.
-
-    The model row stays locked from choosing N to the commit, so two jobs finishing at
-    once never pick the same folder (the registry numbers the version under the same lock).
-    """
-    from embedhub.registry.services import model_version_register
-
-    with transaction.atomic():
-        model = EmbeddingModel.objects.select_for_update().get(pk=parent.model_id)
-        number = (model.versions.aggregate(n=Max("version"))["n"] or 0) + 1
-        final = Path(settings.ARTIFACT_ROOT) / "models" / model.name / f"v{number}"
-        if final.exists():  # left by a crash between the move and the commit: no row owns it
-            shutil.rmtree(final)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(export_dir, final)
-        child = model_version_register(
-            source=str(final),
-            name=model.name,
-            parent=parent,
-            status=ModelVersion.Status.READY,
-            drift=drift.astype(np.float32),
-            drift_norm=float(np.linalg.norm(drift)),
-            training_params=training_params,
-            provenance=provenance,
-            loss_curve=loss_curve,
-        )
-    if child.version != number:
-        raise RuntimeError(f"registered {child} but its weights are in {final}")
-    logger.info("registered %s (parent %s, drift norm %.4f)", child, parent, child.drift_norm)
-    return child

@@ -1,0 +1,289 @@
+"""The `finetune` and `reindex` job kinds: continual learning, end to end."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rest_framework import serializers
+
+from embedhub.continual import selectors
+from embedhub.continual.services import finetune, reindex
+from embedhub.core.errors import ApplicationError, Conflict
+from embedhub.corpora.models import Corpus
+from embedhub.evaluation.jobs import query_set_lookup
+from embedhub.evaluation.models import Qrel
+from embedhub.jobs.kinds import JobKind, job_kind_register
+from embedhub.jobs.params import (
+    OwnedObjectField,
+    ParamsSerializer,
+    StrictBooleanField,
+    StrictCharField,
+    StrictFloatField,
+    StrictIntegerField,
+    params_field,
+)
+from embedhub.registry import training_sets
+from embedhub.vectors.jobs import (
+    IndexOptionsParams,
+    corpus_lookup,
+    index_options_resolve,
+    version_lookup,
+)
+from embedhub.vectors.models import VectorIndex
+
+MAX_PAIRS = 2_000_000
+GATE_MAX_TOLERANCE = 0.1  # nDCG@10 points as a fraction: 0.1 lets a swap lose 10 points
+
+
+# ------------------------------------------------------------------ finetune
+
+
+def _int(low: int, high: int, help_text: str) -> StrictIntegerField:
+    return StrictIntegerField(
+        required=False, allow_null=True, min_value=low, max_value=high, help_text=help_text
+    )
+
+
+def _float(low: float, high: float, help_text: str) -> StrictFloatField:
+    return StrictFloatField(
+        required=False, allow_null=True, min_value=low, max_value=high, help_text=help_text
+    )
+
+
+class FinetuneConfigParams(ParamsSerializer):
+    """Training settings; an unset one takes workers.ml.training.FinetuneConfig's default."""
+
+    lr = _float(1e-8, 1e-2, "AdamW learning rate (default 2e-5)")
+    epochs = _int(1, 100, "passes over the pairs (default 1)")
+    max_steps = _int(1, 1_000_000, "stop after this many optimizer steps")
+    batch_size = _int(2, 1024, "pairs per step; the others in a batch are its negatives")
+    seed = _int(0, 2**31 - 1, "shuffling and initialisation seed")
+    max_tokens = _int(8, 512, "tokens kept per text while training")
+    distill_weight = _float(0.0, 100.0, "weight of the embedding-distillation term")
+    negatives_per_query = _int(0, 64, "hard negatives mined from the parent's index")
+    checkpoint_every = _int(1, 1_000_000, "steps between resumable checkpoints")
+    warmup_steps = _int(0, 1_000_000, "linear learning-rate warm-up")
+
+
+class FinetuneParams(ParamsSerializer):
+    """The params of a finetune job: the parent, one source of pairs, training settings."""
+
+    parent = OwnedObjectField(
+        lookup=version_lookup, noun="model version", help_text="the version to fine-tune"
+    )
+    query_set = OwnedObjectField(
+        lookup=query_set_lookup,
+        noun="query set",
+        required=False,
+        allow_null=True,
+        help_text="train on its judgements (one source of pairs: this, training_set or pairs_path)",
+    )
+    training_set = StrictCharField(
+        required=False,
+        allow_null=True,
+        max_length=64,
+        help_text="the sha256 returned by POST /training-sets/ (JSONL query/positive pairs)",
+    )
+    pairs_path = StrictCharField(
+        required=False,
+        allow_null=True,
+        max_length=1000,
+        help_text="a JSONL file on the server (staff only)",
+    )
+    corpus = OwnedObjectField(
+        lookup=corpus_lookup,
+        noun="corpus",
+        required=False,
+        allow_null=True,
+        help_text="mine hard negatives from the parent's index of this corpus",
+    )
+    config = FinetuneConfigParams(required=False, help_text="training settings")
+
+    def validate(self, attrs: dict) -> dict:
+        attrs = super().validate(attrs)
+        given = [k for k in ("query_set", "training_set", "pairs_path") if attrs.get(k)]
+        if len(given) != 1:
+            raise serializers.ValidationError(
+                "give exactly one source of training pairs: query_set (an evaluation query "
+                "set with judgements), training_set (the id of an uploaded JSONL) or "
+                "pairs_path"
+            )
+        query_set = attrs.get("query_set")
+        if query_set is not None:
+            if not Qrel.objects.filter(query_set=query_set, relevance__gt=0).exists():
+                raise serializers.ValidationError(
+                    {"query_set": f"query set {query_set.pk} has no positive judgements"}
+                )
+            attrs.setdefault("corpus", None)
+        return attrs
+
+
+def _pairs_file(*, user, params: dict) -> Path:
+    field = "training_set" if params.get("training_set") else "pairs_path"
+    try:
+        if field == "training_set":
+            return training_sets.training_set_path(user=user, sha256=params["training_set"])
+        return training_sets.pairs_path_check(user=user, path=params["pairs_path"])
+    except ApplicationError as exc:
+        raise params_field(field, exc) from None
+
+
+def finetune_prepare(*, user, params: dict) -> tuple[dict, Corpus | None]:
+    query_set = params.get("query_set")
+    corpus = params.get("corpus") or (query_set.corpus if query_set else None)
+    if query_set is not None:
+        source = {"query_set": query_set.pk}
+    else:
+        path = _pairs_file(user=user, params=params)
+        # Read now, so a malformed file is a 400 naming its line, not a failed job.
+        pairs = training_sets.pairs_read(source=path, file=path.name)
+        if len(pairs) > MAX_PAIRS:
+            raise serializers.ValidationError(
+                {"training_set": f"{path.name}: {len(pairs)} pairs; at most {MAX_PAIRS}"}
+            )
+        source = {"pairs_path": str(path)}
+    config = {k: v for k, v in (params.get("config") or {}).items() if v is not None}
+    prepared = {
+        "parent": params["parent"].pk,
+        **source,
+        "corpus": corpus.pk if corpus else None,
+        "config": config,
+    }
+    return prepared, corpus
+
+
+FINETUNE = job_kind_register(
+    JobKind(
+        name="finetune",
+        queue="gpu",
+        params=FinetuneParams,
+        prepare=finetune_prepare,
+        run=finetune.finetune_job_run,
+        description="Fine-tune a child model version from its parent on (query, positive) "
+        "pairs with embedding distillation; registers it with its lineage and drift vector.",
+    )
+)
+
+
+# ------------------------------------------------------------------ reindex
+
+
+class GateParams(ParamsSerializer):
+    """Swap the shadow in only if nDCG@10 on the query set drops at most `tolerance`."""
+
+    query_set = OwnedObjectField(
+        lookup=query_set_lookup, noun="query set", help_text="a query set of the corpus"
+    )
+    tolerance = StrictFloatField(
+        default=reindex.DEFAULT_TOLERANCE,
+        min_value=0.0,
+        max_value=GATE_MAX_TOLERANCE,
+        help_text="how much nDCG@10 the new index may lose (0.01 = 1 point)",
+    )
+
+
+class ReindexParams(IndexOptionsParams):
+    """The params of a reindex job; unset index options are the active index's."""
+
+    corpus = OwnedObjectField(lookup=corpus_lookup, noun="corpus", help_text="the corpus")
+    model_version = OwnedObjectField(
+        lookup=version_lookup,
+        noun="model version",
+        required=False,
+        allow_null=True,
+        help_text="default: the newest ready version of the active index's model",
+    )
+    model_name = StrictCharField(
+        required=False,
+        allow_null=True,
+        max_length=200,
+        help_text="switch to the newest ready version of this model",
+    )
+    only_gated = StrictBooleanField(
+        default=False, help_text="only versions that passed a reindex gate"
+    )
+    gate = GateParams(
+        required=False,
+        allow_null=True,
+        help_text="swap only if nDCG@10 on this query set drops no more than tolerance",
+    )
+
+    def validate(self, attrs: dict) -> dict:
+        attrs = super().validate(attrs)
+        gate, corpus = attrs.get("gate"), attrs["corpus"]
+        if gate and gate["query_set"].corpus_id != corpus.pk:
+            raise serializers.ValidationError(
+                {
+                    "gate": {
+                        "query_set": f"query set {gate['query_set'].pk} belongs to corpus "
+                        f"{gate['query_set'].corpus_id}, not to corpus {corpus.pk}"
+                    }
+                }
+            )
+        if gate and corpus.active_index_id is None:
+            raise serializers.ValidationError(
+                {"gate": "the corpus has no active index to compare with"}
+            )
+        return attrs
+
+
+def _inherited(active: VectorIndex | None) -> dict:
+    """A shadow is built like the active index unless the params say otherwise."""
+    if active is None:
+        return {}
+    keys = ("storage", "chunking", "encoder", "chunk_window", "chunk_overlap")
+    return {key: getattr(active, key) for key in keys}
+
+
+def reindex_prepare(*, user, params: dict) -> tuple[dict, Corpus]:
+    corpus: Corpus = params["corpus"]
+    active = corpus.active_index
+    try:
+        version = params.get("model_version") or selectors.reindex_target_version(
+            corpus=corpus, model_name=params.get("model_name"), only_gated=params["only_gated"]
+        )
+    except ApplicationError as exc:
+        raise params_field("model_version", exc) from None
+    options = index_options_resolve(params=params, version=version, inherited=_inherited(active))
+    if (
+        active is not None
+        and active.model_version_id == version.pk
+        and all(getattr(active, key) == value for key, value in options.items())
+    ):
+        raise Conflict(
+            f"corpus {corpus.pk} is already indexed with {version} (index {active.pk})",
+            code="up_to_date",
+        )
+    running = selectors.reindex_running(corpus=corpus)
+    if running is not None:
+        raise Conflict(
+            f"reindex job {running.pk} for corpus {corpus.pk} is already {running.status}; "
+            "wait for it or cancel it",
+            code="reindex_running",
+        )
+    gate = params.get("gate")
+    shadow = reindex.reindex_shadow(user=user, corpus=corpus, version=version, options=options)
+    prepared = {
+        "corpus": corpus.pk,
+        "model_version": version.pk,
+        "index": shadow.pk,
+        "previous_index": active.pk if active else None,
+        "gate": {"query_set": gate["query_set"].pk, "tolerance": gate["tolerance"]}
+        if gate
+        else None,
+        "batch_size": params.get("batch_size"),
+    }
+    return prepared, corpus
+
+
+REINDEX = job_kind_register(
+    JobKind(
+        name="reindex",
+        queue="gpu",
+        params=ReindexParams,
+        prepare=reindex_prepare,
+        run=reindex.reindex_job_run,
+        description="Build a shadow index of a corpus with a newer model version, optionally "
+        "gate it on nDCG@10, then swap it in atomically (the old index is kept for rollback).",
+    )
+)

@@ -1,0 +1,116 @@
+"""The `evaluate` job kind: score one index on a query set (nDCG@10, Recall@k, MRR, MAP)."""
+
+from __future__ import annotations
+
+from rest_framework import serializers
+
+from embedhub.core.errors import ApplicationError
+from embedhub.corpora.models import Corpus
+from embedhub.evaluation import selectors, services
+from embedhub.evaluation.models import EvalRun, QuerySet
+from embedhub.jobs.kinds import JobKind, job_kind_register
+from embedhub.jobs.params import (
+    OwnedObjectField,
+    StrictBooleanField,
+    StrictChoiceField,
+    StrictIntegerField,
+    params_field,
+)
+from embedhub.registry.models import ModelVersion
+from embedhub.vectors import compensation as qdc
+from embedhub.vectors.jobs import SearchTargetParams, version_lookup
+from embedhub.vectors.models import VectorIndex
+
+MAX_K = services.MAX_K
+
+
+def query_set_lookup(*, user, pk: int) -> QuerySet:
+    return selectors.query_set_get(user=user, query_set_id=pk)
+
+
+class EvaluateParams(SearchTargetParams):
+    """The params of an evaluate job: the index, the query set, how to search."""
+
+    query_set = OwnedObjectField(
+        lookup=query_set_lookup, noun="query set", help_text="judged queries of the index's corpus"
+    )
+    model_version = OwnedObjectField(
+        lookup=version_lookup,
+        noun="model version",
+        required=False,
+        allow_null=True,
+        help_text="encode the queries with this version (default: the index's own)",
+    )
+    compensation = StrictChoiceField(
+        choices=qdc.COMPENSATIONS,
+        default="auto",
+        help_text="auto: QDC when the query version differs from the index's; qdc; none",
+    )
+    mode = StrictChoiceField(
+        choices=EvalRun.Mode.choices,
+        default=EvalRun.Mode.EXACT,
+        help_text="exact (every vector) or ann (HNSW, with recall against exact)",
+    )
+    ef_search = StrictIntegerField(
+        required=False,
+        allow_null=True,
+        min_value=1,
+        max_value=MAX_K,
+        help_text='HNSW candidate list size; only with mode "ann"',
+    )
+    k = StrictIntegerField(default=100, min_value=1, max_value=MAX_K, help_text="ranking depth")
+    exclude_self = StrictBooleanField(
+        default=False, help_text="drop a query's own document from its ranking (ArguAna)"
+    )
+
+    def validate(self, attrs: dict) -> dict:
+        attrs = super().validate(attrs)
+        index, query_set = attrs["target"], attrs["query_set"]
+        if query_set.corpus_id != index.corpus_id:
+            raise serializers.ValidationError(
+                {
+                    "query_set": f"query set {query_set.pk} ({query_set.name!r}) belongs to "
+                    f"corpus {query_set.corpus_id}, but index {index.pk} is on corpus "
+                    f"{index.corpus_id}; pick a query set of the index's corpus"
+                }
+            )
+        if attrs["mode"] == EvalRun.Mode.EXACT and attrs.get("ef_search") is not None:
+            raise serializers.ValidationError(
+                {"ef_search": 'only applies to mode "ann"; exact search scans every vector'}
+            )
+        return attrs
+
+
+def evaluate_prepare(*, user, params: dict) -> tuple[dict, Corpus]:
+    index: VectorIndex = params["target"]
+    version: ModelVersion = params.get("model_version") or index.model_version
+    try:
+        services.compensation_check(
+            index=index, version=version, compensation=params["compensation"]
+        )
+    except ApplicationError as exc:
+        raise params_field("model_version", exc) from None
+    prepared = {
+        "index": index.pk,
+        "query_set": params["query_set"].pk,
+        "model_version": version.pk,
+        "compensation": params["compensation"],
+        "mode": params["mode"],
+        "ef_search": params.get("ef_search"),
+        "k": params["k"],
+        "exclude_self": params["exclude_self"],
+    }
+    return prepared, index.corpus
+
+
+EVALUATE = job_kind_register(
+    JobKind(
+        name="evaluate",
+        queue="cpu",
+        params=EvaluateParams,
+        prepare=evaluate_prepare,
+        run=services.evaluate_job_run,
+        description="Evaluate an index on a query set as trec_eval does, with drift "
+        "compensation when the query encoder is newer than the index; stores an EvalRun.",
+    )
+)

@@ -1,0 +1,204 @@
+"""Building blocks for the job kinds' `Params` serializers.
+
+JSON has types, so the API is strict: an integer param must be a JSON number without a
+fraction, a boolean must be true or false, an id must be an integer. HTML forms only send
+strings, so the dashboard validates with `context={"from_form": True}`, which lets the
+same fields parse their own string forms ("12", "true"): the form never guesses types.
+
+Every error names its field; `params_error` turns a serializer's errors into one
+ApplicationError whose paths start with "params." (404 when an id named an object the user
+may not see, 400 otherwise).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+
+from rest_framework import serializers
+
+from embedhub.core.errors import ApplicationError, error_fields
+
+NOT_FOUND = "not_found"
+
+
+def _from_form(field: serializers.Field) -> bool:
+    return bool(field.context.get("from_form"))
+
+
+def _range_messages(noun: str, low, high) -> dict[str, str]:
+    """Bound messages that give the whole range and the value that missed it."""
+    if low is not None and high is not None:
+        text = f"must be {noun} between {low} and {high}, not %(show_value)s"
+        return {"min_value": text, "max_value": text}
+    return {
+        "min_value": f"must be {noun} of at least {low}, not %(show_value)s",
+        "max_value": f"must be {noun} of at most {high}, not %(show_value)s",
+    }
+
+
+def _number(data, *, whole: bool) -> bool:
+    if isinstance(data, bool) or not isinstance(data, int | float):
+        return False
+    return not whole or isinstance(data, int) or data.is_integer()
+
+
+class StrictIntegerField(serializers.IntegerField):
+    default_error_messages = {"invalid": "must be an integer"}
+
+    def __init__(self, **kwargs):
+        messages = _range_messages("an integer", kwargs.get("min_value"), kwargs.get("max_value"))
+        super().__init__(
+            **{**kwargs, "error_messages": {**messages, **kwargs.get("error_messages", {})}}
+        )
+
+    def to_internal_value(self, data):
+        if not (_number(data, whole=True) or (_from_form(self) and isinstance(data, str))):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+class StrictFloatField(serializers.FloatField):
+    default_error_messages = {"invalid": "must be a number"}
+
+    def __init__(self, **kwargs):
+        messages = _range_messages("a number", kwargs.get("min_value"), kwargs.get("max_value"))
+        super().__init__(
+            **{**kwargs, "error_messages": {**messages, **kwargs.get("error_messages", {})}}
+        )
+
+    def to_internal_value(self, data):
+        if not (_number(data, whole=False) or (_from_form(self) and isinstance(data, str))):
+            self.fail("invalid")
+        value = super().to_internal_value(data)
+        if not math.isfinite(value):  # "nan" passes every bound check
+            self.fail("invalid")
+        return value
+
+
+class StrictBooleanField(serializers.BooleanField):
+    default_error_messages = {"invalid": "must be true or false"}
+
+    def to_internal_value(self, data):
+        if not (isinstance(data, bool) or (_from_form(self) and isinstance(data, str))):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+class StrictCharField(serializers.CharField):
+    """A string, never a number or an object coerced to one."""
+
+    default_error_messages = {"invalid": "must be a string", "blank": "must not be empty"}
+
+    def to_internal_value(self, data):
+        if not isinstance(data, str):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+class OwnedObjectField(StrictIntegerField):
+    """The id of an object the user may see, resolved through its app's owner-scoped
+    selector. An id the user may not see is reported like a missing one (404), so ids
+    don't leak; the validated value is the object itself."""
+
+    def __init__(self, *, lookup: Callable[..., object], noun: str, **kwargs):
+        self.lookup, self.noun = lookup, noun
+        super().__init__(min_value=1, **kwargs)
+        # Validators run on the validated value, which is the object here: the id's bound
+        # is checked before the lookup instead (min_value still documents it in OpenAPI).
+        self.validators = []
+
+    def to_internal_value(self, data):
+        pk = super().to_internal_value(data)
+        if pk < 1:
+            self.fail("min_value", min_value=1)
+        try:
+            return self.lookup(user=self.context.get("user"), pk=pk)
+        except ApplicationError as exc:
+            if exc.status_code == 404:
+                raise serializers.ValidationError(
+                    f"{self.noun} {pk} not found", code=NOT_FOUND
+                ) from None
+            raise serializers.ValidationError(exc.message, code=exc.code) from None
+
+    def to_representation(self, value):
+        return getattr(value, "pk", value)
+
+
+class StrictChoiceField(serializers.ChoiceField):
+    """One of a fixed set of strings; the error lists them."""
+
+    def to_internal_value(self, data):
+        if not isinstance(data, str) or data not in self.choice_strings_to_values:
+            choices = ", ".join(str(choice) for choice in self.choices)
+            raise serializers.ValidationError(
+                f"{data!r} is not one of: {choices}", code="invalid_choice"
+            )
+        return super().to_internal_value(data)
+
+
+class ParamsSerializer(serializers.Serializer):
+    """A kind's params: an object whose keys are exactly the declared fields."""
+
+    default_error_messages = {"invalid": "must be an object of named params, not {datatype}"}
+
+    def get_fields(self):
+        fields = super().get_fields()
+        for field in fields.values():
+            field.error_messages["required"] = "required"
+            field.error_messages["null"] = "must not be null"
+        return fields
+
+    def to_internal_value(self, data):
+        if isinstance(data, Mapping):
+            unknown = sorted(set(data) - set(self.fields))
+            if unknown:
+                allowed = ", ".join(sorted(self.fields))
+                raise serializers.ValidationError(
+                    {key: [f"unknown field; allowed: {allowed}"] for key in unknown}
+                )
+        return super().to_internal_value(data)
+
+
+def _codes(detail) -> set[str]:
+    if isinstance(detail, Mapping):
+        return set().union(*(_codes(v) for v in detail.values())) if detail else set()
+    if isinstance(detail, list):
+        return set().union(*(_codes(v) for v in detail)) if detail else set()
+    return {getattr(detail, "code", "invalid")}
+
+
+class ParamsInvalid(ApplicationError):
+    code = "invalid_params"
+
+
+class ParamsNotFound(ApplicationError):
+    status_code = 404
+    code = NOT_FOUND
+
+
+def params_error(detail, *, prefix: str = "params") -> ApplicationError:
+    """One error for all of a serializer's complaints, each under its full field path."""
+    fields = error_fields(detail, prefix=prefix)
+    first, messages = next(iter(fields.items()))
+    more = f" (and {len(fields) - 1} more)" if len(fields) > 1 else ""
+    cls = ParamsNotFound if NOT_FOUND in _codes(detail) else ParamsInvalid
+    return cls(f"{first}: {messages[0]}{more}", details={"field": first, "fields": fields})
+
+
+def params_validate(*, serializer: type[serializers.Serializer], user, params, from_form=False):
+    """Validated params, or the one error naming every bad field."""
+    checked = serializer(data=params, context={"user": user, "from_form": from_form})
+    if not checked.is_valid():
+        raise params_error(checked.errors)
+    return checked.validated_data
+
+
+def params_field(field: str, exc: ApplicationError) -> ApplicationError:
+    """A service's refusal (keeping its status and code), attributed to the params field it
+    is about, for checks that only a service can make (drift vectors exist, ...)."""
+    path = f"params.{field}"
+    exc.details = {**(exc.details if isinstance(exc.details, dict) else {}), "field": path}
+    if not exc.message.startswith(path):
+        exc.message = f"{path}: {exc.message}"
+    return exc

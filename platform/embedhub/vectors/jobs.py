@@ -1,0 +1,263 @@
+"""The `embed` job kind: embed a corpus into a vector index (created or reused)."""
+
+from __future__ import annotations
+
+import re
+
+from rest_framework import serializers
+
+from embedhub.corpora.models import Corpus
+from embedhub.jobs.kinds import JobKind, job_kind_register
+from embedhub.jobs.params import (
+    OwnedObjectField,
+    ParamsSerializer,
+    StrictBooleanField,
+    StrictCharField,
+    StrictChoiceField,
+    StrictIntegerField,
+)
+from embedhub.registry.models import ModelVersion
+from embedhub.registry.selectors import model_version_resolve
+from embedhub.registry.services import model_version_default
+from embedhub.vectors import selectors, services
+from embedhub.vectors.models import VectorIndex
+
+# "fake" / "fake:<dim>": the deterministic test encoder. HNSW indexes hold at most 2,000
+# dimensions of `vector` in pgvector, so larger fakes could never be searched.
+FAKE_ENCODER = re.compile(r"fake(?::(?P<dim>\d{1,6}))?")
+MAX_DIMENSION = 2000
+MIN_CHUNK_WINDOW = 16
+
+
+def corpus_lookup(*, user, pk: int) -> Corpus:
+    return selectors.corpus_for_user(user=user, corpus_id=pk)
+
+
+def index_lookup(*, user, pk: int) -> VectorIndex:
+    return selectors.index_get(user=user, index_id=pk)
+
+
+def version_lookup(*, user, pk: int) -> ModelVersion:
+    return model_version_resolve(version_id=pk)
+
+
+def encoder_validate(value: str) -> str:
+    match = FAKE_ENCODER.fullmatch(value)
+    if value and match is None:
+        raise serializers.ValidationError(
+            'only "fake" or "fake:<dim>" may override the model version (job-mechanics tests)'
+        )
+    if match and match["dim"] and not 1 <= int(match["dim"]) <= MAX_DIMENSION:
+        raise serializers.ValidationError(f"fake dimension must be 1..{MAX_DIMENSION}")
+    return value
+
+
+class IndexOptionsParams(ParamsSerializer):
+    """How an index is built; shared by `embed` and `reindex`. Unset fields are absent from
+    the validated data, so a reindex can inherit them from the active index."""
+
+    storage = StrictChoiceField(
+        choices=VectorIndex.Storage.choices,
+        required=False,
+        help_text="vector (float4) or halfvec (float2, half the space); default vector",
+    )
+    chunking = StrictChoiceField(
+        choices=VectorIndex.Chunking.choices,
+        required=False,
+        help_text="truncate long documents (default) or embed overlapping token windows",
+    )
+    chunk_window = StrictIntegerField(
+        required=False,
+        min_value=MIN_CHUNK_WINDOW,
+        max_value=8192,
+        help_text="tokens per window with chunking=chunk (default 128; at most the model's)",
+    )
+    chunk_overlap = StrictIntegerField(
+        required=False,
+        min_value=0,
+        help_text="tokens shared by consecutive windows (default 32; at most half the window)",
+    )
+    encoder = StrictCharField(
+        required=False,
+        allow_blank=True,
+        max_length=16,
+        validators=[encoder_validate],
+        help_text='"" = the model version; "fake" / "fake:<dim>" for job-mechanics tests',
+    )
+    batch_size = StrictIntegerField(
+        required=False,
+        allow_null=True,
+        min_value=1,
+        max_value=4096,
+        help_text="documents per forward pass (default: 32 on CPU, 256 on GPU)",
+    )
+
+
+def index_options_resolve(
+    *, params: dict, version: ModelVersion, inherited: dict | None = None
+) -> dict:
+    """The index options for `params` over `inherited` ones, checked against the version."""
+    given = {k: params[k] for k in ("storage", "chunking", "encoder") if k in params}
+    given |= {k: params[k] for k in ("chunk_window", "chunk_overlap") if k in params}
+    merged = {
+        "storage": VectorIndex.Storage.VECTOR,
+        "chunking": VectorIndex.Chunking.TRUNCATE,
+        "encoder": "",
+        **(inherited or {}),
+        **given,
+    }
+    options = {k: merged[k] for k in ("storage", "chunking", "encoder")}
+    if merged["chunking"] != VectorIndex.Chunking.CHUNK:
+        return options
+    window = merged.get("chunk_window") or 128
+    overlap = merged.get("chunk_overlap", 32)
+    if window > version.max_tokens:
+        raise serializers.ValidationError(
+            {"chunk_window": f"{window} is more than {version}'s {version.max_tokens} tokens"}
+        )
+    if overlap > window // 2:
+        raise serializers.ValidationError(
+            {"chunk_overlap": f"{overlap} is more than half of chunk_window ({window})"}
+        )
+    return {**options, "chunk_window": window, "chunk_overlap": overlap}
+
+
+class EmbedParams(IndexOptionsParams):
+    """The params of an embed job: the corpus, the version, and how the index is built."""
+
+    corpus = OwnedObjectField(lookup=corpus_lookup, noun="corpus", help_text="the corpus to embed")
+    model_version = OwnedObjectField(
+        lookup=version_lookup,
+        noun="model version",
+        required=False,
+        allow_null=True,
+        help_text="default: the bundled base model",
+    )
+    index = OwnedObjectField(
+        lookup=index_lookup,
+        noun="index",
+        required=False,
+        allow_null=True,
+        help_text="re-embed into this index of the corpus (default: the matching one, or new)",
+    )
+    activate = StrictBooleanField(
+        required=False,
+        allow_null=True,
+        help_text="make it the corpus's active index (default: only if it has none)",
+    )
+
+
+def embed_prepare(*, user, params: dict) -> tuple[dict, Corpus]:
+    """Resolve the target index (reusing a matching one, so a second embed job on the same
+    corpus × version only embeds what changed); create it only when all checks passed."""
+    corpus = params["corpus"]
+    if not selectors.corpus_document_count(corpus_id=corpus.pk):
+        raise serializers.ValidationError(
+            {"corpus": f"corpus {corpus.pk} ({corpus.name!r}) has no documents; upload some first"}
+        )
+    index = params.get("index")
+    version = params.get("model_version") or (index.model_version if index else None)
+    version = version or model_version_default()
+    if index is not None:
+        _check_target(index=index, corpus=corpus, version=version)
+    else:
+        options = index_options_resolve(params=params, version=version)
+        index = selectors.index_matching(corpus=corpus, model_version=version, **options)
+        index = index or services.index_create(
+            owner=user, corpus=corpus, model_version=version, **options
+        )
+    prepared = {
+        "corpus": corpus.pk,
+        "model_version": version.pk,
+        "index": index.pk,
+        "batch_size": params.get("batch_size"),
+        "activate": params.get("activate"),
+    }
+    return prepared, corpus
+
+
+def _check_target(*, index: VectorIndex, corpus: Corpus, version: ModelVersion) -> None:
+    if index.corpus_id != corpus.pk:
+        raise serializers.ValidationError(
+            {"index": f"index {index.pk} belongs to corpus {index.corpus_id}, not {corpus.pk}"}
+        )
+    if index.model_version_id != version.pk:
+        raise serializers.ValidationError(
+            {"index": f"index {index.pk} is built with model version {index.model_version_id}"}
+        )
+    if index.state == VectorIndex.State.DROPPED:
+        raise serializers.ValidationError({"index": f"index {index.pk} was dropped"})
+
+
+def embed_run(*, job, ctx) -> dict:
+    index = VectorIndex.objects.select_related("corpus", "model_version").get(
+        pk=job.params["index"]
+    )
+    return services.index_build(
+        index=index,
+        ctx=ctx,
+        batch_size=job.params.get("batch_size"),
+        activate=job.params.get("activate"),
+    )
+
+
+EMBED = job_kind_register(
+    JobKind(
+        name="embed",
+        queue="gpu",
+        params=EmbedParams,
+        prepare=embed_prepare,
+        run=embed_run,
+        description="Embed every document of a corpus whose vector is missing or stale into "
+        "a pgvector index, then build its HNSW graph.",
+    )
+)
+
+
+class SearchTargetParams(ParamsSerializer):
+    """Which index a job searches: an index by id, or a corpus's active index. Shared by
+    the kinds that search (`evaluate`, `audit`)."""
+
+    corpus = OwnedObjectField(
+        lookup=corpus_lookup,
+        noun="corpus",
+        required=False,
+        allow_null=True,
+        help_text="search the corpus's active index",
+    )
+    index = OwnedObjectField(
+        lookup=index_lookup,
+        noun="index",
+        required=False,
+        allow_null=True,
+        help_text="search this index (a built or retired one)",
+    )
+
+    def validate(self, attrs: dict) -> dict:
+        attrs = super().validate(attrs)
+        attrs["target"] = search_target_resolve(
+            corpus=attrs.get("corpus"), index=attrs.get("index")
+        )
+        return attrs
+
+
+def search_target_resolve(*, corpus: Corpus | None, index: VectorIndex | None) -> VectorIndex:
+    """The searchable index that `corpus` / `index` name, or an error on the field."""
+    if index is None and corpus is None:
+        raise serializers.ValidationError({"corpus": "give corpus (its active index) or index"})
+    if index is not None and corpus is not None and index.corpus_id != corpus.pk:
+        raise serializers.ValidationError(
+            {"index": f"index {index.pk} belongs to corpus {index.corpus_id}, not {corpus.pk}"}
+        )
+    field = "index" if index is not None else "corpus"
+    if index is None:
+        index = corpus.active_index
+        if index is None:
+            raise serializers.ValidationError(
+                {"corpus": f"corpus {corpus.pk} has no active index yet: run an embed job first"}
+            )
+    if index.state not in (VectorIndex.State.READY, VectorIndex.State.RETIRED):
+        raise serializers.ValidationError(
+            {field: f"index {index.pk} is {index.state}, not searchable yet"}
+        )
+    return index
