@@ -3,8 +3,6 @@ their services; live parts of a page poll the REST API from the browser."""
 
 from __future__ import annotations
 
-import re
-
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
@@ -143,31 +141,60 @@ def job_retry(request: HttpRequest, job_id: int) -> HttpResponse:
     return redirect("dashboard:job-detail", job_id=job.pk)
 
 
-_FLOAT = re.compile(r"-?\d+\.\d*")
+JOB_FORM_SESSION_KEY = "job_form"
+_NOT_PARAMS = {"csrfmiddlewaretoken", "kind", "next"}
 
 
-def _form_params(post) -> dict:
-    """Form fields -> job params. Numbers and booleans are typed here because HTML forms only
-    send strings; validating them is the kind's preparer's job."""
+def _form_values(post) -> dict[str, str]:
+    """The job's fields as posted, flat ("config.epochs": "3"): what a failed form refills."""
+    return {key: value for key, value in post.items() if key not in _NOT_PARAMS}
+
+
+def _form_params(values: dict[str, str]) -> dict:
+    """Flat form fields -> nested params: "config.epochs" -> {"config": {"epochs": "3"}}.
+
+    Values stay strings: the kind's Params serializer types them (from_form=True), so a form
+    and the JSON API accept and refuse the same things. An empty field is left out, so the
+    kind's default applies, as when an API client omits the key."""
     params: dict = {}
-    for key, value in post.items():
-        if key in {"csrfmiddlewaretoken", "kind", "next"} or value == "":
+    for key, value in values.items():
+        if value == "":
             continue
-        if value.isdigit():
-            typed = int(value)
-        elif _FLOAT.fullmatch(value):
-            typed = float(value)
-        elif value in {"true", "false"}:
-            typed = value == "true"
-        else:
-            typed = value
-        # "config.epochs" -> {"config": {"epochs": ...}}: nested params from flat form fields.
         target = params
         *parents, leaf = key.split(".")
         for parent in parents:
-            target = target.setdefault(parent, {})
-        target[leaf] = typed
+            if not isinstance(target.get(parent), dict):  # "gate" and "gate.x" both posted
+                target[parent] = {}
+            target = target[parent]
+        target[leaf] = value
     return params
+
+
+def _form_field(path: str) -> str:
+    """An error's params path as the form names its input: "params.config.lr" -> "config.lr";
+    "" for the params as a whole."""
+    return "" if path == "params" else path.removeprefix("params.")
+
+
+def _form_errors(exc: ApplicationError) -> dict[str, list[str]]:
+    """The messages of a refused submission by form field ("" = no field: shown atop the
+    form). A serializer error lists every field; a service's refusal names at most one."""
+    details = exc.details if isinstance(exc.details, dict) else {}
+    fields = details.get("fields")
+    if not fields:
+        path = details.get("field") or ""
+        fields = {path: [exc.message.removeprefix(f"{path}: ") if path else exc.message]}
+    errors: dict[str, list[str]] = {}
+    for path, texts in fields.items():
+        errors.setdefault(_form_field(path), []).extend(str(text) for text in texts)
+    return errors
+
+
+def _job_form_pop(request: HttpRequest) -> dict | None:
+    """The submission that just failed on this page, once (a reload shows a clean form); an
+    entry left by another page is dropped rather than shown on the wrong form."""
+    entry = request.session.pop(JOB_FORM_SESSION_KEY, None)
+    return entry if entry and entry.get("page") == request.get_full_path() else None
 
 
 @login_required
@@ -182,10 +209,20 @@ def job_start(request: HttpRequest) -> HttpResponse:
             request, f"Unknown job kind {kind!r}; choose one of {', '.join(Job.Kind.values)}."
         )
         return redirect(back)
+    values = _form_values(request.POST)
     try:
-        job, _ = job_submit_checked(user=request.user, kind=kind, params=_form_params(request.POST))
+        job, _ = job_submit_checked(
+            user=request.user, kind=kind, params=_form_params(values), from_form=True
+        )
     except ApplicationError as exc:
         messages.error(request, f"Could not start the {kind} job: {exc.message}")
+        # Kept for one redirect, so the page shows each message under its field, refilled.
+        request.session[JOB_FORM_SESSION_KEY] = {
+            "kind": kind,
+            "page": back,
+            "errors": _form_errors(exc),
+            "values": values,
+        }
         return redirect(back)
     return redirect("dashboard:job-detail", job_id=job.pk)
 
@@ -227,6 +264,7 @@ def corpus_detail(request: HttpRequest, corpus_id: int) -> HttpResponse:
         "jobs": jobs[:10],
         "versions": _version_list(request.user).filter(status="ready"),
         "active_jobs": jobs.filter(status__in=[Job.Status.QUEUED, Job.Status.RUNNING]).exists(),
+        "job_form": _job_form_pop(request),
     }
     return render(request, "dashboard/corpus_detail.html", context)
 

@@ -411,3 +411,176 @@ def test_corpus_page_forms_submit_jobs_their_preparers_accept(
     job = Job.objects.get(owner=user, kind=kind)
     assert response.status_code == 302 and response["Location"] == f"/jobs/{job.pk}/"
     assert job.corpus_id == ready_corpus.pk
+
+
+# ------------------------------------------------------------------ job forms: typing and errors
+
+
+def _corpus_form(client, corpus, form_id: str) -> tuple[str, dict]:
+    return _form(client.get(f"/corpora/{corpus.pk}/").content.decode(), form_id)
+
+
+def _tag(html: str, element_id: str) -> str:
+    """The start tag of the element with `element_id`."""
+    at = html.index(f'id="{element_id}"')
+    return html[html.rindex("<", 0, at) : html.index(">", at) + 1]
+
+
+def _after(html: str, element_id: str, closing: str = "") -> str:
+    """The page right after the element's start tag (or after `closing`, for a select)."""
+    at = html.index(f'id="{element_id}"')
+    end = html.index(closing, at) + len(closing) if closing else html.index(">", at) + 1
+    return html[end:].lstrip()
+
+
+def _form_html(html: str, form_id: str) -> str:
+    start = html.index(f'id="{form_id}"')
+    return html[start : html.index("</form>", start)]
+
+
+def test_form_params_nest_dotted_names_and_keep_every_value_a_string():
+    from dashboard.views import _form_params
+
+    values = {"corpus": "3", "config.epochs": "2", "config.lr": "", "gate": "x", "gate.tolerance": "0.5"}
+    assert _form_params(values) == {
+        "corpus": "3",
+        "config": {"epochs": "2"},  # an empty field is left out: the kind's default applies
+        "gate": {"tolerance": "0.5"},  # a dotted name wins over a plain one, never a 500
+    }
+
+
+def test_submission_errors_are_keyed_by_the_forms_input_names():
+    from dashboard.views import _form_errors
+    from embedhub.core.errors import ApplicationError, Conflict
+
+    fields = {"params.config.lr": ["must be a number"], "params": ["give one source"]}
+    serializer = ApplicationError("params.config.lr: must be a number", details={"fields": fields})
+    assert _form_errors(serializer) == {"config.lr": ["must be a number"], "": ["give one source"]}
+    service = ApplicationError("params.model_version: none newer", details={"field": "params.model_version"})
+    assert _form_errors(service) == {"model_version": ["none newer"]}
+    assert _form_errors(Conflict("already indexed")) == {"": ["already indexed"]}
+
+
+def _picked(value, like):
+    """`value` cut down to the keys of `like`, with exact types: 1 == True cannot pass."""
+    if isinstance(like, dict):
+        return {key: _picked(value[key], item) for key, item in like.items()}
+    return (type(value).__name__, value)
+
+
+@pytest.mark.parametrize(
+    "form_id,kind,posted,expected",
+    [
+        (
+            "evaluate-form",
+            "evaluate",
+            {"k": "12", "exclude_self": "true"},
+            {"k": 12, "exclude_self": True},
+        ),
+        (
+            "finetune-form",
+            "finetune",
+            {"config.epochs": "3", "config.lr": "1e-5"},  # an exponent: no regex guessed that
+            {"config": {"epochs": 3, "lr": 1e-5}},
+        ),
+        (
+            "audit-form",
+            "audit",
+            {"keyword": "vitamin", "message": "2024", "budget": "2", "held_in": "0.5"},
+            {"message": "2024", "budget": 2, "held_in": 0.5},  # text that looks numeric stays text
+        ),
+        ("reindex-form", "reindex", {"gate.tolerance": "0.05"}, {"gate": {"tolerance": 0.05}}),
+    ],
+)
+def test_job_form_strings_are_typed_by_the_kinds_serializer(
+    client_for, user, ready_corpus, form_id, kind, posted, expected
+):
+    client = client_for(user)
+    action, fields = _corpus_form(client, ready_corpus, form_id)
+    if "gate.query_set" in fields:  # choose a gate, as a user would in its select
+        fields["gate.query_set"] = str(ready_corpus.query_sets.get().pk)
+    response = client.post(action, {**fields, **posted})
+    job = Job.objects.get(owner=user, kind=kind)
+    assert response["Location"] == f"/jobs/{job.pk}/"
+    assert _picked(job.params, expected) == _picked(expected, expected)
+
+
+def test_job_form_error_is_shown_next_to_its_field(client_for, user, ready_corpus):
+    client = client_for(user)
+    action, fields = _corpus_form(client, ready_corpus, "finetune-form")
+    response = client.post(action, {**fields, "config.epochs": "0"}, follow=True)
+    page = response.content.decode()
+    assert response.redirect_chain[-1][0] == f"/corpora/{ready_corpus.pk}/"
+    assert not Job.objects.filter(owner=user).exists()
+    # The message sits right under the epochs input, which keeps the refused value.
+    assert _after(page, "ft-epochs").startswith(
+        '<div class="field-error" id="finetune-config-epochs-error">'
+        "must be an integer between 1 and 100, not 0</div>"
+    )
+    epochs = _tag(page, "ft-epochs")
+    assert 'value="0"' in epochs and 'aria-invalid="true"' in epochs
+    assert 'aria-describedby="finetune-config-epochs-error"' in epochs
+    assert "Could not start the finetune job: params.config.epochs" in page  # the flash stays
+    # Only the submitted form is marked, and only once: a reload shows clean forms.
+    assert page.count('class="field-error') == 1
+    assert 'class="field-error' not in client.get(f"/corpora/{ready_corpus.pk}/").content.decode()
+
+
+def test_job_form_errors_name_every_bad_field_and_refill_the_rest(client_for, user, ready_corpus):
+    client = client_for(user)
+    action, fields = _corpus_form(client, ready_corpus, "audit-form")
+    posted = {**fields, "keyword": "vit<amin", "message": "Visit", "budget": "lots"}
+    page = client.post(action, {**posted, "iterations": "-1"}, follow=True).content.decode()
+    assert _after(page, "au-budget").startswith(
+        '<div class="field-error" id="audit-budget-error">must be an integer</div>'
+    )
+    assert _after(page, "au-iter").startswith(
+        '<div class="field-error" id="audit-iterations-error">'
+        "must be an integer between 0 and 1000, not -1</div>"
+    )
+    keyword = _tag(page, "au-keyword")
+    assert 'value="vit&lt;amin"' in keyword and "aria-invalid" not in keyword  # refilled, escaped
+    query_set = ready_corpus.query_sets.get()
+    assert f'<option value="{query_set.pk}" selected>' in _form_html(page, "audit-form")
+    assert not Job.objects.filter(owner=user).exists()
+
+
+@pytest.mark.parametrize(
+    "form_id,posted,shown",
+    [
+        # About the params as a whole: no source of pairs (the select was emptied).
+        ("finetune-form", {"query_set": ""}, "give exactly one source of training pairs"),
+        # A field the form has no input for is named in front of its message.
+        ("reindex-form", {"gate.tolerance": "0.5"}, "gate.tolerance: must be a number between"),
+    ],
+)
+def test_job_form_error_without_an_input_is_shown_atop_the_form(
+    client_for, user, ready_corpus, form_id, posted, shown
+):
+    client = client_for(user)
+    action, fields = _corpus_form(client, ready_corpus, form_id)
+    page = client.post(action, {**fields, **posted}, follow=True).content.decode()
+    form = _form_html(page, form_id)
+    top = form[: form.index('class="field"')]  # before the form's first field
+    assert f'<div class="field-error form-error" role="alert">{shown}' in top
+    assert not Job.objects.filter(owner=user).exists()
+
+
+def test_nested_errors_go_under_their_input_and_atop_when_it_has_none(
+    client_for, user, ready_corpus
+):
+    """A tolerance without a gate: the missing query set is shown under the gate's select."""
+    client = client_for(user)
+    action, fields = _corpus_form(client, ready_corpus, "reindex-form")
+    page = client.post(action, {**fields, "gate.tolerance": "0.01"}, follow=True).content.decode()
+    assert _after(page, "ri-gate", "</select>").startswith(
+        '<div class="field-error" id="reindex-gate-query_set-error">required</div>'
+    )
+
+
+def test_job_form_errors_are_not_shown_on_another_page(client_for, user, ready_corpus):
+    client = client_for(user)
+    action, fields = _corpus_form(client, ready_corpus, "finetune-form")
+    client.post(action, {**fields, "config.epochs": "0", "next": "/corpora/"})
+    page = client.get(f"/corpora/{ready_corpus.pk}/").content.decode()
+    assert 'class="field-error' not in page and 'value="1"' in _tag(page, "ft-epochs")

@@ -16,6 +16,7 @@ from functools import lru_cache
 import numpy as np
 from django.db import IntegrityError, transaction
 from django.utils import timezone
+from transformers import AutoTokenizer
 
 from embedhub.audits import selectors
 from embedhub.audits.models import RobustnessAudit
@@ -24,6 +25,15 @@ from embedhub.jobs.services import JobCancelled, JobLost, job_heartbeat
 from embedhub.vectors.compensation import query_vectors
 from embedhub.vectors.models import VectorIndex
 from embedhub.vectors.selectors import index_search, index_vectors
+from workers.ml.gaslite import (
+    AttackConfig,
+    Attacker,
+    evaluate_passages,
+    kmeans_targets,
+    split_held_in_out,
+)
+from workers.ml.geometry import geometry_report
+from workers.ml.search import topk_cosine
 
 DEPTH = 100  # real rankings are read this deep; appeared@k is reported for k <= DEPTH
 NON_CONCEPT_LIMIT = 200
@@ -35,8 +45,6 @@ CANCEL_CHECK_SECONDS = 2.0
 
 @lru_cache(maxsize=2)
 def _tokenizer(path: str):
-    from transformers import AutoTokenizer
-
     return AutoTokenizer.from_pretrained(path)
 
 
@@ -58,8 +66,6 @@ def passage_length_check(*, index: VectorIndex, message: str, trigger_len: int) 
 
 @lru_cache(maxsize=1)
 def _attacker(path: str):
-    from workers.ml.gaslite import Attacker
-
     return Attacker.from_path(path)
 
 
@@ -122,8 +128,6 @@ def audit_targets_set(
 ) -> RobustnessAudit:
     """Split the concept (seeded), embed the held-in queries as the platform embeds queries
     for this index, and fix one k-means centroid per passage."""
-    from workers.ml.gaslite import kmeans_targets, split_held_in_out
-
     params = audit.params
     held_in, held_out = split_held_in_out(queries, held_in=params["held_in"], seed=params["seed"])
     vecs, _ = query_vectors(index=index, texts=[q["text"] for q in held_in])
@@ -135,8 +139,6 @@ def audit_targets_set(
 
 
 def _attack_config(params: dict, *, i: int, spent: float):
-    from workers.ml.gaslite import AttackConfig
-
     limit = params.get("time_limit_s")
     remaining = params["budget"] - i
     return AttackConfig(
@@ -237,8 +239,6 @@ def _passage_record(result, *, i: int) -> dict:
 
 def _real_topk(*, index: VectorIndex, queries: np.ndarray, doc_vecs: np.ndarray) -> np.ndarray:
     """Each query's best DEPTH real scores, descending, found exactly (no HNSW blur)."""
-    from workers.ml.search import topk_cosine
-
     if index.chunking != VectorIndex.Chunking.CHUNK:
         return topk_cosine(queries, doc_vecs, k=DEPTH)[1]
     # Chunked: a document scores by its best chunk, which the exact SQL search resolves.
@@ -248,8 +248,6 @@ def _real_topk(*, index: VectorIndex, queries: np.ndarray, doc_vecs: np.ndarray)
 
 
 def _scored(*, passages: np.ndarray, queries: np.ndarray, topk: np.ndarray) -> dict:
-    from workers.ml.gaslite import evaluate_passages
-
     out = evaluate_passages(passage_vecs=passages, query_vecs=queries, topk_scores=topk)
     # The objective the attack maximised, seen from the judged queries.
     out["mean_best_cosine"] = float((queries @ np.atleast_2d(passages).T).max(axis=1).mean())
@@ -270,8 +268,6 @@ def audit_evaluate(
 ) -> RobustnessAudit:
     """appeared@k on held-out (and held-in) queries for the passages embedded from their
     decoded text, the message alone, the centroids, and spill-over onto other queries."""
-    from workers.ml.geometry import geometry_report
-
     started = time.monotonic()
     RobustnessAudit.objects.filter(pk=audit.pk).update(state=RobustnessAudit.State.EVALUATING)
     _, _, doc_vecs = index_vectors(index=index)

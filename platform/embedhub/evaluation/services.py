@@ -36,6 +36,8 @@ from embedhub.registry.models import ModelVersion
 from embedhub.vectors import compensation as qdc
 from embedhub.vectors import selectors as vector_selectors
 from embedhub.vectors.models import VectorIndex
+from workers.ml.metrics import evaluate_run
+from workers.ml.search import topk_cosine
 
 QUERY_BATCH = 256  # queries encoded and searched between two progress reports
 MAX_K = 1000
@@ -133,8 +135,6 @@ class _Searcher:
         return self._sql(qids, vectors, k=k, exact=exact)
 
     def _numpy(self, qids: list[str], vectors: np.ndarray, *, k: int) -> list[dict]:
-        from workers.ml.search import topk_cosine
-
         exclude = None
         if self.exclude_self:
             exclude = [{self.row_of[q]} if q in self.row_of else set() for q in qids]
@@ -185,8 +185,6 @@ def evaluation_run(
     job=None,
 ) -> EvalRun:
     """Evaluate `index` on `query_set` and store the EvalRun (see the module docstring)."""
-    from workers.ml.metrics import evaluate_run
-
     if index.state not in SEARCHABLE:
         raise ApplicationError(f"index {index.pk} is {index.state}, not searchable")
     started = time.monotonic()

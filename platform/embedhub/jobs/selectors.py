@@ -1,4 +1,5 @@
 from django.db.models import QuerySet
+from django.shortcuts import get_object_or_404
 
 from embedhub.core.selectors import owned_by
 from embedhub.jobs.models import Job
@@ -11,6 +12,4 @@ def job_list(*, user, filters: dict | None = None) -> QuerySet[Job]:
 
 def job_get(*, user, job_id: int) -> Job:
     """Another user's job is a 404, not a 403, so ids don't leak."""
-    from django.shortcuts import get_object_or_404
-
     return get_object_or_404(job_list(user=user), pk=job_id)

@@ -14,6 +14,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
+from embedhub.celery import app
 from embedhub.core.errors import Conflict
 from embedhub.jobs.kinds import job_kind_get
 from embedhub.jobs.models import Job, JobEvent
@@ -68,8 +69,6 @@ def job_submit(
 
 def job_dispatch(*, job_id: int) -> None:
     """Tell the broker the job is ready. Safe to repeat: claiming is atomic."""
-    from embedhub.celery import app
-
     job = Job.objects.filter(pk=job_id, status=Job.Status.QUEUED).first()
     if job is None:
         return

@@ -5,13 +5,12 @@ from __future__ import annotations
 from functools import lru_cache
 
 from embedhub.core.errors import ApplicationError
+from workers.ml.encoder import Encoder, load_encoder
 from workers.ml.spec import ModelLoadError, ModelSpec
 
 
 @lru_cache(maxsize=4)
 def _load(spec: ModelSpec, override: str):
-    from workers.ml.encoder import Encoder, load_encoder
-
     if override:
         return load_encoder(override)
     return Encoder(spec)

@@ -20,6 +20,8 @@ import numpy as np
 from django.conf import settings
 from django.db import transaction
 from django.db.models import Max
+from huggingface_hub import snapshot_download
+from huggingface_hub.errors import RepositoryNotFoundError
 
 from embedhub.core.errors import ApplicationError
 from embedhub.registry.models import EmbeddingModel, ModelVersion
@@ -70,9 +72,6 @@ def _offline() -> bool:
 
 
 def _hub_download(repo_id: str) -> Path:
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import RepositoryNotFoundError
-
     cache = Path(settings.ARTIFACT_ROOT) / "hub"
     try:
         return Path(snapshot_download(repo_id, cache_dir=cache, local_files_only=True))

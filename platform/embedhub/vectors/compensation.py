@@ -10,6 +10,7 @@ from embedhub.core.errors import ApplicationError
 from embedhub.registry.encoders import encoder_for
 from embedhub.registry.models import ModelVersion
 from embedhub.vectors.models import VectorIndex
+from workers.ml.drift import compensate
 
 COMPENSATIONS = ("auto", "qdc", "none")
 
@@ -52,8 +53,6 @@ def query_vectors(
 
     compensation "auto" means QDC when the versions differ, nothing otherwise.
     """
-    from workers.ml.drift import compensate
-
     if compensation not in COMPENSATIONS:
         raise ApplicationError(f"compensation: must be one of {list(COMPENSATIONS)}")
     version = model_version or index.model_version

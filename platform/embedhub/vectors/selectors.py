@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 from django.db import connection, transaction
 from django.shortcuts import get_object_or_404
+from pgvector.psycopg import register_vector
 
 from embedhub.core.errors import ApplicationError, NotFound
 from embedhub.core.selectors import owned_by
@@ -103,8 +104,6 @@ def index_pending_pages(*, index: VectorIndex, page_size: int) -> Iterator[list[
 def index_vectors(*, index: VectorIndex) -> tuple[list[int], list[str], np.ndarray]:
     """All (document id, external id, vector) of an index, chunk 0 only (for exact evaluation
     in numpy and geometry statistics)."""
-    from pgvector.psycopg import register_vector
-
     connection.ensure_connection()
     register_vector(connection.connection)  # vectors arrive as numpy arrays, not text
     with connection.cursor() as cur:

@@ -15,6 +15,7 @@ from embedhub.registry.encoders import encoder_for
 from embedhub.registry.models import ModelVersion
 from embedhub.vectors import selectors, tables
 from embedhub.vectors.models import VectorIndex
+from workers.ml.encoder import Chunking
 
 PAGE_SIZE = 2048  # documents fetched from Postgres per query while streaming
 
@@ -151,8 +152,6 @@ def _pending_items(index: VectorIndex, hashes: dict) -> Iterator[tuple[int, str]
 
 
 def _embed_pending(*, index, encoder, ctx, done: int, total: int, batch_size) -> int:
-    from workers.ml.encoder import Chunking
-
     hashes: dict[int, str] = {}
     items = _pending_items(index, hashes)
     if index.chunking == VectorIndex.Chunking.CHUNK:
