@@ -143,9 +143,7 @@ def form_errors(job_form, kind: str, inputs: str = "") -> str:
         for field, texts in errors.items()
         if field not in shown
     ]
-    return format_html_join(
-        "", '<div class="field-error form-error" role="alert">{}{}</div>', rows
-    )
+    return format_html_join("", '<div class="field-error form-error" role="alert">{}{}</div>', rows)
 
 
 @register.simple_tag
@@ -157,7 +155,7 @@ def field_value(job_form, kind: str, field: str, default="") -> str:
 
 @register.simple_tag
 def selected(job_form, kind: str, field: str, value, default=None) -> str:
-    """" selected" on the option that was submitted; before a submission, on `default`."""
+    """Selects the option that was submitted; before a submission, the one equal to `default`."""
     submitted = _submitted(job_form, kind)
     chosen = submitted.get("values", {}).get(field) if submitted else default
     return " selected" if chosen is not None and str(chosen) == str(value) else ""

@@ -441,7 +441,13 @@ def _form_html(html: str, form_id: str) -> str:
 def test_form_params_nest_dotted_names_and_keep_every_value_a_string():
     from dashboard.views import _form_params
 
-    values = {"corpus": "3", "config.epochs": "2", "config.lr": "", "gate": "x", "gate.tolerance": "0.5"}
+    values = {
+        "corpus": "3",
+        "config.epochs": "2",
+        "config.lr": "",
+        "gate": "x",
+        "gate.tolerance": "0.5",
+    }
     assert _form_params(values) == {
         "corpus": "3",
         "config": {"epochs": "2"},  # an empty field is left out: the kind's default applies
@@ -456,7 +462,9 @@ def test_submission_errors_are_keyed_by_the_forms_input_names():
     fields = {"params.config.lr": ["must be a number"], "params": ["give one source"]}
     serializer = ApplicationError("params.config.lr: must be a number", details={"fields": fields})
     assert _form_errors(serializer) == {"config.lr": ["must be a number"], "": ["give one source"]}
-    service = ApplicationError("params.model_version: none newer", details={"field": "params.model_version"})
+    service = ApplicationError(
+        "params.model_version: none newer", details={"field": "params.model_version"}
+    )
     assert _form_errors(service) == {"model_version": ["none newer"]}
     assert _form_errors(Conflict("already indexed")) == {"": ["already indexed"]}
 
@@ -566,10 +574,8 @@ def test_job_form_error_without_an_input_is_shown_atop_the_form(
     assert not Job.objects.filter(owner=user).exists()
 
 
-def test_nested_errors_go_under_their_input_and_atop_when_it_has_none(
-    client_for, user, ready_corpus
-):
-    """A tolerance without a gate: the missing query set is shown under the gate's select."""
+def test_a_nested_field_error_is_shown_under_its_input(client_for, user, ready_corpus):
+    """A tolerance without a gate: "gate.query_set" is missing, under the gate's select."""
     client = client_for(user)
     action, fields = _corpus_form(client, ready_corpus, "reindex-form")
     page = client.post(action, {**fields, "gate.tolerance": "0.01"}, follow=True).content.decode()

@@ -79,8 +79,14 @@ def test_an_undeclared_kind_is_listed_by_the_startup_check(monkeypatch):
 
 def test_startup_fails_when_a_kind_is_not_declared(tmp_path):
     # A real process start (django.setup), with the audits app's declaration hidden.
-    code = (
-        "import sys, django; sys.modules['embedhub.audits.jobs'] = type(sys)('stub');django.setup()"
+    code = "\n".join(
+        [
+            "import sys, types, importlib.machinery, django",
+            "stub = types.ModuleType('embedhub.audits.jobs')",
+            "stub.__spec__ = importlib.machinery.ModuleSpec(stub.__name__, None)",
+            "sys.modules[stub.__name__] = stub",
+            "django.setup()",
+        ]
     )
     result = subprocess.run(
         [sys.executable, "-c", code],
