@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import logging
 
+import redis
 from django.conf import settings
+
+from embedhub.celery import app
 
 logger = logging.getLogger(__name__)
 
@@ -13,8 +16,6 @@ QUEUES = ("cpu", "gpu")
 
 def workers_ping(*, timeout: float = 0.5) -> dict:
     """Names of workers that answered a broadcast ping within `timeout` seconds."""
-    from embedhub.celery import app
-
     try:
         replies = app.control.inspect(timeout=timeout).ping() or {}
     except Exception as exc:  # broker down: say so instead of failing the page
@@ -25,8 +26,6 @@ def workers_ping(*, timeout: float = 0.5) -> dict:
 
 def queue_lengths(*, queues: tuple[str, ...] = QUEUES) -> dict:
     """Messages waiting in each Celery queue (a Redis list named after the queue)."""
-    import redis
-
     try:
         client = redis.Redis.from_url(
             settings.CELERY_BROKER_URL, socket_timeout=1, socket_connect_timeout=1

@@ -6,17 +6,24 @@ from __future__ import annotations
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_GET, require_POST
 
 from dashboard import selectors as dash_selectors
-from embedhub.core.errors import ApplicationError
+from embedhub.audits import selectors as audit_selectors
+from embedhub.core.errors import ApplicationError, NotFound
+from embedhub.corpora import selectors as corpus_selectors
+from embedhub.evaluation import selectors as evaluation_selectors
 from embedhub.jobs import selectors as job_selectors
 from embedhub.jobs import services as job_services
 from embedhub.jobs.models import Job
+from embedhub.jobs.submission import job_submit_checked
+from embedhub.registry import selectors as registry_selectors
+from embedhub.vectors import selectors as vector_selectors
+from embedhub.vectors import services as vector_services
 
 PAGE_SIZE = 50
 
@@ -105,14 +112,11 @@ def job_detail(request: HttpRequest, job_id: int) -> HttpResponse:
 
 def _finetune_loss_curve(job: Job) -> list:
     """A finished fine-tune's full curve lives on the version it registered."""
-    from embedhub.core.errors import NotFound
-    from embedhub.registry.selectors import model_version_get
-
     version_id = (job.result or {}).get("model_version") if job.kind == Job.Kind.FINETUNE else None
     if not version_id:
         return []
     try:
-        return model_version_get(version_id=version_id).loss_curve or []
+        return registry_selectors.model_version_get(version_id=version_id).loss_curve or []
     except NotFound:
         return []
 
@@ -200,8 +204,6 @@ def _job_form_pop(request: HttpRequest) -> dict | None:
 @login_required
 @require_POST
 def job_start(request: HttpRequest) -> HttpResponse:
-    from embedhub.jobs.submission import job_submit_checked
-
     kind = request.POST.get("kind", "")
     back = _safe_next(request, reverse("dashboard:overview"))
     if kind not in Job.Kind.values:
@@ -248,8 +250,6 @@ def corpus_upload(request: HttpRequest) -> HttpResponse:
 @login_required
 @require_GET
 def corpus_detail(request: HttpRequest, corpus_id: int) -> HttpResponse:
-    from embedhub.vectors import selectors as vector_selectors
-
     corpus = _corpus_get(request.user, corpus_id)
     indexes = vector_selectors.index_list(user=request.user, filters={"corpus": corpus})
     jobs = job_selectors.job_list(user=request.user, filters={"corpus": corpus})
@@ -273,9 +273,6 @@ def corpus_detail(request: HttpRequest, corpus_id: int) -> HttpResponse:
 @require_POST
 def index_activate(request: HttpRequest, index_id: int) -> HttpResponse:
     """Promote a newer index or roll back to a retired one: the corpus's search target moves."""
-    from embedhub.vectors import selectors as vector_selectors
-    from embedhub.vectors import services as vector_services
-
     index = vector_selectors.index_get_or_404(user=request.user, index_id=index_id)
     try:
         vector_services.index_activate(index=index)
@@ -294,8 +291,6 @@ def index_activate(request: HttpRequest, index_id: int) -> HttpResponse:
 @login_required
 @require_GET
 def model_list(request: HttpRequest) -> HttpResponse:
-    from embedhub.vectors import selectors as vector_selectors
-
     versions = list(_version_list(request.user))
     indexes = vector_selectors.index_list(user=request.user).exclude(state="dropped")
     scores = _scores_by_version(_eval_runs(request.user))
@@ -338,14 +333,12 @@ def _scores_by_version(runs) -> dict[int, list]:
 @login_required
 @require_GET
 def evaluation_list(request: HttpRequest) -> HttpResponse:
-    from embedhub.evaluation.selectors import eval_run_table
-
     runs = _eval_runs(request.user)
     labels = {v.pk: f"{v.model.name} v{v.version}" for v in _version_list(request.user)}
     context = {
         "section": "evaluations",
         "runs": runs[:200],
-        "chart": _evaluation_chart(eval_run_table(user=request.user), labels),
+        "chart": _evaluation_chart(evaluation_selectors.eval_run_table(user=request.user), labels),
     }
     return render(request, "dashboard/evaluation_list.html", context)
 
@@ -386,8 +379,6 @@ def _evaluation_chart(rows: list[dict], version_labels: dict[int, str]) -> dict:
 @login_required
 @require_GET
 def audit_list(request: HttpRequest) -> HttpResponse:
-    from embedhub.audits import selectors as audit_selectors
-
     context = {
         "section": "audits",
         "audits": audit_selectors.audit_list(user=request.user),
@@ -399,8 +390,6 @@ def audit_list(request: HttpRequest) -> HttpResponse:
 @login_required
 @require_GET
 def audit_detail(request: HttpRequest, audit_id: int) -> HttpResponse:
-    from embedhub.audits import selectors as audit_selectors
-
     audit = _or_404(audit_selectors.audit_get, user=request.user, audit_id=audit_id)
     context = {
         "section": "audits",
@@ -417,8 +406,6 @@ def audit_detail(request: HttpRequest, audit_id: int) -> HttpResponse:
 @login_required
 @require_GET
 def search(request: HttpRequest) -> HttpResponse:
-    from embedhub.vectors import selectors as vector_selectors
-
     corpora = _corpus_list(request.user)
     indexes = vector_selectors.index_list(user=request.user).filter(state__in=["ready", "retired"])
     context = {
@@ -438,34 +425,28 @@ def search(request: HttpRequest) -> HttpResponse:
 
 
 def _corpus_list(user):
-    from embedhub.corpora.selectors import corpus_list
-
-    return corpus_list(user=user).select_related("active_index")
+    return corpus_selectors.corpus_list(user=user).select_related("active_index")
 
 
 def _corpus_get(user, corpus_id: int):
-    from embedhub.corpora.selectors import corpus_get
-
-    return _or_404(corpus_get, user=user, corpus_id=corpus_id)
+    return _or_404(corpus_selectors.corpus_get, user=user, corpus_id=corpus_id)
 
 
 def _version_list(user):
     """Model versions are shared by all users (the registry has no owner)."""
-    from embedhub.registry.selectors import model_version_list
-
-    return model_version_list().select_related("parent").order_by("model__name", "version")
+    return (
+        registry_selectors.model_version_list()
+        .select_related("parent")
+        .order_by("model__name", "version")
+    )
 
 
 def _query_sets(user, corpus):
-    from embedhub.evaluation.selectors import query_set_list
-
-    return query_set_list(user=user, corpus_id=corpus.pk)
+    return evaluation_selectors.query_set_list(user=user, corpus_id=corpus.pk)
 
 
 def _eval_runs(user, filters: dict | None = None):
-    from embedhub.evaluation.selectors import eval_run_list
-
-    runs = eval_run_list(user=user).select_related(
+    runs = evaluation_selectors.eval_run_list(user=user).select_related(
         "index__corpus", "index__model_version__model", "query_set"
     )
     if filters:  # filters the selector does not offer (e.g. by corpus) narrow its result
@@ -475,10 +456,6 @@ def _eval_runs(user, filters: dict | None = None):
 
 def _or_404(selector, **kwargs):
     """The apps' selectors raise the API's NotFound; a page answers with Django's 404."""
-    from django.http import Http404
-
-    from embedhub.core.errors import NotFound
-
     try:
         return selector(**kwargs)
     except NotFound as exc:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 
 from django import template
+from django.utils import timezone
 from django.utils.html import format_html, format_html_join
+from django.utils.timesince import timesince
 
 register = template.Library()
 
@@ -73,9 +75,6 @@ def percent_of_one(value) -> str:
 @register.filter
 def ago(value) -> str:
     """A past datetime as "just now", "5 minutes ago", "2 days ago"."""
-    from django.utils import timezone
-    from django.utils.timesince import timesince
-
     if not value:
         return "—"
     if (timezone.now() - value).total_seconds() < 60:

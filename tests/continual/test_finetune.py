@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from django.conf import settings
-from django.urls import include, path
 
 from embedhub.core.errors import ApplicationError, NotFound
 from embedhub.corpora.models import Document
@@ -18,12 +17,6 @@ from embedhub.jobs.submission import job_params_prepare, job_submit_checked
 from embedhub.registry.models import ModelVersion
 from tests.conftest import wait_for_job, wait_until
 from tests.factories import CorpusFactory, EmbeddingModelFactory, ModelVersionFactory
-
-# The upload endpoint is routed here until embedhub/urls.py includes training_urls.
-urlpatterns = [
-    path("api/v1/", include("embedhub.registry.training_urls")),
-    path("", include("embedhub.urls")),
-]
 
 # Topics all-MiniLM-L6-v2 has no reason to know well: made-up names and places.
 TOPICS = [
@@ -150,7 +143,6 @@ def test_finetune_registers_a_child_with_drift_and_search_compensates(api, user,
 
 
 @pytest.mark.django_db
-@pytest.mark.urls(__name__)
 def test_training_set_upload_validates_lines_and_feeds_a_finetune_job(api, user, other_user):
     parent = ModelVersionFactory()
     bad = io.BytesIO(b'{"query": "a", "positive": "b"}\n\n{"query": "c"}\n')
