@@ -14,20 +14,16 @@ from embedhub.corpora.models import Corpus
 from embedhub.evaluation.jobs import query_set_lookup
 from embedhub.jobs.kinds import JobKind, job_kind_register
 from embedhub.jobs.params import (
-    OwnedObjectField,
     StrictCharField,
     StrictFloatField,
-    StrictIntegerField,
+    integer,
+    owned,
     params_field,
 )
 from embedhub.vectors.jobs import SearchTargetParams
 
 MIN_QUERIES = 4
 MAX_TEXT = 2000
-
-
-def _int(default: int, low: int, high: int, help_text: str) -> StrictIntegerField:
-    return StrictIntegerField(default=default, min_value=low, max_value=high, help_text=help_text)
 
 
 def _texts(max_length: int, help_text: str) -> serializers.ListField:
@@ -45,12 +41,11 @@ class AuditParams(SearchTargetParams):
     """The params of an audit job: the index, the concept, and the attack's budget."""
 
     queries = _texts(MAX_TEXT, "the concept's queries, inline (or give query_set)")
-    query_set = OwnedObjectField(
-        lookup=query_set_lookup,
-        noun="query set",
-        required=False,
-        allow_null=True,
-        help_text="take the concept's queries from this query set (with keyword or query_ids)",
+    query_set = owned(
+        query_set_lookup,
+        "query set",
+        "take the concept's queries from this query set (with keyword or query_ids)",
+        optional=True,
     )
     keyword = StrictCharField(
         required=False,
@@ -71,13 +66,20 @@ class AuditParams(SearchTargetParams):
         help_text="the adversary's text that every passage carries",
         error_messages={"blank": "required: the adversary's text that the passages carry"},
     )
-    budget = _int(10, 1, 50, "passages to craft (one per k-means cluster of held-in queries)")
-    trigger_len = _int(30, 1, 200, "adversarial tokens appended to the message")
-    iterations = _int(30, 0, 1000, "optimisation iterations per passage")
-    candidates = _int(32, 1, 512, "candidate tokens tried per position")
-    positions = _int(10, 1, 200, "trigger positions visited per iteration")
-    grad_copies = _int(10, 1, 256, "gradient samples averaged per iteration")
-    seed = _int(0, 0, 2**31 - 1, "random seed")
+    budget = integer(
+        1,
+        50,
+        default=10,
+        help_text="passages to craft (one per k-means cluster of held-in queries)",
+    )
+    trigger_len = integer(
+        1, 200, default=30, help_text="adversarial tokens appended to the message"
+    )
+    iterations = integer(0, 1000, default=30, help_text="optimisation iterations per passage")
+    candidates = integer(1, 512, default=32, help_text="candidate tokens tried per position")
+    positions = integer(1, 200, default=10, help_text="trigger positions visited per iteration")
+    grad_copies = integer(1, 256, default=10, help_text="gradient samples averaged per iteration")
+    seed = integer(0, 2**31 - 1, default=0, help_text="random seed")
     held_in = StrictFloatField(
         default=0.5,
         min_value=0.1,

@@ -14,12 +14,13 @@ from embedhub.evaluation.jobs import query_set_lookup
 from embedhub.evaluation.models import Qrel
 from embedhub.jobs.kinds import JobKind, job_kind_register
 from embedhub.jobs.params import (
-    OwnedObjectField,
     ParamsSerializer,
     StrictBooleanField,
     StrictCharField,
     StrictFloatField,
-    StrictIntegerField,
+    integer,
+    number,
+    owned,
     params_field,
 )
 from embedhub.registry import training_sets
@@ -38,45 +39,30 @@ GATE_MAX_TOLERANCE = 0.1  # nDCG@10 points as a fraction: 0.1 lets a swap lose 1
 # ------------------------------------------------------------------ finetune
 
 
-def _int(low: int, high: int, help_text: str) -> StrictIntegerField:
-    return StrictIntegerField(
-        required=False, allow_null=True, min_value=low, max_value=high, help_text=help_text
-    )
-
-
-def _float(low: float, high: float, help_text: str) -> StrictFloatField:
-    return StrictFloatField(
-        required=False, allow_null=True, min_value=low, max_value=high, help_text=help_text
-    )
-
-
 class FinetuneConfigParams(ParamsSerializer):
     """Training settings; an unset one takes workers.ml.training.FinetuneConfig's default."""
 
-    lr = _float(1e-8, 1e-2, "AdamW learning rate (default 2e-5)")
-    epochs = _int(1, 100, "passes over the pairs (default 1)")
-    max_steps = _int(1, 1_000_000, "stop after this many optimizer steps")
-    batch_size = _int(2, 1024, "pairs per step; the others in a batch are its negatives")
-    seed = _int(0, 2**31 - 1, "shuffling and initialisation seed")
-    max_tokens = _int(8, 512, "tokens kept per text while training")
-    distill_weight = _float(0.0, 100.0, "weight of the embedding-distillation term")
-    negatives_per_query = _int(0, 64, "hard negatives mined from the parent's index")
-    checkpoint_every = _int(1, 1_000_000, "steps between resumable checkpoints")
-    warmup_steps = _int(0, 1_000_000, "linear learning-rate warm-up")
+    lr = number(1e-8, 1e-2, "AdamW learning rate (default 2e-5)")
+    epochs = integer(1, 100, "passes over the pairs (default 1)")
+    max_steps = integer(1, 1_000_000, "stop after this many optimizer steps")
+    batch_size = integer(2, 1024, "pairs per step; the others in a batch are its negatives")
+    seed = integer(0, 2**31 - 1, "shuffling and initialisation seed")
+    max_tokens = integer(8, 512, "tokens kept per text while training")
+    distill_weight = number(0.0, 100.0, "weight of the embedding-distillation term")
+    negatives_per_query = integer(0, 64, "hard negatives mined from the parent's index")
+    checkpoint_every = integer(1, 1_000_000, "steps between resumable checkpoints")
+    warmup_steps = integer(0, 1_000_000, "linear learning-rate warm-up")
 
 
 class FinetuneParams(ParamsSerializer):
     """The params of a finetune job: the parent, one source of pairs, training settings."""
 
-    parent = OwnedObjectField(
-        lookup=version_lookup, noun="model version", help_text="the version to fine-tune"
-    )
-    query_set = OwnedObjectField(
-        lookup=query_set_lookup,
-        noun="query set",
-        required=False,
-        allow_null=True,
-        help_text="train on its judgements (one source of pairs: this, training_set or pairs_path)",
+    parent = owned(version_lookup, "model version", "the version to fine-tune")
+    query_set = owned(
+        query_set_lookup,
+        "query set",
+        "train on its judgements (one source of pairs: this, training_set or pairs_path)",
+        optional=True,
     )
     training_set = StrictCharField(
         required=False,
@@ -90,12 +76,11 @@ class FinetuneParams(ParamsSerializer):
         max_length=1000,
         help_text="a JSONL file on the server (staff only)",
     )
-    corpus = OwnedObjectField(
-        lookup=corpus_lookup,
-        noun="corpus",
-        required=False,
-        allow_null=True,
-        help_text="mine hard negatives from the parent's index of this corpus",
+    corpus = owned(
+        corpus_lookup,
+        "corpus",
+        "mine hard negatives from the parent's index of this corpus",
+        optional=True,
     )
     config = FinetuneConfigParams(required=False, help_text="training settings")
 
@@ -171,9 +156,7 @@ FINETUNE = job_kind_register(
 class GateParams(ParamsSerializer):
     """Swap the shadow in only if nDCG@10 on the query set drops at most `tolerance`."""
 
-    query_set = OwnedObjectField(
-        lookup=query_set_lookup, noun="query set", help_text="a query set of the corpus"
-    )
+    query_set = owned(query_set_lookup, "query set", "a query set of the corpus")
     tolerance = StrictFloatField(
         default=reindex.DEFAULT_TOLERANCE,
         min_value=0.0,
@@ -185,13 +168,12 @@ class GateParams(ParamsSerializer):
 class ReindexParams(IndexOptionsParams):
     """The params of a reindex job; unset index options are the active index's."""
 
-    corpus = OwnedObjectField(lookup=corpus_lookup, noun="corpus", help_text="the corpus")
-    model_version = OwnedObjectField(
-        lookup=version_lookup,
-        noun="model version",
-        required=False,
-        allow_null=True,
-        help_text="default: the newest ready version of the active index's model",
+    corpus = owned(corpus_lookup, "corpus", "the corpus")
+    model_version = owned(
+        version_lookup,
+        "model version",
+        "default: the newest ready version of the active index's model",
+        optional=True,
     )
     model_name = StrictCharField(
         required=False,

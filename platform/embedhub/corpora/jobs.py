@@ -11,12 +11,12 @@ from embedhub.corpora import parsing, selectors, services
 from embedhub.corpora.models import Corpus
 from embedhub.jobs.kinds import JobKind, job_kind_register
 from embedhub.jobs.params import (
-    OwnedObjectField,
     ParamsSerializer,
     StrictBooleanField,
     StrictCharField,
     StrictChoiceField,
     StrictIntegerField,
+    owned,
 )
 
 
@@ -41,7 +41,7 @@ class MappingField(serializers.DictField):
 class IngestParams(ParamsSerializer):
     """The params of an ingest job: a stored upload and how to read it."""
 
-    corpus = OwnedObjectField(lookup=_corpus, noun="corpus", help_text="the corpus to fill")
+    corpus = owned(_corpus, "corpus", "the corpus to fill")
     path = StrictCharField(
         max_length=500, help_text="a stored upload, uploads/<id>/<name> (POST /corpora/upload/)"
     )

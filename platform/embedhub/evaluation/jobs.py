@@ -10,10 +10,10 @@ from embedhub.evaluation import selectors, services
 from embedhub.evaluation.models import EvalRun, QuerySet
 from embedhub.jobs.kinds import JobKind, job_kind_register
 from embedhub.jobs.params import (
-    OwnedObjectField,
     StrictBooleanField,
     StrictChoiceField,
     StrictIntegerField,
+    owned,
     params_field,
 )
 from embedhub.registry.models import ModelVersion
@@ -31,15 +31,12 @@ def query_set_lookup(*, user, pk: int) -> QuerySet:
 class EvaluateParams(SearchTargetParams):
     """The params of an evaluate job: the index, the query set, how to search."""
 
-    query_set = OwnedObjectField(
-        lookup=query_set_lookup, noun="query set", help_text="judged queries of the index's corpus"
-    )
-    model_version = OwnedObjectField(
-        lookup=version_lookup,
-        noun="model version",
-        required=False,
-        allow_null=True,
-        help_text="encode the queries with this version (default: the index's own)",
+    query_set = owned(query_set_lookup, "query set", "judged queries of the index's corpus")
+    model_version = owned(
+        version_lookup,
+        "model version",
+        "encode the queries with this version (default: the index's own)",
+        optional=True,
     )
     compensation = StrictChoiceField(
         choices=qdc.COMPENSATIONS,

@@ -202,3 +202,26 @@ def params_field(field: str, exc: ApplicationError) -> ApplicationError:
     if not exc.message.startswith(path):
         exc.message = f"{path}: {exc.message}"
     return exc
+
+
+# One-line declarations for the kinds' Params: most params are optional ids and bounded numbers.
+
+
+def owned(
+    lookup: Callable[..., object], noun: str, help_text: str, *, optional: bool = False
+) -> OwnedObjectField:
+    """An id resolved by `lookup(user=, pk=)`; optional ones may be absent or null."""
+    extra = {"required": False, "allow_null": True} if optional else {}
+    return OwnedObjectField(lookup=lookup, noun=noun, help_text=help_text, **extra)
+
+
+def integer(low: int, high: int, help_text: str, *, default: int | None = None):
+    """A bounded integer; without a default it is optional (absent or null)."""
+    extra = {"default": default} if default is not None else {"required": False, "allow_null": True}
+    return StrictIntegerField(min_value=low, max_value=high, help_text=help_text, **extra)
+
+
+def number(low: float, high: float, help_text: str, *, default: float | None = None):
+    """A bounded number; without a default it is optional (absent or null)."""
+    extra = {"default": default} if default is not None else {"required": False, "allow_null": True}
+    return StrictFloatField(min_value=low, max_value=high, help_text=help_text, **extra)

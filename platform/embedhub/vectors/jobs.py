@@ -9,12 +9,12 @@ from rest_framework import serializers
 from embedhub.corpora.models import Corpus
 from embedhub.jobs.kinds import JobKind, job_kind_register
 from embedhub.jobs.params import (
-    OwnedObjectField,
     ParamsSerializer,
     StrictBooleanField,
     StrictCharField,
     StrictChoiceField,
     StrictIntegerField,
+    owned,
 )
 from embedhub.registry.models import ModelVersion
 from embedhub.registry.selectors import model_version_resolve
@@ -125,20 +125,15 @@ def index_options_resolve(
 class EmbedParams(IndexOptionsParams):
     """The params of an embed job: the corpus, the version, and how the index is built."""
 
-    corpus = OwnedObjectField(lookup=corpus_lookup, noun="corpus", help_text="the corpus to embed")
-    model_version = OwnedObjectField(
-        lookup=version_lookup,
-        noun="model version",
-        required=False,
-        allow_null=True,
-        help_text="default: the bundled base model",
+    corpus = owned(corpus_lookup, "corpus", "the corpus to embed")
+    model_version = owned(
+        version_lookup, "model version", "default: the bundled base model", optional=True
     )
-    index = OwnedObjectField(
-        lookup=index_lookup,
-        noun="index",
-        required=False,
-        allow_null=True,
-        help_text="re-embed into this index of the corpus (default: the matching one, or new)",
+    index = owned(
+        index_lookup,
+        "index",
+        "re-embed into this index of the corpus (default: the matching one, or new)",
+        optional=True,
     )
     activate = StrictBooleanField(
         required=False,
@@ -218,19 +213,9 @@ class SearchTargetParams(ParamsSerializer):
     """Which index a job searches: an index by id, or a corpus's active index. Shared by
     the kinds that search (`evaluate`, `audit`)."""
 
-    corpus = OwnedObjectField(
-        lookup=corpus_lookup,
-        noun="corpus",
-        required=False,
-        allow_null=True,
-        help_text="search the corpus's active index",
-    )
-    index = OwnedObjectField(
-        lookup=index_lookup,
-        noun="index",
-        required=False,
-        allow_null=True,
-        help_text="search this index (a built or retired one)",
+    corpus = owned(corpus_lookup, "corpus", "search the corpus's active index", optional=True)
+    index = owned(
+        index_lookup, "index", "search this index (a built or retired one)", optional=True
     )
 
     def validate(self, attrs: dict) -> dict:
