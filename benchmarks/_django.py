@@ -21,6 +21,8 @@ def setup(db_name: str = "embedhub_bench") -> None:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "embedhub.settings.base")
     os.environ.setdefault("DEBUG", "1")
     os.environ["EMBEDHUB_DB_NAME"] = db_name
+    # The overhead and search benchmarks embed with the fake encoder, which production refuses.
+    os.environ.setdefault("EMBEDHUB_ALLOW_FAKE_ENCODER", "1")
     # Jobs run in-process; their broker messages go to Redis db 255, which no worker reads
     # (test runs use dbs 1-250).
     if not os.environ.get("CELERY_BROKER_URL"):

@@ -14,6 +14,7 @@ from django.views.decorators.http import require_GET, require_POST
 
 from dashboard import selectors as dash_selectors
 from embedhub.audits import selectors as audit_selectors
+from embedhub.continual import selectors as continual_selectors
 from embedhub.core.errors import ApplicationError, NotFound
 from embedhub.corpora import selectors as corpus_selectors
 from embedhub.evaluation import selectors as evaluation_selectors
@@ -105,18 +106,19 @@ def job_detail(request: HttpRequest, job_id: int) -> HttpResponse:
         "section": "jobs",
         "job": job,
         "events": job.events.all()[:500],
-        "loss_curve": _finetune_loss_curve(job),
+        "loss_curve": _finetune_loss_curve(job, request.user),
     }
     return render(request, "dashboard/job_detail.html", context)
 
 
-def _finetune_loss_curve(job: Job) -> list:
+def _finetune_loss_curve(job: Job, user) -> list:
     """A finished fine-tune's full curve lives on the version it registered."""
     version_id = (job.result or {}).get("model_version") if job.kind == Job.Kind.FINETUNE else None
     if not version_id:
         return []
     try:
-        return registry_selectors.model_version_get(version_id=version_id).loss_curve or []
+        version = registry_selectors.model_version_get(user=user, version_id=version_id)
+        return version.loss_curve or []
     except NotFound:
         return []
 
@@ -263,6 +265,7 @@ def corpus_detail(request: HttpRequest, corpus_id: int) -> HttpResponse:
         "eval_runs": _eval_runs(request.user, {"index__corpus": corpus})[:20],
         "jobs": jobs[:10],
         "versions": _version_list(request.user).filter(status="ready"),
+        "default_version": _default_version(),
         "active_jobs": jobs.filter(status__in=[Job.Status.QUEUED, Job.Status.RUNNING]).exists(),
         "job_form": _job_form_pop(request),
     }
@@ -297,9 +300,14 @@ def model_list(request: HttpRequest) -> HttpResponse:
     by_version: dict[int, list] = {}
     for index in indexes.order_by("corpus__name", "-created_at"):
         by_version.setdefault(index.model_version_id, []).append(index)
+    # A gate speaks for one corpus: each version lists its verdicts on the user's corpora.
+    gates: dict[int, list] = {}
+    for gate in continual_selectors.gate_result_list(user=request.user).order_by("corpus__name"):
+        gates.setdefault(gate.model_version_id, []).append(gate)
     for version in versions:
         version.dash_indexes = by_version.get(version.pk, [])
         version.dash_scores = scores.get(version.pk, [])
+        version.dash_gates = gates.get(version.pk, [])
     context = {"section": "models", "roots": _lineage(versions), "versions": versions}
     return render(request, "dashboard/model_list.html", context)
 
@@ -433,12 +441,18 @@ def _corpus_get(user, corpus_id: int):
 
 
 def _version_list(user):
-    """Model versions are shared by all users (the registry has no owner)."""
+    """The versions `user` may see: shared ones, their own private ones (staff: all)."""
     return (
-        registry_selectors.model_version_list()
+        registry_selectors.model_version_list(user=user)
         .select_related("parent")
         .order_by("model__name", "version")
     )
+
+
+def _default_version():
+    """What an embed job without a version uses (a staff setting); None until first use."""
+    settings_row = registry_selectors.registry_settings_get()
+    return settings_row.default_version if settings_row else None
 
 
 def _query_sets(user, corpus):

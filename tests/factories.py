@@ -50,3 +50,5 @@ class ModelVersionFactory(factory.django.DjangoModelFactory):
     version = factory.Sequence(lambda n: n + 1)
     artifact_path = factory.LazyFunction(lambda: str(default_model_path()))
     dimension = 384
+    # Like a staff-registered version; tests of private ones pass owner and visibility.
+    visibility = ModelVersion.Visibility.SHARED

@@ -18,5 +18,6 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("accounts/", include("django.contrib.auth.urls")),
     path("api/v1/", include(api_v1)),
+    path("", include("embedhub.ops.urls")),  # /metrics
     path("", include("dashboard.urls")),
 ]

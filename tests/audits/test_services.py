@@ -3,6 +3,8 @@ from, and storing passages only while the job is still ours."""
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
 
 from embedhub.audits import selectors, services
@@ -76,7 +78,8 @@ def test_a_passage_is_stored_once_and_only_by_the_jobs_owner(user, ready_index):
     assert audit.passages == [{"target": 0, "text": "a"}]
     with pytest.raises(JobLost):  # passage 0 again (a duplicate delivery) is refused
         services.audit_passage_store(audit=audit, job=job, passage={"target": 0, "text": "b"})
-    Job.objects.filter(pk=job.pk).update(worker="w2")  # reaped and claimed elsewhere
+    # Reaped and claimed elsewhere: a new claim has a new token.
+    Job.objects.filter(pk=job.pk).update(worker="w2", claim_token=uuid.uuid4())
     with pytest.raises(JobLost):
         services.audit_passage_store(audit=audit, job=job, passage={"target": 1, "text": "c"})
     audit.refresh_from_db()

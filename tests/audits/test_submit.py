@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from embedhub.audits import selectors
-from embedhub.core.errors import NotFound
+from embedhub.core.errors import ApplicationError, NotFound
+from embedhub.evaluation.models import Query, QuerySet
 from embedhub.jobs.models import Job
 from tests.audits.conftest import MESSAGE, VITAMIN_D, audit_params
 
@@ -41,15 +42,49 @@ def test_corpus_resolves_to_its_active_index(api, ready_index):
     assert response.json()["params"]["index"] == ready_index.pk
 
 
-def test_query_set_keyword_selects_the_concept(api, ready_index, query_set):
-    params = audit_params(ready_index, query_set=query_set.pk, keyword=r"vitamin\s+d")
+def test_query_set_keyword_selects_the_concept_as_a_literal_by_default(api, ready_index, query_set):
+    params = audit_params(ready_index, query_set=query_set.pk, keyword="VITAMIN d")
+    del params["queries"], params["concept"]
+    response = _submit(api, params)
+    assert response.status_code == 202, response.content
+    job_params = response.json()["params"]
+    assert [q["text"] for q in job_params["queries"]] == VITAMIN_D  # case-insensitive
+    assert job_params["concept"] == "VITAMIN d"  # the keyword names an unnamed concept
+    assert job_params["query_set"] == query_set.pk and job_params["keyword_regex"] is False
+    # As a literal, regex syntax matches nothing: "vitamin\s+d" is not in any query text.
+    params["keyword"] = r"vitamin\s+d"
+    response = _submit(api, params)
+    assert response.status_code == 400 and "0 distinct queries" in _error(response)
+
+
+def test_keyword_regex_selects_the_concept_with_re2(api, ready_index, query_set):
+    params = audit_params(
+        ready_index, query_set=query_set.pk, keyword=r"vitamin\s+d", keyword_regex=True
+    )
     del params["queries"], params["concept"]
     response = _submit(api, params)
     assert response.status_code == 202, response.content
     job_params = response.json()["params"]
     assert [q["text"] for q in job_params["queries"]] == VITAMIN_D
-    assert job_params["concept"] == r"vitamin\s+d"  # the keyword names an unnamed concept
-    assert job_params["query_set"] == query_set.pk
+    assert job_params["keyword_regex"] is True
+
+
+def test_regex_bomb_keyword_is_answered_by_a_linear_time_engine(user, corpus):
+    # (a+)+$ against "aaa...a!" backtracks 2^n ways in Python's re: with 5,000 characters
+    # it would never finish, so this test returning at all shows no backtracking engine
+    # ran; that the engine is RE2 shows in what it refuses (a backreference).
+    qs = QuerySet.objects.create(owner=user, corpus=corpus, name="hostile")
+    Query.objects.bulk_create(
+        [Query(query_set=qs, external_id=f"q{i}", text="a" * 5000 + "!") for i in range(50)]
+        + [Query(query_set=qs, external_id="hit", text="a" * 5000)]
+    )
+    found = selectors.concept_queries(query_set=qs, keyword="(a+)+$", keyword_regex=True)
+    assert [q["id"] for q in found] == ["hit"]
+    assert selectors.concept_queries(query_set=qs, keyword="(a+)+$") == []  # as a literal
+    # A backreference, nested repetition past RE2's bound of 1000, text that is not UTF-8.
+    for refused in (r"(a)\1", "((a{100}){100}){100}", "\ud800"):
+        with pytest.raises(ApplicationError, match="not a valid RE2 regular expression"):
+            selectors.concept_queries(query_set=qs, keyword=refused, keyword_regex=True)
 
 
 def test_query_set_ids_select_the_concept(api, ready_index, query_set):
@@ -74,6 +109,12 @@ BAD_PARAMS = [
     ({"held_in": 1.5}, "held_in: must be a number between 0.1 and 0.9"),
     ({"held_in": True}, "held_in: must be a number"),
     ({"time_limit_s": 0}, "time_limit_s"),
+    ({"time_limit_s": 2 * 24 * 3600}, "time_limit_s: must be a number between 1"),
+    (
+        {"budget": 2, "iterations": 1000, "trigger_len": 30, "positions": 30, "candidates": 512},
+        "params.iterations: budget x iterations x (grad_copies + positions x candidates) is "
+        "30,728,000 model passes, over the limit of 5,000,000",
+    ),
     ({"message": "  "}, "message: required"),
     ({"concept": ""}, "concept: give the concept a name"),
     ({"queries": "vitamin d"}, "queries: must be a list"),
@@ -94,7 +135,12 @@ def test_bad_query_set_selections_are_refused(api, ready_index, query_set):
     cases = [
         ({}, "exactly one of keyword or query_ids"),
         ({"queries": VITAMIN_D}, "either as queries (inline) or as query_set"),
-        ({"keyword": "vitamin(", "concept": "x"}, "not a valid regular expression"),
+        ({"keyword": "vitamin(", "concept": "x"}, "0 distinct queries"),  # a literal
+        (
+            {"keyword": "vitamin(", "keyword_regex": True, "concept": "x"},
+            "params.keyword: 'vitamin(' is not a valid RE2 regular expression",
+        ),
+        ({"keyword": "vitamin", "keyword_regex": "yes"}, "params.keyword_regex: must be"),
         ({"keyword": "astronomy"}, "0 distinct queries"),
         ({"query_ids": ["q0", "nope"]}, "1 not in query set"),
     ]

@@ -71,7 +71,9 @@ CONFIG = {
 
 
 @pytest.mark.django_db(transaction=True)
-def test_finetune_registers_a_child_with_drift_and_search_compensates(api, user, start_worker):
+def test_finetune_registers_a_child_with_drift_and_search_compensates(
+    api, other_api, user, start_worker
+):
     parent = ModelVersionFactory()  # the real bundled model
     corpus = CorpusFactory(owner=user, name="topics")
     _documents(corpus)
@@ -109,6 +111,8 @@ def test_finetune_registers_a_child_with_drift_and_search_compensates(api, user,
     child = ModelVersion.objects.get(pk=job.result["model_version"])
     assert child.parent_id == parent.pk and child.version == parent.version + 1
     assert child.status == "ready" and child.dimension == 384
+    assert (child.owner, child.visibility) == (user, "private")  # until staff publish it
+    assert other_api.get(f"/api/v1/model-versions/{child.pk}/").status_code == 404
     artifact = Path(child.artifact_path)
     assert artifact == Path(settings.ARTIFACT_ROOT).resolve() / "models" / parent.model.name / (
         f"v{child.version}"
@@ -212,3 +216,33 @@ def test_training_set_upload_validates_lines_and_feeds_a_finetune_job(api, user,
         format="json",
     )
     assert response.status_code == 404
+
+
+@pytest.mark.django_db
+def test_training_length_is_bounded_once_the_pairs_are_counted(api, user):
+    parent = ModelVersionFactory()
+    lines = b"".join(b'{"query": "q%d", "positive": "p%d"}\n' % (i, i) for i in range(2001))
+    upload = io.BytesIO(lines)
+    upload.name = "pairs.jsonl"
+    training_set = api.post("/api/v1/training-sets/", {"file": upload}, format="multipart")
+    assert training_set.status_code == 201, training_set.content
+
+    def prepare(**config):
+        params = {"parent": parent.pk, "training_set": training_set.json()["training_set"]}
+        return job_params_prepare(kind="finetune", user=user, params={**params, "config": config})
+
+    # 100 epochs of 2,001 pairs in batches of 2: 1,001 steps each, 100,100 in all.
+    with pytest.raises(ApplicationError) as refused:
+        prepare(epochs=100, batch_size=2)
+    assert refused.value.details["field"] == "params.config.epochs"
+    assert "100,100 steps of batch_size 2 (2,001 pairs)" in refused.value.message
+    assert "at most 100,000 steps" in refused.value.message
+    # max_steps alone: the step bound is the field's own, the examples bound is checked here.
+    with pytest.raises(ApplicationError, match="params.config.max_steps: must be an integer"):
+        prepare(max_steps=100_001)
+    with pytest.raises(ApplicationError) as refused:
+        prepare(max_steps=5000, batch_size=1024)
+    assert refused.value.details["field"] == "params.config.max_steps"
+    assert "5,120,000 examples" in refused.value.message
+    params, _ = prepare(epochs=99, batch_size=2)  # 99,099 steps: within the bounds
+    assert params["config"] == {"epochs": 99, "batch_size": 2}

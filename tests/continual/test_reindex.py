@@ -9,13 +9,13 @@ import pytest
 from django.db import connection
 from django.utils import timezone
 
+from embedhub.continual.models import GateResult
 from embedhub.continual.services.reindex import indexes_drop_expired
 from embedhub.evaluation.models import Qrel, Query, QuerySet
 from embedhub.jobs.models import Job
 from embedhub.jobs.runner import job_execute
 from embedhub.jobs.services import job_retry, jobs_reap
 from embedhub.jobs.submission import job_submit_checked
-from embedhub.registry.models import ModelVersion
 from embedhub.vectors.models import VectorIndex
 from tests.conftest import wait_for_job, wait_until
 from tests.factories import ModelVersionFactory
@@ -144,7 +144,10 @@ def test_gate_keeps_the_active_index_when_ndcg_drops_and_swaps_when_it_holds(use
     corpus.refresh_from_db()
     assert corpus.active_index_id == active.pk
     assert VectorIndex.objects.get(pk=job.result["index"]).state == "retired"  # kept, activatable
-    assert ModelVersion.objects.get(pk=v2.pk).gate_passed is False
+    verdict = GateResult.objects.get(model_version=v2, corpus=corpus, query_set=gate["query_set"])
+    assert (verdict.passed, verdict.job_id, verdict.pk) == (False, job.pk, result["gate_result"])
+    assert verdict.new_eval_run_id == result["new"]["eval_run"]
+    assert verdict.active_value == pytest.approx(result["active"]["ndcg@10"])
 
     job = _run(_reindex(user, corpus=corpus.pk, model_version=v2.pk, encoder="", gate=gate))
     assert job.status == "succeeded", job.error
@@ -155,7 +158,9 @@ def test_gate_keeps_the_active_index_when_ndcg_drops_and_swaps_when_it_holds(use
     assert result["new"]["ndcg@10"] > 0.9
     corpus.refresh_from_db()
     assert corpus.active_index_id == job.result["index"]
-    assert ModelVersion.objects.get(pk=v2.pk).gate_passed is True
+    # The next gate of the same (version, corpus, query set) replaces the verdict.
+    verdict = GateResult.objects.get(model_version=v2, corpus=corpus)
+    assert (verdict.passed, verdict.job_id) == (True, job.pk)
 
 
 def test_failed_or_cancelled_reindex_leaves_the_active_index_untouched(user, corpus, lineage):
@@ -244,3 +249,23 @@ def test_killed_reindex_leaves_active_untouched_and_the_reaper_resumes_it(
     assert job.result["build"]["vectors"] == 2500
     corpus.refresh_from_db()
     assert corpus.active_index_id == job.params["index"] != active.pk
+
+
+def test_a_reindex_does_not_inherit_a_fake_encoder_where_the_setting_is_off(
+    api, user, corpus, lineage, settings
+):
+    v1, v2 = lineage
+    make_documents(corpus, 10)
+    _embed(user, corpus, v1)  # built with the fake encoder while the tests allow it
+    settings.EMBEDHUB = {**settings.EMBEDHUB, "ALLOW_FAKE_ENCODER": False}
+    params = {"corpus": corpus.pk, "model_version": v2.pk}
+    response = api.post("/api/v1/jobs/", {"kind": "reindex", "params": params}, format="json")
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["details"]["field"] == "params.encoder"
+    assert "the active index uses the 'fake:64' test encoder" in error["message"]
+    # Saying encoder "" (the model version itself) is the way out.
+    params["encoder"] = ""
+    response = api.post("/api/v1/jobs/", {"kind": "reindex", "params": params}, format="json")
+    assert response.status_code == 202, response.content
+    assert VectorIndex.objects.get(pk=response.json()["params"]["index"]).encoder == ""

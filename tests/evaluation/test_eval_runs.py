@@ -5,12 +5,14 @@ import numpy as np
 import pytest
 
 from embedhub.evaluation.selectors import eval_run_table
-from embedhub.evaluation.services import evaluation_run
+from embedhub.evaluation.services import _Searcher, evaluation_run
+from embedhub.vectors.selectors import index_vectors
 from tests.evaluation.conftest import add_documents, build_index, numbered_texts
 from tests.factories import ModelVersionFactory
 from workers.ml.drift import compensate
 from workers.ml.encoder import FakeEncoder
 from workers.ml.metrics import evaluate_run
+from workers.ml.search import topk_cosine
 
 
 @pytest.fixture
@@ -116,3 +118,42 @@ def test_eval_run_table_rows_for_the_chart(user, staff_user, runs):
     assert rows[1]["index_model_version"] == runs["index"].model_version_id
     assert len(eval_run_table(user=user)) == 4
     assert len(eval_run_table(user=staff_user)) == 4  # staff see everyone's runs
+
+
+def _one_matrix_rankings(index, vectors, qids, *, k, exclude_self):
+    """What exact evaluation did before it streamed: the whole index loaded, one top-k."""
+    _, external_ids, matrix = index_vectors(index=index)
+    row_of = {ext: row for row, ext in enumerate(external_ids)}
+    exclude = [{row_of[q]} if q in row_of else set() for q in qids] if exclude_self else None
+    rows, scores = topk_cosine(vectors, matrix, k=k, exclude=exclude)
+    return [
+        {external_ids[j]: float(s) for j, s in zip(r, sc, strict=True) if j >= 0}
+        for r, sc in zip(rows, scores, strict=True)
+    ]
+
+
+def test_streamed_exact_search_ranks_exactly_as_the_whole_index_in_memory(
+    user, corpus, model_version, settings
+):
+    # 1,000 vectors read 64 at a time: 16 blocks, each merged into the running top k.
+    docs = numbered_texts(1000)
+    add_documents(corpus, docs)
+    index = build_index(owner=user, corpus=corpus, model_version=model_version)
+    settings.EMBEDHUB = {**settings.EMBEDHUB, "VECTOR_BLOCK_ROWS": 64}
+    qids = ["d3", "d500", "d999", "q-unknown"]  # three share a document's id: exclude_self
+    vectors = FakeEncoder(dimension=64).encode(
+        [docs["d3"], docs["d500"] + " x", "w7 w13", "document about w1"], kind="query"
+    )
+    for exclude_self in (False, True):
+        searcher = _Searcher(index=index, ef_search=None, exclude_self=exclude_self)
+        streamed = searcher.rankings(qids, vectors, k=25, exact=True)
+        want = _one_matrix_rankings(index, vectors, qids, k=25, exclude_self=exclude_self)
+        # The same documents in the same order; the scores agree to float32 rounding (a
+        # dot product summed in another matrix shape may differ in its last bit).
+        assert [list(r) for r in streamed] == [list(r) for r in want]
+        for got, expected in zip(streamed, want, strict=True):
+            assert list(got.values()) == pytest.approx(list(expected.values()), abs=1e-6)
+        assert all(len(r) == 25 for r in streamed)
+        if not exclude_self:
+            assert next(iter(streamed[0])) == "d3"  # its own text: cosine 1
+    assert "d3" not in streamed[0] and "d500" not in streamed[1]  # each excluded its own

@@ -75,3 +75,33 @@ def test_other_users_corpus_and_query_set_are_404(api, other_api, user):
     assert other_api.get(f"/api/v1/query-sets/{query_set_id}/").status_code == 404
     assert other_api.get("/api/v1/query-sets/").json()["count"] == 0
     assert _upload(other_api, corpus, name="steal").status_code == 404
+
+
+def test_query_set_upload_over_the_limit_is_413_with_the_error_shape(api, user, settings):
+    total = len(QUERIES) + len(QRELS)  # the two files count together
+    settings.EMBEDHUB_MAX_QUERY_SET_BYTES = total - 1
+    corpus = CorpusFactory(owner=user)
+    add_documents(corpus, {"d1": "one", "d2": "two", "d3": "three"})
+    response = _upload(api, corpus)
+    assert response.status_code == 413
+    error = response.json()["error"]
+    assert error["code"] == "file_too_large"
+    assert error["details"] == {"size": total, "limit": total - 1}
+    assert "EMBEDHUB_MAX_QUERY_SET_BYTES" in error["message"]
+    assert not corpus.query_sets.exists()
+    settings.EMBEDHUB_MAX_QUERY_SET_BYTES = total
+    assert _upload(api, corpus).status_code == 201
+
+
+def test_query_set_upload_declaring_too_much_is_refused_before_it_is_read(api, user, settings):
+    settings.EMBEDHUB_MAX_QUERY_SET_BYTES = 10
+    corpus = CorpusFactory(owner=user)
+    response = api.post(
+        "/api/v1/query-sets/",
+        data=b"x" * 100,
+        content_type="multipart/form-data; boundary=b",
+        CONTENT_LENGTH=str(10 * 1024**2),
+    )
+    assert response.status_code == 413
+    assert response.json()["error"]["details"]["size"] == 10 * 1024**2
+    assert not corpus.query_sets.exists()

@@ -10,8 +10,13 @@ import pytest
 from django.core.management import CommandError, call_command
 
 from embedhub.core.errors import ApplicationError
-from embedhub.registry.models import ModelVersion
-from embedhub.registry.services import model_version_default, model_version_register
+from embedhub.registry.models import ModelVersion, RegistrySettings
+from embedhub.registry.services import (
+    model_version_default,
+    model_version_register,
+    registry_default_set,
+)
+from tests.factories import ModelVersionFactory
 from workers.ml.spec import default_model_path
 
 pytestmark = pytest.mark.django_db
@@ -40,9 +45,10 @@ def test_register_is_idempotent_for_the_same_source_and_name():
     assert ModelVersion.objects.count() == 1
 
 
-def test_default_registers_the_base_once_then_returns_the_newest_ready_version(tmp_path):
+def test_default_registers_the_base_once_and_a_newer_version_never_replaces_it(tmp_path):
     base = model_version_default()
     assert model_version_default() == base
+    assert RegistrySettings.objects.get().default_version == base  # explicit from the start
     child_dir = shutil.copytree(
         default_model_path(), tmp_path / "child", ignore=shutil.ignore_patterns("*.safetensors")
     )
@@ -55,9 +61,28 @@ def test_default_registers_the_base_once_then_returns_the_newest_ready_version(t
         base,
         {"epochs": 1},
     )
-    assert model_version_default() == child
-    ModelVersion.objects.filter(pk=child.pk).update(status="training")
+    assert child.visibility == "shared" and child.owner is None  # staff-registered
+    assert model_version_default() == base  # newer and shared, but nobody chose it
+
+
+def test_staff_choose_the_default_among_shared_ready_versions(tmp_path, user):
+    base = model_version_default()
+    child_dir = shutil.copytree(
+        default_model_path(), tmp_path / "child", ignore=shutil.ignore_patterns("*.safetensors")
+    )
+    private = model_version_register(source=str(child_dir), parent=base, owner=user)
+    assert (private.visibility, private.owner) == ("private", user)
+    with pytest.raises(ApplicationError, match="private"):
+        registry_default_set(version=private)
     assert model_version_default() == base
+
+    shared = ModelVersionFactory(model=base.model, parent=base, version=3)
+    registry_default_set(version=shared)
+    assert model_version_default() == shared
+    ModelVersion.objects.filter(pk=shared.pk).update(status="archived")
+    with pytest.raises(ApplicationError) as refused:  # never a silent fallback to another
+        model_version_default()
+    assert refused.value.code == "default_version_unusable"
 
 
 def test_local_directory_spec_with_cls_pooling_and_prefixes(tmp_path):

@@ -12,10 +12,11 @@ Memory stays flat however long the input: at most two windows are held at a time
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
 from typing import Any, TypeVar
@@ -40,15 +41,19 @@ class Chunking:
 
     `window` counts every token the model sees (special tokens and the prefix included) and
     is clamped to the model's max_tokens; `overlap` tokens of text are shared by
-    consecutive windows so no passage loses its context at a cut.
+    consecutive windows so no passage loses its context at a cut. A document keeps at most
+    `max_chunks` windows (None: all); the batches report what was cut (`EncodedBatch.capped`).
     """
 
     window: int
     overlap: int = 0
+    max_chunks: int | None = None
 
     def __post_init__(self) -> None:
         if self.window < 1 or self.overlap < 0:
             raise ValueError(f"invalid chunking {self}: window >= 1 and overlap >= 0 required")
+        if self.max_chunks is not None and self.max_chunks < 1:
+            raise ValueError(f"invalid chunking {self}: max_chunks >= 1 required")
 
 
 @dataclass
@@ -56,6 +61,9 @@ class EncodedBatch:
     keys: list
     vectors: np.ndarray
     n_tokens: int
+    # (item key, windows dropped) for the items whose chunks hit Chunking.max_chunks; each
+    # item is reported once, on one of the batches of its window of items.
+    capped: list[tuple[Hashable, int]] = field(default_factory=list)
 
 
 @dataclass
@@ -81,20 +89,39 @@ def default_batch_size(device: str | torch.device) -> int:
     return 256 if torch.device(device).type == "cuda" else 32
 
 
-def chunk_spans(n_tokens: int, *, size: int, overlap: int) -> list[tuple[int, int]]:
+def chunk_spans(
+    n_tokens: int, *, size: int, overlap: int, limit: int | None = None
+) -> list[tuple[int, int]]:
     """[start, end) windows of at most `size` covering 0..n_tokens, `overlap` shared by neighbours.
 
-    A sequence that fits stays one span (an empty one gives [(0, 0)]).
+    A sequence that fits stays one span (an empty one gives [(0, 0)]). With `limit`, only the
+    first `limit` spans (the rest of the sequence is not covered).
     """
     if overlap >= size:
         raise ValueError(f"overlap {overlap} must be smaller than the window's text size {size}")
     spans, start = [], 0
-    while True:
+    while limit is None or len(spans) < limit:
         end = min(start + size, n_tokens)
         spans.append((start, end))
         if end >= n_tokens:
-            return spans
+            break
         start = end - overlap
+    return spans
+
+
+def chunk_count(n_tokens: int, *, size: int, overlap: int) -> int:
+    """len(chunk_spans(...)) without building them (a huge text must not cost a huge list)."""
+    if n_tokens <= size:
+        return 1
+    return 1 + math.ceil((n_tokens - size) / (size - overlap))
+
+
+def _capped_spans(n_tokens: int, *, size: int, chunking: Chunking) -> tuple[list, int]:
+    """The spans one text keeps under `chunking`, and how many it drops."""
+    spans = chunk_spans(n_tokens, size=size, overlap=chunking.overlap, limit=chunking.max_chunks)
+    if chunking.max_chunks is None or len(spans) < chunking.max_chunks:
+        return spans, 0
+    return spans, chunk_count(n_tokens, size=size, overlap=chunking.overlap) - len(spans)
 
 
 def _windows(items: Iterable[_T], *, size: int) -> Iterator[list[_T]]:
@@ -168,25 +195,25 @@ class Encoder:
 
     def _chunk_ids(
         self, texts: Sequence[str], *, kind: str, chunking: Chunking
-    ) -> list[list[list[int]]]:
-        """Per text, the ids of each chunk, special tokens and prefix included."""
+    ) -> tuple[list[list[list[int]]], list[int]]:
+        """Per text, the ids of each chunk (special tokens and prefix included), and how
+        many chunks max_chunks dropped."""
         prefix_ids = self.tokenizer(self._prefix(kind), add_special_tokens=False)["input_ids"]
         head, tail = self._head, self._tail
         size = min(chunking.window, self.spec.max_tokens) - len(head) - len(tail) - len(prefix_ids)
         bodies = self.tokenizer(list(texts), add_special_tokens=False, verbose=False)["input_ids"]
-        return [
-            [
-                head + prefix_ids + body[s:e] + tail
-                for s, e in chunk_spans(len(body), size=size, overlap=chunking.overlap)
-            ]
-            for body in bodies
-        ]
+        chunked, dropped = [], []
+        for body in bodies:
+            spans, cut = _capped_spans(len(body), size=size, chunking=chunking)
+            chunked.append([head + prefix_ids + body[s:e] + tail for s, e in spans])
+            dropped.append(cut)
+        return chunked, dropped
 
     def tokenize_chunks(
         self, text: str, *, chunking: Chunking, kind: str = "document"
     ) -> list[list[int]]:
         """The model inputs (ids incl. special tokens) `iter_encode` builds for one long text."""
-        return self._chunk_ids([text], kind=kind, chunking=chunking)[0]
+        return self._chunk_ids([text], kind=kind, chunking=chunking)[0][0]
 
     def _pad(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         ids = np.full((len(rows), max(map(len, rows))), self._pad_id, dtype=np.int64)
@@ -252,22 +279,25 @@ class Encoder:
         kind: str,
         batch_size: int,
         chunking: Chunking | None,
-    ) -> list[tuple[list, TokenBatch]]:
+    ) -> list[tuple[list, TokenBatch, list]]:
         texts = [text for _, text in window]
+        capped: list[tuple[Hashable, int]] = []
         if chunking is None:
             keys: list = [key for key, _ in window]
             rows = self._token_ids(texts, kind=kind)
         else:
-            chunked = self._chunk_ids(texts, kind=kind, chunking=chunking)
+            chunked, dropped = self._chunk_ids(texts, kind=kind, chunking=chunking)
             keys = [
                 (key, i)
                 for (key, _), chunks in zip(window, chunked, strict=True)
                 for i in range(len(chunks))
             ]
             rows = [chunk for chunks in chunked for chunk in chunks]
+            capped = [(key, n) for (key, _), n in zip(window, dropped, strict=True) if n]
+        batches = self._bucket(rows, batch_size=batch_size)
         return [
-            ([keys[i] for i in batch.positions], batch)
-            for batch in self._bucket(rows, batch_size=batch_size)
+            ([keys[i] for i in batch.positions], batch, capped if b == 0 else [])
+            for b, batch in enumerate(batches)
         ]
 
     def iter_encode(
@@ -286,11 +316,13 @@ class Encoder:
         size = batch_size or default_batch_size(self.device)
         windows = _windows(items, size=size * window_batches)
 
-        def prepare(window: list[tuple[Hashable, str]]) -> list[tuple[list, TokenBatch]]:
+        def prepare(window: list[tuple[Hashable, str]]) -> list[tuple[list, TokenBatch, list]]:
             return self._prepare(window, kind=kind, batch_size=size, chunking=chunking)
 
-        for keys, batch in _prefetched(windows, prepare):
-            yield EncodedBatch(keys=keys, vectors=self.forward(batch), n_tokens=batch.n_tokens)
+        for keys, batch, capped in _prefetched(windows, prepare):
+            yield EncodedBatch(
+                keys=keys, vectors=self.forward(batch), n_tokens=batch.n_tokens, capped=capped
+            )
 
 
 # -- fake encoder ---------------------------------------------------------------------------
@@ -343,11 +375,11 @@ class FakeEncoder:
             )
         return out
 
-    def _chunks(self, text: str, chunking: Chunking) -> list[str]:
+    def _chunks(self, text: str, chunking: Chunking) -> tuple[list[str], int]:
         words = text.split()
         size = min(chunking.window, self.spec.max_tokens)
-        spans = chunk_spans(len(words), size=size, overlap=chunking.overlap)
-        return [" ".join(words[s:e]) for s, e in spans]
+        spans, dropped = _capped_spans(len(words), size=size, chunking=chunking)
+        return [" ".join(words[s:e]) for s, e in spans], dropped
 
     def iter_encode(
         self,
@@ -359,15 +391,20 @@ class FakeEncoder:
         chunking: Chunking | None = None,
     ) -> Iterator[EncodedBatch]:
         for window in _windows(items, size=batch_size or default_batch_size("cpu")):
+            capped: list[tuple[Hashable, int]] = []
             if chunking is None:
                 keys, texts = [k for k, _ in window], [t for _, t in window]
             else:
-                pairs = [
-                    ((k, i), c) for k, t in window for i, c in enumerate(self._chunks(t, chunking))
-                ]
-                keys, texts = [k for k, _ in pairs], [c for _, c in pairs]
+                keys, texts = [], []
+                for k, t in window:
+                    chunks, dropped = self._chunks(t, chunking)
+                    keys += [(k, i) for i in range(len(chunks))]
+                    texts += chunks
+                    if dropped:
+                        capped.append((k, dropped))
             n_tokens = sum(len(t.split()) for t in texts)
-            yield EncodedBatch(keys=keys, vectors=self.encode(texts, kind=kind), n_tokens=n_tokens)
+            vectors = self.encode(texts, kind=kind)
+            yield EncodedBatch(keys=keys, vectors=vectors, n_tokens=n_tokens, capped=capped)
 
 
 # -- loading --------------------------------------------------------------------------------

@@ -83,3 +83,57 @@ def geometry_report(
         report["n_queries"] = int(len(tenth))
         report["tenth_neighbour_quantiles"] = _quantiles(tenth)
     return report
+
+
+class DocGeometry:
+    """geometry_report's document statistics from blocks that arrive one at a time (a
+    server-side cursor), so the index never has to fit in memory: one norm per document is
+    kept, and the mean cosine of two distinct random documents is computed exactly over all
+    pairs, from the sum of the unit vectors:
+
+        mean over i != j of u_i . u_j = (|sum u|^2 - sum |u_i|^2) / (n (n - 1))
+    """
+
+    def __init__(self) -> None:
+        self._norms: list[np.ndarray] = []
+        self._unit_sum: np.ndarray | None = None
+        self._unit_sq = 0.0
+
+    @property
+    def n_docs(self) -> int:
+        return sum(len(n) for n in self._norms)
+
+    def add(self, docs: np.ndarray) -> None:
+        docs = np.asarray(docs, dtype=np.float64)
+        if not len(docs):
+            return
+        unit = _unit(docs)
+        self._norms.append(np.linalg.norm(docs, axis=1))
+        total = unit.sum(axis=0)
+        self._unit_sum = total if self._unit_sum is None else self._unit_sum + total
+        self._unit_sq += float(np.einsum("ij,ij->", unit, unit))
+
+    def mean_pair_cosine(self) -> float:
+        n = self.n_docs
+        if n < 2:
+            return float("nan")
+        return float((self._unit_sum @ self._unit_sum - self._unit_sq) / (n * (n - 1)))
+
+    def report(
+        self, *, query_vecs: np.ndarray | None = None, tenth: np.ndarray | None = None
+    ) -> dict:
+        """The report geometry_report gives, with `tenth` each query's 10th-best score."""
+        norms = np.concatenate(self._norms) if self._norms else np.zeros(0)
+        report: dict = {
+            "n_docs": self.n_docs,
+            "dimension": 0 if self._unit_sum is None else int(len(self._unit_sum)),
+            "doc_norm_quantiles": _quantiles(norms) if len(norms) else {},
+            "mean_random_pair_cosine": self.mean_pair_cosine(),
+            "pairs": "all",
+        }
+        if query_vecs is not None:
+            report["query_norm_quantiles"] = _quantiles(np.linalg.norm(query_vecs, axis=1))
+        if tenth is not None:
+            report["n_queries"] = int(len(tenth))
+            report["tenth_neighbour_quantiles"] = _quantiles(tenth)
+        return report

@@ -1,6 +1,8 @@
 """Exact top-k search by inner product, in blocks so memory stays bounded.
 
 Used for evaluation, where an approximate index would blur the quality numbers we report.
+`TopK` takes the documents a block at a time (as a server-side cursor reads them), so an
+index never has to fit in memory; `topk_cosine` is the same search over one matrix.
 """
 
 from __future__ import annotations
@@ -34,13 +36,74 @@ def _top_of_sorted(
     return np.take_along_axis(index, order, axis=1), np.take_along_axis(scores, order, axis=1)
 
 
-def _mask_excluded(
-    scores: np.ndarray, exclude: list[set[int]], *, q0: int, d0: int, d1: int
-) -> None:
-    for row in range(scores.shape[0]):
-        for doc in exclude[q0 + row]:
-            if d0 <= doc < d1:
-                scores[row, doc - d0] = -np.inf
+class TopK:
+    """The k best documents per query by inner product, over document blocks that arrive
+    one at a time: each block is merged into the running best, so memory holds the queries,
+    k (id, score) pairs per query and one block, however many documents go by.
+
+    Documents are named by integer ids (rows, or database ids); equal scores are ordered by
+    ascending id. `exclude[i]` lists ids query i must never get. The result does not depend
+    on how the documents were cut into blocks.
+    """
+
+    def __init__(
+        self,
+        queries: np.ndarray,
+        *,
+        k: int,
+        exclude: list[set[int]] | None = None,
+        block: int = 4096,
+    ) -> None:
+        if exclude is not None and len(exclude) != len(queries):
+            raise ValueError(f"exclude has {len(exclude)} entries for {len(queries)} queries")
+        self.queries = np.asarray(queries, dtype=np.float32)
+        self.k, self.block, self.seen = k, block, 0
+        self._idx = np.full((len(self.queries), k), -1, dtype=np.int64)
+        self._score = np.full((len(self.queries), k), -np.inf, dtype=np.float32)
+        self._excluders: dict[int, list[int]] = {}
+        for row, ids in enumerate(exclude or []):
+            for doc in ids:
+                self._excluders.setdefault(int(doc), []).append(row)
+        self._excluded = np.fromiter(self._excluders, dtype=np.int64, count=len(self._excluders))
+
+    def add(self, docs: np.ndarray, ids: np.ndarray) -> None:
+        """Merge the next documents (rows of `docs`, named by `ids`) into the best so far."""
+        docs = np.asarray(docs, dtype=np.float32)
+        ids = np.asarray(ids, dtype=np.int64)
+        if len(docs) != len(ids):
+            raise ValueError(f"{len(docs)} documents but {len(ids)} ids")
+        for d0 in range(0, len(docs), self.block):
+            self._merge(docs[d0 : d0 + self.block], ids[d0 : d0 + self.block])
+        self.seen += len(docs)
+
+    def _merge(self, docs: np.ndarray, ids: np.ndarray) -> None:
+        excluded = self._excluded_in(ids)
+        for q0 in range(0, len(self.queries), self.block):
+            q1 = min(q0 + self.block, len(self.queries))
+            scores = self.queries[q0:q1] @ docs.T
+            for row, col in excluded:
+                if q0 <= row < q1:
+                    scores[row - q0, col] = -np.inf
+            self._idx[q0:q1], self._score[q0:q1] = _top_of(
+                np.concatenate([self._score[q0:q1], scores], axis=1),
+                np.concatenate([self._idx[q0:q1], np.broadcast_to(ids, scores.shape)], axis=1),
+                k=self.k,
+            )
+
+    def _excluded_in(self, ids: np.ndarray) -> list[tuple[int, int]]:
+        """(query row, column) of every excluded document in this block."""
+        if not self._excluders:
+            return []
+        cols = np.flatnonzero(np.isin(ids, self._excluded))
+        return [(row, int(col)) for col in cols for row in self._excluders[int(ids[col])]]
+
+    def result(self) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, scores), both (n_queries, min(k, documents seen)), best first; slots that
+        exclusions left empty hold id -1 and score -inf."""
+        k = min(self.k, self.seen)
+        idx, score = self._idx[:, :k].copy(), self._score[:, :k].copy()
+        idx[np.isneginf(score)] = -1
+        return idx, score
 
 
 def topk_cosine(
@@ -59,27 +122,7 @@ def topk_cosine(
     documents the missing slots hold index -1 and score -inf. Peak memory is about
     block * block float32 on top of the inputs, whatever their sizes.
     """
-    if exclude is not None and len(exclude) != len(queries):
-        raise ValueError(f"exclude has {len(exclude)} entries for {len(queries)} queries")
-    queries = np.asarray(queries, dtype=np.float32)
     docs = np.asarray(docs, dtype=np.float32)
-    k = min(k, docs.shape[0])
-    out_idx = np.full((queries.shape[0], k), -1, dtype=np.int64)
-    out_score = np.full((queries.shape[0], k), -np.inf, dtype=np.float32)
-    for q0 in range(0, queries.shape[0], block):
-        q1 = min(q0 + block, queries.shape[0])
-        best_idx, best_score = out_idx[q0:q1], out_score[q0:q1]
-        for d0 in range(0, docs.shape[0], block):
-            d1 = min(d0 + block, docs.shape[0])
-            scores = queries[q0:q1] @ docs[d0:d1].T
-            if exclude is not None:
-                _mask_excluded(scores, exclude, q0=q0, d0=d0, d1=d1)
-            index = np.broadcast_to(np.arange(d0, d1, dtype=np.int64), scores.shape)
-            best_idx, best_score = _top_of(
-                np.concatenate([best_score, scores], axis=1),
-                np.concatenate([best_idx, index], axis=1),
-                k=k,
-            )
-        out_idx[q0:q1], out_score[q0:q1] = best_idx, best_score
-    out_idx[np.isneginf(out_score)] = -1
-    return out_idx, out_score
+    top = TopK(queries, k=min(k, docs.shape[0]), exclude=exclude, block=block)
+    top.add(docs, np.arange(docs.shape[0], dtype=np.int64))
+    return top.result()

@@ -12,15 +12,19 @@ migration 0002 adds disabled examples; copy one, set its kwargs (JSON), enable i
 - embedhub.reindex_stale_corpora, kwargs: {} or {"only_gated": true}
 - embedhub.drop_expired_indexes, no kwargs (retention: EMBEDHUB_INDEX_RETENTION_DAYS).
 
-Jobs are submitted as the corpus's owner and never twice for one corpus: while a reindex
-is queued or running, or the corpus is already on the target version, a run does nothing.
+Both reindex tasks take "owner": "<username>" to act for one account: then they only
+touch corpora that account may manage (staff: every corpus).
+
+Jobs are submitted as the corpus's owner, so a corpus only moves to versions its owner may
+see ("only_gated": that passed a gate on this corpus), and never twice for one corpus:
+while a reindex is queued or running, or the corpus is already on the target version, a
+run does nothing. Corpora of deactivated accounts are left alone.
 """
 
 from celery import shared_task
 
-from embedhub.continual.selectors import corpora_stale
+from embedhub.continual.selectors import corpora_manageable, corpora_stale
 from embedhub.continual.services.reindex import indexes_drop_expired, reindex_schedule_submit
-from embedhub.corpora.models import Corpus
 
 
 @shared_task(name="embedhub.reindex_corpus")
@@ -30,11 +34,12 @@ def reindex_corpus(
     model_version: int | None = None,
     only_gated: bool = False,
     gate: dict | None = None,
+    owner: str | None = None,
 ) -> dict:
     """Reindex one corpus to the newest (gated) version, or to the named model/version."""
-    corpus = Corpus.objects.select_related("owner").filter(pk=corpus_id).first()
+    corpus = corpora_manageable(owner=owner).filter(pk=corpus_id).first()
     if corpus is None:
-        return {"corpus": corpus_id, "job": None, "outcome": "no such corpus"}
+        return {"corpus": corpus_id, "job": None, "outcome": "no such corpus to manage"}
     job, outcome = reindex_schedule_submit(
         corpus=corpus,
         model_version=model_version,
@@ -46,10 +51,11 @@ def reindex_corpus(
 
 
 @shared_task(name="embedhub.reindex_stale_corpora")
-def reindex_stale_corpora(only_gated: bool = False) -> list[dict]:
-    """Reindex every corpus whose active index is older than its model's newest version."""
+def reindex_stale_corpora(only_gated: bool = False, owner: str | None = None) -> list[dict]:
+    """Reindex every manageable corpus whose active index is older than the newest version
+    of its model that the corpus's owner may see."""
     results = []
-    for corpus in corpora_stale(only_gated=only_gated):
+    for corpus in corpora_stale(owner=owner, only_gated=only_gated):
         job, outcome = reindex_schedule_submit(corpus=corpus, only_gated=only_gated)
         results.append({"corpus": corpus.pk, "job": job.pk if job else None, "outcome": outcome})
     return results

@@ -158,7 +158,7 @@
       el("job-rate").textContent = job.rate == null ? "—" : EH.rate(job.rate) + " " + job.progress_unit + "/s";
       el("job-eta").textContent = job.status === "running" ? EH.duration(job.eta_seconds) : "—";
       const active = job.status === "queued" || job.status === "running";
-      el("job-note").textContent = active ? job.progress_note || "" : "";
+      el("job-note").textContent = active ? job.waiting_reason || job.progress_note || "" : "";
       if (job.started_at && job.finished_at) {
         el("job-took").textContent = EH.duration((new Date(job.finished_at) - new Date(job.started_at)) / 1000);
       }

@@ -14,6 +14,7 @@ from embedhub.corpora.models import Corpus
 from embedhub.evaluation.jobs import query_set_lookup
 from embedhub.jobs.kinds import JobKind, job_kind_register
 from embedhub.jobs.params import (
+    StrictBooleanField,
     StrictCharField,
     StrictFloatField,
     integer,
@@ -24,6 +25,11 @@ from embedhub.vectors.jobs import SearchTargetParams
 
 MIN_QUERIES = 4
 MAX_TEXT = 2000
+# One request must not buy days of GPU time. An iteration runs `grad_copies` gradient
+# passes and `positions` x `candidates` scoring passes; the paper's settings (100 iterations,
+# 50 copies, 20 x 128 candidates) for 10 passages are about 2.6 million of them.
+MAX_MODEL_PASSES = 5_000_000
+MAX_TIME_LIMIT_S = 24 * 3600
 
 
 def _texts(max_length: int, help_text: str) -> serializers.ListField:
@@ -51,7 +57,13 @@ class AuditParams(SearchTargetParams):
         required=False,
         allow_null=True,
         max_length=200,
-        help_text="with query_set: a case-insensitive regular expression over query texts",
+        help_text="with query_set: the concept's queries are those whose text contains "
+        "this (case-insensitive; a literal string unless keyword_regex)",
+    )
+    keyword_regex = StrictBooleanField(
+        default=False,
+        help_text="match keyword as an RE2 regular expression (linear time: no backreferences "
+        "or lookaround) instead of a literal string",
     )
     query_ids = _texts(200, "with query_set: the concept's queries by id")
     concept = StrictCharField(
@@ -75,7 +87,13 @@ class AuditParams(SearchTargetParams):
     trigger_len = integer(
         1, 200, default=30, help_text="adversarial tokens appended to the message"
     )
-    iterations = integer(0, 1000, default=30, help_text="optimisation iterations per passage")
+    iterations = integer(
+        0,
+        1000,
+        default=30,
+        help_text="optimisation iterations per passage; budget x iterations x (grad_copies + "
+        f"positions x candidates) may be at most {MAX_MODEL_PASSES:,} model passes",
+    )
     candidates = integer(1, 512, default=32, help_text="candidate tokens tried per position")
     positions = integer(1, 200, default=10, help_text="trigger positions visited per iteration")
     grad_copies = integer(1, 256, default=10, help_text="gradient samples averaged per iteration")
@@ -90,8 +108,8 @@ class AuditParams(SearchTargetParams):
         required=False,
         allow_null=True,
         min_value=1,
-        max_value=7 * 24 * 3600,
-        help_text="wall-clock limit for all passages together",
+        max_value=MAX_TIME_LIMIT_S,
+        help_text="wall-clock limit for all passages together (at most 24 hours)",
     )
 
     def validate(self, attrs: dict) -> dict:
@@ -103,6 +121,7 @@ class AuditParams(SearchTargetParams):
                     f"({attrs['trigger_len']}); each iteration visits distinct positions"
                 }
             )
+        _work_check(attrs)
         if not attrs["message"].strip():
             raise serializers.ValidationError({"message": "the adversary's text is required"})
         if attrs["target"].encoder:
@@ -117,6 +136,25 @@ class AuditParams(SearchTargetParams):
         return attrs
 
 
+def _model_passes(params: dict) -> int:
+    """The model passes an audit asks for: per passage and iteration, the gradient copies and
+    every candidate at every visited position."""
+    per_iteration = params["grad_copies"] + params["positions"] * params["candidates"]
+    return params["budget"] * params["iterations"] * per_iteration
+
+
+def _work_check(attrs: dict) -> None:
+    passes = _model_passes(attrs)
+    if passes > MAX_MODEL_PASSES:
+        raise serializers.ValidationError(
+            {
+                "iterations": f"budget x iterations x (grad_copies + positions x candidates) "
+                f"is {passes:,} model passes, over the limit of {MAX_MODEL_PASSES:,}; lower "
+                "some of them"
+            }
+        )
+
+
 def _concept_source_check(attrs: dict) -> None:
     inline, query_set = attrs.get("queries"), attrs.get("query_set")
     if inline is not None and query_set is not None:
@@ -127,7 +165,7 @@ def _concept_source_check(attrs: dict) -> None:
         raise serializers.ValidationError(
             {
                 "queries": "give the concept's queries: queries (a list of query texts), or "
-                "query_set with keyword (a regular expression) or query_ids"
+                "query_set with keyword (a word or phrase in the query texts) or query_ids"
             }
         )
     if query_set is not None and bool(attrs.get("keyword")) == bool(attrs.get("query_ids")):
@@ -148,6 +186,7 @@ def _concept_queries(params: dict) -> list[dict]:
         return selectors.concept_queries(
             query_set=params["query_set"],
             keyword=params.get("keyword"),
+            keyword_regex=params["keyword_regex"],
             query_ids=params.get("query_ids"),
         )
     except ApplicationError as exc:
@@ -202,6 +241,7 @@ def audit_prepare(*, user, params: dict) -> tuple[dict, Corpus]:
         "queries": queries,
         "query_set": query_set.pk if query_set else None,
         "keyword": params.get("keyword") or None,
+        "keyword_regex": params["keyword_regex"],
         **{name: params[name] for name in NUMBERS},
         "seed": params["seed"],
         "held_in": params["held_in"],

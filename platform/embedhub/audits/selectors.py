@@ -3,9 +3,10 @@ outside the concept, and the per-version comparison the dashboard charts."""
 
 from __future__ import annotations
 
-import re
+from collections.abc import Callable
 
 import numpy as np
+import re2
 from django.db.models import QuerySet as DjangoQuerySet
 
 from embedhub.audits.models import RobustnessAudit
@@ -50,24 +51,44 @@ def _dedupe(queries: list[dict]) -> list[dict]:
     return out
 
 
+def _keyword_matcher(keyword: str, *, regex: bool) -> Callable[[str], bool]:
+    """A case-insensitive test for `keyword` in a query text: a literal substring, or with
+    `regex` an RE2 expression. RE2 matches in time linear in the text (no backtracking), so
+    a pattern like (a+)+$ cannot stall the web request that resolves the concept."""
+    if not regex:
+        needle = keyword.casefold()
+        return lambda text: needle in text.casefold()
+    options = re2.Options()
+    options.case_sensitive = False
+    options.log_errors = False  # a user's typo is a 400, not a line in the server log
+    try:
+        pattern = re2.compile(keyword, options)
+    except (re2.error, UnicodeEncodeError) as exc:  # RE2 reads UTF-8: no lone surrogates
+        reason = exc.args[0] if exc.args else exc
+        reason = reason.decode(errors="replace") if isinstance(reason, bytes) else reason
+        raise ApplicationError(
+            f"{keyword!r} is not a valid RE2 regular expression ({reason}); RE2 has "
+            "no backreferences or lookaround. Leave keyword_regex off to match it literally"
+        ) from None
+    return lambda text: pattern.search(text) is not None
+
+
 def concept_queries(
-    *, query_set: QuerySet, keyword: str | None = None, query_ids: list | None = None
+    *,
+    query_set: QuerySet,
+    keyword: str | None = None,
+    keyword_regex: bool = False,
+    query_ids: list | None = None,
 ) -> list[dict]:
-    """The concept's queries from a query set: those whose text matches `keyword` (a
-    case-insensitive regular expression, so a plain word is a substring match) or those
-    named by external id. Returns [{"id", "text"}] in query set order."""
+    """The concept's queries from a query set: those whose text contains `keyword` (case-
+    insensitive; a literal unless `keyword_regex`, then an RE2 expression) or those named by
+    external id. Returns [{"id", "text"}] in query set order."""
     rows = (
         Query.objects.filter(query_set=query_set).order_by("id").values_list("external_id", "text")
     )
     if keyword:
-        try:
-            pattern = re.compile(keyword, re.IGNORECASE)
-        except re.error as exc:
-            raise ApplicationError(
-                f"keyword: {keyword!r} is not a valid regular expression ({exc}); escape "
-                "special characters such as ( or + to match them literally"
-            ) from None
-        return _dedupe([{"id": e, "text": t} for e, t in rows if pattern.search(t)])
+        matches = _keyword_matcher(keyword, regex=keyword_regex)
+        return _dedupe([{"id": e, "text": t} for e, t in rows if matches(t)])
     wanted = [str(i) for i in query_ids or []]
     found = {e: t for e, t in rows.filter(external_id__in=wanted)}
     missing = [i for i in wanted if i not in found]

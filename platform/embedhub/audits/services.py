@@ -24,7 +24,7 @@ from embedhub.core.errors import ApplicationError
 from embedhub.jobs.services import JobCancelled, JobLost, job_heartbeat
 from embedhub.vectors.compensation import query_vectors
 from embedhub.vectors.models import VectorIndex
-from embedhub.vectors.selectors import index_search, index_vectors
+from embedhub.vectors.selectors import index_search, index_vector_blocks
 from workers.ml.gaslite import (
     AttackConfig,
     Attacker,
@@ -32,8 +32,8 @@ from workers.ml.gaslite import (
     kmeans_targets,
     split_held_in_out,
 )
-from workers.ml.geometry import geometry_report
-from workers.ml.search import topk_cosine
+from workers.ml.geometry import DocGeometry
+from workers.ml.search import TopK
 
 DEPTH = 100  # real rankings are read this deep; appeared@k is reported for k <= DEPTH
 NON_CONCEPT_LIMIT = 200
@@ -237,12 +237,28 @@ def _passage_record(result, *, i: int) -> dict:
 # ------------------------------------------------------------------ evaluation
 
 
-def _real_topk(*, index: VectorIndex, queries: np.ndarray, doc_vecs: np.ndarray) -> np.ndarray:
+def _index_scan(
+    *, index: VectorIndex, queries: dict[str, np.ndarray]
+) -> tuple[dict[str, np.ndarray], DocGeometry]:
+    """One pass over the index's chunk-0 vectors, streamed in blocks so the index never has
+    to fit in memory: each query group's best DEPTH scores (exact), and the geometry."""
+    tops = {name: TopK(vecs, k=DEPTH) for name, vecs in queries.items()}
+    geometry = DocGeometry()
+    for doc_ids, block in index_vector_blocks(index=index):
+        for top in tops.values():
+            top.add(block, doc_ids)
+        geometry.add(block)
+    return {name: top.result()[1] for name, top in tops.items()}, geometry
+
+
+def _real_topk(
+    *, index: VectorIndex, queries: np.ndarray, chunk0: np.ndarray, n_docs: int
+) -> np.ndarray:
     """Each query's best DEPTH real scores, descending, found exactly (no HNSW blur)."""
     if index.chunking != VectorIndex.Chunking.CHUNK:
-        return topk_cosine(queries, doc_vecs, k=DEPTH)[1]
+        return chunk0
     # Chunked: a document scores by its best chunk, which the exact SQL search resolves.
-    depth = min(DEPTH, len(doc_vecs))
+    depth = min(DEPTH, n_docs)
     hits = index_search(index=index, query_vectors=queries, k=depth, exact=True)
     return np.array([[h.score for h in row] + [-np.inf] * (depth - len(row)) for row in hits])
 
@@ -254,13 +270,8 @@ def _scored(*, passages: np.ndarray, queries: np.ndarray, topk: np.ndarray) -> d
     return out
 
 
-def _judge(*, index, doc_vecs, texts: list[str], refs: dict) -> dict:
-    queries, _ = query_vectors(index=index, texts=texts)
-    topk = _real_topk(index=index, queries=queries, doc_vecs=doc_vecs)
-    scores = {
-        name: _scored(passages=vecs, queries=queries, topk=topk) for name, vecs in refs.items()
-    }
-    return {"queries": queries, "topk": topk, "scores": scores}
+def _judge(*, queries: np.ndarray, topk: np.ndarray, refs: dict) -> dict:
+    return {name: _scored(passages=vecs, queries=queries, topk=topk) for name, vecs in refs.items()}
 
 
 def audit_evaluate(
@@ -270,32 +281,32 @@ def audit_evaluate(
     decoded text, the message alone, the centroids, and spill-over onto other queries."""
     started = time.monotonic()
     RobustnessAudit.objects.filter(pk=audit.pk).update(state=RobustnessAudit.State.EVALUATING)
-    _, _, doc_vecs = index_vectors(index=index)
-    if not len(doc_vecs):
+    texts = {"held_out": [q["text"] for q in audit.held_out]}
+    texts["held_in"] = [q["text"] for q in audit.held_in]
+    other, source = _non_concept_texts(audit=audit, index=index)
+    if other:
+        texts["non_concept"] = other
+    queries = {name: query_vectors(index=index, texts=t)[0] for name, t in texts.items()}
+    chunk0, geometry = _index_scan(index=index, queries=queries)
+    if not geometry.n_docs:
         raise ApplicationError(f"index {index.pk} holds no vectors: embed its corpus first")
+    topk = {
+        name: _real_topk(index=index, queries=vecs, chunk0=chunk0[name], n_docs=geometry.n_docs)
+        for name, vecs in queries.items()
+    }
     refs = {
         "gaslite": attacker.embed_texts([p["text"] for p in audit.passages], kind="document"),
         "message_only": attacker.embed_texts([audit.message], kind="document"),
         "centroid": np.asarray(audit.targets, dtype=np.float32),
     }
-    out = _judge(
-        index=index, doc_vecs=doc_vecs, texts=[q["text"] for q in audit.held_out], refs=refs
-    )
-    held_in = _judge(
-        index=index, doc_vecs=doc_vecs, texts=[q["text"] for q in audit.held_in], refs=refs
-    )
     audit.results = {
-        **out["scores"],
-        "held_in": held_in["scores"],
-        "non_concept": _non_concept(audit=audit, index=index, doc_vecs=doc_vecs, refs=refs),
-        "depth": int(out["topk"].shape[1]),
+        **_judge(queries=queries["held_out"], topk=topk["held_out"], refs=refs),
+        "held_in": _judge(queries=queries["held_in"], topk=topk["held_in"], refs=refs),
+        "non_concept": _non_concept(queries=queries, topk=topk, refs=refs, source=source),
+        "depth": int(topk["held_out"].shape[1]),
     }
-    enough = out["topk"].shape[1] >= 10
-    audit.geometry = geometry_report(
-        doc_vecs=doc_vecs,
-        query_vecs=out["queries"],
-        topk_scores=out["topk"] if enough else None,
-        seed=audit.params["seed"],
+    audit.geometry = _geometry(
+        geometry=geometry, queries=queries["held_out"], topk=topk["held_out"], chunk0=chunk0
     )
     return _complete(
         audit=audit,
@@ -305,9 +316,19 @@ def audit_evaluate(
     )
 
 
-def _non_concept(*, audit: RobustnessAudit, index, doc_vecs, refs: dict) -> dict:
+def _geometry(*, geometry: DocGeometry, queries, topk: np.ndarray, chunk0: dict) -> dict:
+    # The 10th-neighbour bar from the real rankings; an index of fewer than 10 documents
+    # has no 10th neighbour, so its worst chunk-0 score stands in (as geometry_report's).
+    if topk.shape[1] >= 10:
+        tenth = topk[:, 9]
+    else:
+        tenth = chunk0["held_out"][:, min(10, geometry.n_docs) - 1]
+    return geometry.report(query_vecs=queries, tenth=np.asarray(tenth, dtype=np.float64))
+
+
+def _non_concept_texts(*, audit: RobustnessAudit, index) -> tuple[list[str], str]:
     concept = {q["text"] for q in audit.held_in + audit.held_out}
-    texts, source = selectors.non_concept_queries(
+    return selectors.non_concept_queries(
         user=audit.owner,
         corpus_id=index.corpus_id,
         query_set_id=audit.query_set_id,
@@ -315,12 +336,15 @@ def _non_concept(*, audit: RobustnessAudit, index, doc_vecs, refs: dict) -> dict
         limit=NON_CONCEPT_LIMIT,
         seed=audit.params["seed"],
     )
-    if not texts:
+
+
+def _non_concept(*, queries: dict, topk: dict, refs: dict, source: str) -> dict:
+    if "non_concept" not in queries:
         return {"available": False, "source": source, "n_queries": 0}
-    judged = _judge(index=index, doc_vecs=doc_vecs, texts=texts, refs={"gaslite": refs["gaslite"]})[
-        "scores"
-    ]["gaslite"]
-    return {"available": True, "source": source, **judged}
+    judged = _judge(
+        queries=queries["non_concept"], topk=topk["non_concept"], refs={"gaslite": refs["gaslite"]}
+    )
+    return {"available": True, "source": source, **judged["gaslite"]}
 
 
 def _complete(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from rest_framework import serializers
@@ -31,8 +32,13 @@ from embedhub.vectors.jobs import (
     version_lookup,
 )
 from embedhub.vectors.models import VectorIndex
+from workers.ml.training import FinetuneConfig
 
 MAX_PAIRS = 2_000_000
+# One request must not buy days of GPU time: at most this many optimizer steps, and at most
+# this many (step x batch_size) training examples, whether set by max_steps or by epochs.
+MAX_STEPS = 100_000
+MAX_EXAMPLES = 5_000_000
 GATE_MAX_TOLERANCE = 0.1  # nDCG@10 points as a fraction: 0.1 lets a swap lose 10 points
 
 
@@ -43,15 +49,24 @@ class FinetuneConfigParams(ParamsSerializer):
     """Training settings; an unset one takes workers.ml.training.FinetuneConfig's default."""
 
     lr = number(1e-8, 1e-2, "AdamW learning rate (default 2e-5)")
-    epochs = integer(1, 100, "passes over the pairs (default 1)")
-    max_steps = integer(1, 1_000_000, "stop after this many optimizer steps")
+    epochs = integer(
+        1,
+        100,
+        "passes over the pairs (default 1); the steps they make obey the max_steps bounds",
+    )
+    max_steps = integer(
+        1,
+        MAX_STEPS,
+        "exactly this many optimizer steps (default: epochs x pairs / batch_size); at most "
+        f"{MAX_STEPS:,} steps and {MAX_EXAMPLES:,} examples (steps x batch_size) either way",
+    )
     batch_size = integer(2, 1024, "pairs per step; the others in a batch are its negatives")
     seed = integer(0, 2**31 - 1, "shuffling and initialisation seed")
     max_tokens = integer(8, 512, "tokens kept per text while training")
     distill_weight = number(0.0, 100.0, "weight of the embedding-distillation term")
     negatives_per_query = integer(0, 64, "hard negatives mined from the parent's index")
-    checkpoint_every = integer(1, 1_000_000, "steps between resumable checkpoints")
-    warmup_steps = integer(0, 1_000_000, "linear learning-rate warm-up")
+    checkpoint_every = integer(1, MAX_STEPS, "steps between resumable checkpoints")
+    warmup_steps = integer(0, MAX_STEPS, "linear learning-rate warm-up")
 
 
 class FinetuneParams(ParamsSerializer):
@@ -113,11 +128,36 @@ def _pairs_file(*, user, params: dict) -> Path:
         raise params_field(field, exc) from None
 
 
+def _training_steps_check(*, config: dict, n_pairs: int) -> None:
+    """The run's optimizer steps, known once the pairs are counted, within the bounds."""
+    defaults = FinetuneConfig()
+    batch_size = config.get("batch_size") or defaults.batch_size
+    if config.get("max_steps") is not None:
+        field, steps = "max_steps", config["max_steps"]
+    else:
+        epochs = config.get("epochs") or defaults.epochs
+        field, steps = "epochs", epochs * math.ceil(n_pairs / batch_size)
+    examples = steps * batch_size
+    if steps > MAX_STEPS or examples > MAX_EXAMPLES:
+        raise serializers.ValidationError(
+            {
+                "config": {
+                    field: f"{steps:,} steps of batch_size {batch_size} ({n_pairs:,} pairs) "
+                    f"are {examples:,} examples; at most {MAX_STEPS:,} steps and "
+                    f"{MAX_EXAMPLES:,} examples: lower epochs, max_steps or batch_size"
+                }
+            }
+        )
+
+
 def finetune_prepare(*, user, params: dict) -> tuple[dict, Corpus | None]:
     query_set = params.get("query_set")
     corpus = params.get("corpus") or (query_set.corpus if query_set else None)
+    config = {k: v for k, v in (params.get("config") or {}).items() if v is not None}
     if query_set is not None:
         source = {"query_set": query_set.pk}
+        # Every positive judgement is at most one pair (unknown documents are skipped).
+        n_pairs = Qrel.objects.filter(query_set=query_set, relevance__gt=0).count()
     else:
         path = _pairs_file(user=user, params=params)
         # Read now, so a malformed file is a 400 naming its line, not a failed job.
@@ -127,7 +167,8 @@ def finetune_prepare(*, user, params: dict) -> tuple[dict, Corpus | None]:
                 {"training_set": f"{path.name}: {len(pairs)} pairs; at most {MAX_PAIRS}"}
             )
         source = {"pairs_path": str(path)}
-    config = {k: v for k, v in (params.get("config") or {}).items() if v is not None}
+        n_pairs = len(pairs)
+    _training_steps_check(config=config, n_pairs=n_pairs)
     prepared = {
         "parent": params["parent"].pk,
         **source,
@@ -218,7 +259,10 @@ def _inherited(active: VectorIndex | None) -> dict:
 
 
 def reindex_prepare(*, user, params: dict) -> tuple[dict, Corpus]:
-    corpus: Corpus = params["corpus"]
+    # Submission runs this in its transaction: the corpus row lock (which schedules take
+    # too) holds until the job row commits, so of two simultaneous submissions the second
+    # sees the first's job below. The corpus is re-read under the lock.
+    corpus = Corpus.objects.select_for_update().get(pk=params["corpus"].pk)
     active = corpus.active_index
     try:
         version = params.get("model_version") or selectors.reindex_target_version(

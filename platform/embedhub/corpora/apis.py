@@ -1,6 +1,5 @@
 import json
 
-from django.conf import settings
 from django.urls import reverse
 from drf_spectacular.utils import extend_schema, extend_schema_field, extend_schema_serializer
 from rest_framework import serializers, status
@@ -9,27 +8,15 @@ from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from embedhub.core.errors import ApplicationError
+from embedhub.core.uploads import UploadLimit, upload_declared_check, upload_size_check
 from embedhub.corpora import parsing, selectors, services
 from embedhub.corpora.models import Corpus, Document
 from embedhub.jobs.apis import JobOutput
 
-# Multipart boundaries and the other form fields ride on top of the file itself.
-MULTIPART_SLACK = 64 * 1024
-
-
-class FileTooLarge(ApplicationError):
-    status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
-    code = "file_too_large"
-
-
-def _too_large(size: int) -> FileTooLarge:
-    limit = settings.EMBEDHUB_MAX_UPLOAD_BYTES
-    return FileTooLarge(
-        f"the upload is {size} bytes, over the {limit}-byte limit (EMBEDHUB_MAX_UPLOAD_BYTES); "
-        "split the corpus into several files and upload them one by one (re-uploads upsert)",
-        details={"size": size, "limit": limit},
-    )
+CORPUS_LIMIT = UploadLimit(
+    setting="EMBEDHUB_MAX_UPLOAD_BYTES",
+    advice="split the corpus into several files and upload them one by one (re-uploads upsert)",
+)
 
 
 class CorpusOutput(serializers.ModelSerializer):
@@ -143,15 +130,12 @@ class _UploadApi(APIView):
         skip_invalid = serializers.BooleanField(required=False, default=False)
 
     def _upload(self, request, corpus: Corpus | None) -> Response:
-        declared = int(request.META.get("CONTENT_LENGTH") or 0)
-        if declared > settings.EMBEDHUB_MAX_UPLOAD_BYTES + MULTIPART_SLACK:
-            raise _too_large(declared)  # refuse before the body is read
+        upload_declared_check(request=request, limit=CORPUS_LIMIT)
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         values = data.validated_data
         uploaded = values["file"]
-        if uploaded.size > settings.EMBEDHUB_MAX_UPLOAD_BYTES:
-            raise _too_large(uploaded.size)
+        upload_size_check(files=[uploaded], limit=CORPUS_LIMIT)
         if corpus is None and values.get("corpus") is not None:
             corpus = selectors.corpus_get(user=request.user, corpus_id=values["corpus"])
         job = services.corpus_upload(

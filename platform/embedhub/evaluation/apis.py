@@ -6,9 +6,15 @@ from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from embedhub.core.uploads import UploadLimit, upload_declared_check, upload_size_check
 from embedhub.corpora.selectors import corpus_get
 from embedhub.evaluation import selectors, services
 from embedhub.evaluation.models import EvalRun
+
+QUERY_SET_LIMIT = UploadLimit(
+    setting="EMBEDHUB_MAX_QUERY_SET_BYTES",
+    advice="the queries and qrels files together must fit: split the query set into several",
+)
 
 
 class QuerySetOutput(serializers.Serializer):
@@ -58,9 +64,11 @@ class QuerySetListCreateApi(ListAPIView):
 
     @extend_schema(request=InputSerializer, responses={201: ImportOutputSerializer})
     def post(self, request):
+        upload_declared_check(request=request, limit=QUERY_SET_LIMIT)
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         params = data.validated_data
+        upload_size_check(files=[params["queries"], params["qrels"]], limit=QUERY_SET_LIMIT)
         corpus = corpus_get(user=request.user, corpus_id=params["corpus"])
         replaced = corpus.query_sets.filter(name=params["name"].strip()).exists()
         query_set, report = services.query_set_create(

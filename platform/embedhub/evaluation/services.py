@@ -5,9 +5,11 @@ encoder is newer than the index), retrieves the top k documents per query, score
 with trec_eval semantics (workers.ml.metrics) and stores one EvalRun.
 
 Retrieval:
-- exact on a truncated index: the index's vectors are fetched once and searched in numpy
-  (workers.ml.search.topk_cosine): exact, deterministic, and far faster than one
-  sequential-scan SQL query per query.
+- exact on a truncated index: for each batch of queries the index's vectors stream by in
+  blocks through a server-side cursor and each block is searched in numpy
+  (workers.ml.search.TopK merges the blocks' top k): exact, deterministic, far faster than
+  one sequential-scan SQL query per query, and memory stays bounded however large the
+  index. Batches are large because each is one pass over the index.
 - exact on a chunked index: vectors.selectors.index_search(exact=True), which already keeps
   each document's best chunk (the document score is its best chunk's score). It fetches
   4*k chunk rows per query, so a ranking can hold fewer than k documents when a few
@@ -22,7 +24,7 @@ the EvalRun it wrote before, so a retry never leaves two runs for one job.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 from django.db import transaction
@@ -37,9 +39,11 @@ from embedhub.vectors import compensation as qdc
 from embedhub.vectors import selectors as vector_selectors
 from embedhub.vectors.models import VectorIndex
 from workers.ml.metrics import evaluate_run
-from workers.ml.search import topk_cosine
+from workers.ml.search import TopK
 
-QUERY_BATCH = 256  # queries encoded and searched between two progress reports
+# Queries encoded and searched between two progress reports; an exact batch is one pass
+# over the index's vectors.
+QUERY_BATCH = 2048
 MAX_K = 1000
 SEARCHABLE = (VectorIndex.State.READY, VectorIndex.State.RETIRED)
 
@@ -115,19 +119,10 @@ class _Searcher:
     index: VectorIndex
     ef_search: int | None
     exclude_self: bool
-    # Filled once for numpy search: the index's external ids, vectors, and row per id.
-    external_ids: list[str] = field(default_factory=list)
-    matrix: np.ndarray | None = None
-    row_of: dict[str, int] = field(default_factory=dict)
 
     @property
     def numpy_exact(self) -> bool:
         return self.index.chunking == VectorIndex.Chunking.TRUNCATE
-
-    def load(self) -> None:
-        if self.numpy_exact:
-            _, self.external_ids, self.matrix = vector_selectors.index_vectors(index=self.index)
-            self.row_of = {ext: row for row, ext in enumerate(self.external_ids)}
 
     def rankings(self, qids: list[str], vectors: np.ndarray, *, k: int, exact: bool) -> list[dict]:
         if exact and self.numpy_exact:
@@ -137,11 +132,21 @@ class _Searcher:
     def _numpy(self, qids: list[str], vectors: np.ndarray, *, k: int) -> list[dict]:
         exclude = None
         if self.exclude_self:
-            exclude = [{self.row_of[q]} if q in self.row_of else set() for q in qids]
-        rows, scores = topk_cosine(vectors, self.matrix, k=k, exclude=exclude)
+            own = vector_selectors.document_ids_by_external_id(
+                corpus_id=self.index.corpus_id, external_ids=qids
+            )
+            exclude = [{own[q]} if q in own else set() for q in qids]
+        top = TopK(vectors, k=k, exclude=exclude)
+        for doc_ids, block in vector_selectors.index_vector_blocks(index=self.index):
+            top.add(block, doc_ids)
+        doc_ids, scores = top.result()
+        names = vector_selectors.document_external_ids(
+            document_ids=np.unique(doc_ids[doc_ids >= 0])
+        )
+        # A document deleted since its vector was read has no name left: it is not ranked.
         return [
-            {self.external_ids[j]: float(s) for j, s in zip(r, sc, strict=True) if j >= 0}
-            for r, sc in zip(rows, scores, strict=True)
+            {names[j]: float(s) for j, s in zip(row.tolist(), sc, strict=True) if j in names}
+            for row, sc in zip(doc_ids, scores, strict=True)
         ]
 
     def _sql(self, qids: list[str], vectors: np.ndarray, *, k: int, exact: bool) -> list[dict]:
@@ -193,9 +198,8 @@ def evaluation_run(
     queries = selectors.query_set_queries(query_set=query_set)
     judged = [(qid, text) for qid, text in queries if qid in qrels]
     report = _progress(ctx, total=len(judged), mode=mode)
-    report(0, "loading the index's vectors")
+    report(0, "searching")
     searcher = _Searcher(index=index, ef_search=ef_search, exclude_self=exclude_self)
-    searcher.load()
     timings = {"load": time.monotonic() - started, "encode": 0.0, "search": 0.0, "reference": 0.0}
     run: dict[str, dict[str, float]] = {}
     overlaps: list[float] = []

@@ -16,6 +16,9 @@ from embedhub.jobs.submission import job_submit_checked
 class JobOutput(serializers.ModelSerializer):
     percent = serializers.FloatField(read_only=True, allow_null=True)
     corpus = serializers.PrimaryKeyRelatedField(read_only=True)
+    error_detail = serializers.SerializerMethodField(
+        help_text="the traceback of an unexpected failure: staff only (null for others)"
+    )
 
     class Meta:
         model = Job
@@ -34,15 +37,22 @@ class JobOutput(serializers.ModelSerializer):
             "eta_seconds",
             "progress_note",
             "attempts",
+            "stalled_attempts",
+            "waiting_reason",
             "heartbeat_at",
             "worker",
             "error",
+            "error_detail",
             "result",
             "cancel_requested",
             "created_at",
             "started_at",
             "finished_at",
         ]
+
+    def get_error_detail(self, job: Job) -> str | None:
+        request = self.context.get("request")
+        return job.error_detail if request and request.user.is_staff else None
 
 
 class JobEventOutput(serializers.ModelSerializer):
@@ -106,13 +116,21 @@ class JobListCreateApi(ListAPIView):
         )
         url = reverse("job-detail", args=[job.pk])
         code = status.HTTP_202_ACCEPTED if created else status.HTTP_200_OK
-        return Response(JobOutput(job).data, status=code, headers={"Location": url})
+        return Response(
+            JobOutput(job, context={"request": request}).data,
+            status=code,
+            headers={"Location": url},
+        )
 
 
 class JobDetailApi(APIView):
     @extend_schema(responses=JobOutput)
     def get(self, request, job_id: int):
-        return Response(JobOutput(selectors.job_get(user=request.user, job_id=job_id)).data)
+        return Response(
+            JobOutput(
+                selectors.job_get(user=request.user, job_id=job_id), context={"request": request}
+            ).data
+        )
 
 
 class JobEventsApi(ListAPIView):
@@ -129,11 +147,13 @@ class JobCancelApi(APIView):
     @extend_schema(request=None, responses=JobOutput)
     def post(self, request, job_id: int):
         job = services.job_cancel(job=selectors.job_get(user=request.user, job_id=job_id))
-        return Response(JobOutput(job).data)
+        return Response(JobOutput(job, context={"request": request}).data)
 
 
 class JobRetryApi(APIView):
     @extend_schema(request=None, responses={202: JobOutput})
     def post(self, request, job_id: int):
         job = services.job_retry(job=selectors.job_get(user=request.user, job_id=job_id))
-        return Response(JobOutput(job).data, status=status.HTTP_202_ACCEPTED)
+        return Response(
+            JobOutput(job, context={"request": request}).data, status=status.HTTP_202_ACCEPTED
+        )

@@ -42,15 +42,30 @@ class Job(BaseModel):
     rate = models.FloatField(null=True, blank=True, help_text="units per second")
     eta_seconds = models.FloatField(null=True, blank=True)
     progress_note = models.CharField(max_length=300, blank=True, default="")
-    attempts = models.PositiveIntegerField(default=0)
+    attempts = models.PositiveIntegerField(default=0, help_text="claims so far, retries included")
+    # Consecutive attempts lost (worker gone) without progress; an attempt that progressed
+    # resets it. The job fails for a lost worker only when this reaches MAX_STALLED_ATTEMPTS.
+    stalled_attempts = models.PositiveIntegerField(default=0)
+    progressed_at = models.DateTimeField(null=True, blank=True)
+    # Minted by every claim: only the holder of the current token may write to the job, so a
+    # frozen worker from an earlier attempt can never pass as the owner again.
+    claim_token = models.UUIDField(null=True, blank=True)
+    # The claimant's Postgres session, so the reaper can end it (and the locks it holds).
+    claim_backend_pid = models.IntegerField(null=True, blank=True)
+    claim_backend_start = models.DateTimeField(null=True, blank=True)
     heartbeat_at = models.DateTimeField(null=True, blank=True)
     worker = models.CharField(max_length=200, blank=True, default="")
-    error = models.TextField(blank=True, default="")
+    error = models.TextField(blank=True, default="", help_text="what went wrong, for the owner")
+    error_detail = models.TextField(blank=True, default="", help_text="traceback, staff only")
     result = models.JSONField(default=dict, blank=True)
     checkpoint = models.JSONField(default=dict, blank=True)
     cancel_requested = models.BooleanField(default=False)
     idempotency_key = models.CharField(max_length=200, null=True, blank=True)
     dispatched_at = models.DateTimeField(null=True, blank=True)
+    dispatch_count = models.PositiveIntegerField(default=0, help_text="messages sent so far")
+    # Not sent again before this: re-dispatch backs off exponentially.
+    next_dispatch_at = models.DateTimeField(null=True, blank=True)
+    waiting_reason = models.CharField(max_length=300, blank=True, default="")
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
 

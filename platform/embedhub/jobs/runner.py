@@ -113,14 +113,16 @@ def job_execute(*, job_id: int, worker: str) -> str:
         return "lost"
     except Exception as exc:
         logger.exception("job %s failed", job.pk)
-        services.job_fail(job=job, error=_describe(exc))
+        error, detail = _describe(exc)
+        services.job_fail(job=job, error=error, detail=detail)
         return "failed"
     services.job_succeed(job=job, result=result or {})
     return "succeeded"
 
 
-def _describe(exc: Exception) -> str:
-    # User-facing errors (bad input) carry their own message; anything else keeps the trace.
+def _describe(exc: Exception) -> tuple[str, str]:
+    """(what the owner reads, the traceback for staff and the logs). A user-facing error
+    (bad input) carries its own message; anything else is named by its type."""
     if isinstance(exc, ApplicationError):
-        return exc.message
-    return f"{type(exc).__name__}: {exc}\n\n{traceback.format_exc()}"
+        return exc.message, ""
+    return f"{type(exc).__name__}: {exc}", traceback.format_exc()

@@ -7,10 +7,12 @@ heartbeat from a presumed-dead worker or a double click can never move a job twi
 from __future__ import annotations
 
 import logging
+import uuid
 from datetime import timedelta
 
+import redis
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
@@ -24,8 +26,16 @@ logger = logging.getLogger(__name__)
 RUN_JOB_TASK = "embedhub.run_job"
 
 
+BROKER_SCAN_LIMIT = 10_000  # queued messages looked through before assuming ours is there
+
+
 def _conf(name: str) -> float:
     return settings.EMBEDHUB[name]
+
+
+def _backoff(base: float, exponent: int) -> timedelta:
+    """base × 2^exponent seconds, capped: a retry storm never outgrows the cap."""
+    return timedelta(seconds=min(base * 2 ** max(exponent, 0), _conf("BACKOFF_MAX_SECONDS")))
 
 
 def job_event_add(*, job: Job, kind: str, message: str = "", data: dict | None = None) -> JobEvent:
@@ -78,28 +88,87 @@ def job_dispatch(*, job_id: int) -> None:
         logger.warning("could not dispatch job %s: %s", job.pk, exc)
         job_event_add(job=job, kind="dispatch_failed", message=str(exc))
         return
-    Job.objects.filter(pk=job.pk).update(dispatched_at=timezone.now())
+    now = timezone.now()
+    # The next re-send, if the message turns out lost, waits twice as long as the last.
+    wait = _backoff(_conf("REDISPATCH_AFTER_SECONDS"), job.dispatch_count)
+    Job.objects.filter(pk=job.pk).update(
+        dispatched_at=now, dispatch_count=F("dispatch_count") + 1, next_dispatch_at=now + wait
+    )
 
 
 def job_claim(*, job_id: int, worker: str) -> Job | None:
-    """Atomically move queued -> running. None if someone else has it or it is finished."""
-    now = timezone.now()
-    claimed = Job.objects.filter(pk=job_id, status=Job.Status.QUEUED).update(
-        status=Job.Status.RUNNING,
-        worker=worker,
-        attempts=F("attempts") + 1,
-        heartbeat_at=now,
-        started_at=now,
-    )
-    if not claimed:
-        return None
+    """Atomically move queued -> running with a fresh claim token. None if someone else has
+    it, it is finished, or its owner already runs as many jobs as allowed (it then waits)."""
+    with transaction.atomic():
+        job = Job.objects.select_for_update().filter(pk=job_id, status=Job.Status.QUEUED).first()
+        if job is None:
+            return None
+        reason = _owner_at_limit(job)
+        if reason:
+            _job_wait(job=job, reason=reason)
+            return None
+        pid, backend_start = _backend()
+        now = timezone.now()
+        Job.objects.filter(pk=job.pk).update(
+            status=Job.Status.RUNNING,
+            worker=worker,
+            attempts=F("attempts") + 1,
+            heartbeat_at=now,
+            started_at=now,
+            progressed_at=None,
+            claim_token=uuid.uuid4(),
+            claim_backend_pid=pid,
+            claim_backend_start=backend_start,
+            waiting_reason="",
+        )
     job = Job.objects.get(pk=job_id)
     job_event_add(job=job, kind="claimed", message=f"attempt {job.attempts} on {worker}")
     return job
 
 
+def _owner_at_limit(job: Job) -> str:
+    """Why the job must wait for its owner's other jobs, or "" if it may run now."""
+    limit = int(_conf("MAX_RUNNING_PER_USER"))
+    if limit <= 0:
+        return ""
+    with connection.cursor() as cur:  # one claim per owner at a time: the count stays true
+        cur.execute("SELECT pg_advisory_xact_lock(7202, %s)", [job.owner_id])
+    running = Job.objects.filter(owner_id=job.owner_id, status=Job.Status.RUNNING).count()
+    if running < limit:
+        return ""
+    return f"waiting: {running} of your jobs are running (at most {limit} at once)"
+
+
+def _job_wait(*, job: Job, reason: str) -> None:
+    # The message is consumed: nothing is in flight until one of the owner's jobs ends
+    # (_owner_wake) or the reaper sees a free slot.
+    Job.objects.filter(pk=job.pk).update(waiting_reason=reason, next_dispatch_at=None)
+    if job.waiting_reason != reason:
+        job_event_add(job=job, kind="waiting", message=reason)
+
+
+def _backend() -> tuple[int, object]:
+    with connection.cursor() as cur:
+        cur.execute("SELECT pid, backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid()")
+        return cur.fetchone()
+
+
+def _backend_end(job: Job) -> None:
+    """End the Postgres session of a claim presumed dead: a frozen (SIGSTOPped) worker then
+    holds no lock and no open transaction, and can write nothing when it wakes. The start
+    time makes sure a reused pid is never hit."""
+    if not job.claim_backend_pid:
+        return
+    with connection.cursor() as cur:
+        cur.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE pid = %s AND backend_start = %s AND pid <> pg_backend_pid()",
+            [job.claim_backend_pid, job.claim_backend_start],
+        )
+
+
 def _owned(job: Job) -> Q:
-    return Q(pk=job.pk, status=Job.Status.RUNNING, worker=job.worker, attempts=job.attempts)
+    return Q(pk=job.pk, status=Job.Status.RUNNING, claim_token=job.claim_token)
 
 
 def job_heartbeat(*, job: Job) -> bool:
@@ -127,6 +196,8 @@ def job_progress(
 ) -> None:
     """Record progress (and a checkpoint) atomically; raise if cancelled or no longer ours."""
     fields: dict = {"progress_done": done}
+    if done > (job.progress_done or 0) or checkpoint is not None:
+        fields["progressed_at"] = timezone.now()  # this attempt is not a stalled one
     if total is not None:
         fields["progress_total"] = total
     if unit is not None:
@@ -154,7 +225,18 @@ def job_check_in(*, job: Job, **fields) -> None:
 def _finish(job: Job, status: str, **fields) -> bool:
     now = timezone.now()
     updated = Job.objects.filter(_owned(job)).update(status=status, finished_at=now, **fields)
+    if updated:
+        _owner_wake(owner_id=job.owner_id)
     return bool(updated)
+
+
+def _owner_wake(*, owner_id: int) -> None:
+    """A slot of this owner is free: send the oldest of their waiting jobs."""
+    waiting = Job.objects.filter(
+        owner_id=owner_id, status=Job.Status.QUEUED, cancel_requested=False
+    ).exclude(waiting_reason="")
+    for job_id in waiting.order_by("created_at").values_list("pk", flat=True)[:1]:
+        job_dispatch(job_id=job_id)
 
 
 def job_succeed(*, job: Job, result: dict) -> None:
@@ -162,8 +244,9 @@ def job_succeed(*, job: Job, result: dict) -> None:
         job_event_add(job=job, kind="succeeded", data={"result": result})
 
 
-def job_fail(*, job: Job, error: str) -> None:
-    if _finish(job, Job.Status.FAILED, error=error[:20000]):
+def job_fail(*, job: Job, error: str, detail: str = "") -> None:
+    """`error` is for the owner; `detail` (a traceback) only for staff and the logs."""
+    if _finish(job, Job.Status.FAILED, error=error[:20000], error_detail=detail[:50000]):
         job_event_add(job=job, kind="failed", message=error)
 
 
@@ -197,8 +280,15 @@ def job_retry(*, job: Job) -> Job:
         status=Job.Status.QUEUED,
         cancel_requested=False,
         error="",
+        error_detail="",
         finished_at=None,
-        attempts=0,
+        # The attempt history stays (attempts, claim tokens in the events); a retry is a
+        # fresh chance for the crash policy and the dispatch backoff.
+        stalled_attempts=0,
+        claim_token=None,
+        dispatch_count=0,
+        next_dispatch_at=None,
+        waiting_reason="",
     )
     if not updated:
         raise Conflict(
@@ -211,36 +301,121 @@ def job_retry(*, job: Job) -> Job:
 
 
 def _requeue_stale(now) -> list[int]:
+    """Re-queue running jobs whose heartbeat went stale (their worker is gone).
+
+    An attempt that made progress is not held against the job: it fails only after
+    MAX_STALLED_ATTEMPTS lost attempts in a row without progress. Each stalled attempt
+    doubles the wait before the next one. Returns the jobs to dispatch now.
+    """
     stale_before = now - timedelta(seconds=_conf("STALE_AFTER_SECONDS"))
-    requeued = []
-    stale = Job.objects.filter(status=Job.Status.RUNNING, heartbeat_at__lt=stale_before)
-    for job in stale:
-        if job.attempts >= _conf("MAX_ATTEMPTS"):
-            if _finish(job, Job.Status.FAILED, error=f"gave up after {job.attempts} attempts"):
-                job_event_add(job=job, kind="failed", message="heartbeat lost too many times")
+    due = []
+    for job in Job.objects.filter(status=Job.Status.RUNNING, heartbeat_at__lt=stale_before):
+        stalled = 0 if job.progressed_at is not None else job.stalled_attempts + 1
+        # Conditional on the claim and the stale state we read, so a worker that just beat
+        # keeps its job.
+        still_stale = Job.objects.filter(_owned(job), heartbeat_at__lt=stale_before)
+        # Ended first: a frozen worker may hold the job row's lock in an open transaction.
+        _backend_end(job)
+        if stalled >= _conf("MAX_STALLED_ATTEMPTS"):
+            _job_give_up(job=job, stalled=stalled, claim=still_stale)
             continue
-        # Conditional on the stale state we read, so a worker that just beat keeps its job.
-        moved = Job.objects.filter(_owned(job), heartbeat_at__lt=stale_before).update(
-            status=Job.Status.QUEUED, worker=""
+        wait = (
+            timedelta(0)
+            if stalled == 0
+            else _backoff(_conf("REQUEUE_BACKOFF_SECONDS"), stalled - 1)
+        )
+        moved = still_stale.update(
+            status=Job.Status.QUEUED,
+            worker="",
+            claim_token=None,
+            stalled_attempts=stalled,
+            next_dispatch_at=now + wait,
+            dispatch_count=0,
         )
         if moved:
             job_event_add(
-                job=job, kind="requeued", message=f"heartbeat from {job.worker} went stale"
+                job=job,
+                kind="requeued",
+                message=f"heartbeat from {job.worker} went stale",
+                data={"stalled_attempts": stalled, "dispatch_in_seconds": wait.total_seconds()},
             )
-            requeued.append(job.pk)
-    return requeued
+            if not wait:
+                due.append(job.pk)
+    return due
+
+
+def _job_give_up(*, job: Job, stalled: int, claim) -> bool:
+    error = (
+        f"gave up: the worker was lost in {stalled} attempts in a row without progress "
+        f"(of {job.attempts} attempts in all)"
+    )
+    failed = claim.update(
+        status=Job.Status.FAILED, finished_at=timezone.now(), error=error, stalled_attempts=stalled
+    )
+    if not failed:
+        return False
+    job_event_add(job=job, kind="failed", message=error)
+    _owner_wake(owner_id=job.owner_id)
+    return True
+
+
+def _message_waiting(job: Job) -> bool | None:
+    """Whether the job's message still waits in its broker queue. None when it cannot tell
+    (another broker, or it is down).
+
+    Messages reserved but not acked are not counted: a live worker (prefetch 1) starts what
+    it reserves at once, so a queued job's unacked message belongs to a dead worker, and
+    the broker would only hand it out again after the visibility timeout (an hour)."""
+    url = settings.CELERY_BROKER_URL
+    if not url.startswith(("redis://", "rediss://")):
+        return None
+    needle = f'"argsrepr": "[{job.pk}]"'.encode()
+    try:
+        client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+        queued = client.lrange(job.queue, 0, BROKER_SCAN_LIMIT - 1)
+    except redis.RedisError:
+        return None
+    if len(queued) >= BROKER_SCAN_LIMIT:
+        return True  # a queue this deep: ours is surely still in it
+    return any(needle in message for message in queued)
+
+
+def _redispatch_due(now) -> list[int]:
+    """Queued jobs whose message may be lost: sent again only if the broker has no message
+    for them (a message waiting behind a long job is left alone, with a longer wait)."""
+    due = Job.objects.filter(status=Job.Status.QUEUED, cancel_requested=False, waiting_reason="")
+    due = due.filter(Q(next_dispatch_at__lte=now) | Q(next_dispatch_at__isnull=True))
+    sent = []
+    for job in due:
+        if job.dispatched_at is not None and _message_waiting(job):
+            wait = _backoff(_conf("REDISPATCH_AFTER_SECONDS"), job.dispatch_count)
+            Job.objects.filter(pk=job.pk).update(next_dispatch_at=now + wait)
+            continue
+        job_dispatch(job_id=job.pk)
+        sent.append(job.pk)
+    return sent
+
+
+def _waiting_wake() -> None:
+    """A safety net for _owner_wake: owners with a free slot get a waiting job sent."""
+    owners = (
+        Job.objects.filter(status=Job.Status.QUEUED, cancel_requested=False)
+        .exclude(waiting_reason="")
+        .values_list("owner_id", flat=True)
+        .distinct()
+    )
+    for owner_id in owners:
+        running = Job.objects.filter(owner_id=owner_id, status=Job.Status.RUNNING).count()
+        if running < int(_conf("MAX_RUNNING_PER_USER")):
+            _owner_wake(owner_id=owner_id)
 
 
 def jobs_reap(*, now=None) -> dict:
     """Re-queue running jobs whose worker died and re-send queued jobs whose message was lost."""
     now = now or timezone.now()
     requeued = _requeue_stale(now)
-    lost_before = now - timedelta(seconds=_conf("REDISPATCH_AFTER_SECONDS"))
-    resend = list(
-        Job.objects.filter(status=Job.Status.QUEUED, cancel_requested=False)
-        .filter(Q(dispatched_at__lt=lost_before) | Q(dispatched_at__isnull=True))
-        .values_list("pk", flat=True)
-    )
-    for job_id in set(requeued) | set(resend):
+    for job_id in requeued:
         job_dispatch(job_id=job_id)
-    return {"requeued": requeued, "redispatched": resend}
+    redispatched = _redispatch_due(now)
+    _waiting_wake()
+    return {"requeued": requeued, "redispatched": redispatched}

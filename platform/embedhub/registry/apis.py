@@ -20,6 +20,7 @@ class VersionSummaryOutput(serializers.ModelSerializer):
             "model",
             "version",
             "status",
+            "visibility",
             "parent",
             "source",
             "dimension",
@@ -51,6 +52,7 @@ class VersionDetailOutput(serializers.ModelSerializer):
             "model",
             "version",
             "status",
+            "visibility",
             "parent",
             "ancestors",
             "children",
@@ -66,18 +68,22 @@ class VersionDetailOutput(serializers.ModelSerializer):
             "training_params",
             "provenance",
             "loss_curve",
-            "gate_passed",
             "created_at",
             "updated_at",
         ]
 
+    # Lineage shows only the versions the requesting user may see (context["user"]).
     def get_ancestors(self, version) -> list[dict]:
-        chain = selectors.model_version_ancestors(version=version)
+        chain = selectors.model_version_ancestors(user=self.context["user"], version=version)
         return VersionSummaryOutput(chain, many=True).data
 
     def get_children(self, version) -> list[dict]:
-        children = selectors.model_version_children(version=version)
+        children = selectors.model_version_children(user=self.context["user"], version=version)
         return VersionSummaryOutput(children, many=True).data
+
+
+def _detail(version: ModelVersion, *, user) -> dict:
+    return VersionDetailOutput(version, context={"user": user}).data
 
 
 class ModelListApi(ListAPIView):
@@ -87,11 +93,12 @@ class ModelListApi(ListAPIView):
     filterset_class = None
 
     def get_queryset(self):
-        return selectors.model_list()
+        return selectors.model_list(user=self.request.user)
 
 
 class ModelVersionListCreateApi(ListAPIView):
-    """Versions (`?model=<name>`, `?status=ready`); staff register new ones with POST."""
+    """Versions the caller may see (`?model=<name>`, `?status=ready`); staff register new,
+    shared ones with POST."""
 
     @extend_schema_serializer(component_name="ModelVersionRegisterInput")
     class InputSerializer(serializers.Serializer):
@@ -116,7 +123,9 @@ class ModelVersionListCreateApi(ListAPIView):
 
     def get_queryset(self):
         params = self.request.query_params
-        return selectors.model_version_list(model=params.get("model"), status=params.get("status"))
+        return selectors.model_version_list(
+            user=self.request.user, model=params.get("model"), status=params.get("status")
+        )
 
     @extend_schema(request=InputSerializer, responses={201: VersionDetailOutput})
     def post(self, request):
@@ -126,11 +135,23 @@ class ModelVersionListCreateApi(ListAPIView):
         version = services.model_version_register(**data.validated_data)
         created = version.created_at >= started  # else: that source was registered already
         code = status.HTTP_201_CREATED if created else status.HTTP_200_OK
-        return Response(VersionDetailOutput(version).data, status=code)
+        return Response(_detail(version, user=request.user), status=code)
 
 
 class ModelVersionDetailApi(APIView):
     @extend_schema(responses=VersionDetailOutput)
     def get(self, request, version_id: int):
-        version = selectors.model_version_get(version_id=version_id)
-        return Response(VersionDetailOutput(version).data)
+        version = selectors.model_version_get(user=request.user, version_id=version_id)
+        return Response(_detail(version, user=request.user))
+
+
+class ModelVersionPublishApi(APIView):
+    """Staff share a private (fine-tuned) version with every account."""
+
+    @extend_schema(request=None, responses=VersionDetailOutput)
+    def post(self, request, version_id: int):
+        # Resolved first, so a version the caller may not see is a 404 like everywhere
+        # else; the service refuses non-staff (403) for the ones they may see.
+        version = selectors.model_version_get(user=request.user, version_id=version_id)
+        version = services.model_version_publish(version=version, user=request.user)
+        return Response(_detail(version, user=request.user))

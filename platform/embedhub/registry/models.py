@@ -1,3 +1,4 @@
+from django.conf import settings
 from django.db import models
 from pgvector.django import VectorField
 
@@ -22,6 +23,10 @@ class ModelVersion(BaseModel):
         FAILED = "failed"
         ARCHIVED = "archived"
 
+    class Visibility(models.TextChoices):
+        SHARED = "shared"  # every account may use it
+        PRIVATE = "private"  # its owner and staff only, until staff publish it
+
     model = models.ForeignKey(EmbeddingModel, on_delete=models.CASCADE, related_name="versions")
     version = models.PositiveIntegerField()
     parent = models.ForeignKey(
@@ -42,7 +47,19 @@ class ModelVersion(BaseModel):
     training_params = models.JSONField(default=dict, blank=True)
     provenance = models.JSONField(default=dict, blank=True)
     loss_curve = models.JSONField(default=list, blank=True)
-    gate_passed = models.BooleanField(null=True, blank=True)
+    # Null for versions the system or staff registered. Deleting an account leaves its
+    # private versions to staff: indexes and children may still depend on them.
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="model_versions",
+    )
+    # Private unless registered as shared: a version nobody decided to share stays hidden.
+    visibility = models.CharField(
+        max_length=16, choices=Visibility.choices, default=Visibility.PRIVATE
+    )
 
     class Meta:
         constraints = [
@@ -52,3 +69,32 @@ class ModelVersion(BaseModel):
 
     def __str__(self) -> str:
         return f"{self.model.name} v{self.version}"
+
+
+class RegistrySettings(models.Model):
+    """Staff settings of the registry: one row (pk 1), edited in the Django admin."""
+
+    SINGLETON = 1
+
+    # PROTECT: the version new indexes are built with cannot vanish from under the setting.
+    default_version = models.ForeignKey(
+        ModelVersion,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="+",
+        limit_choices_to={
+            "visibility": ModelVersion.Visibility.SHARED,
+            "status": ModelVersion.Status.READY,
+        },
+        help_text="what an embed job uses when it names no model_version (a shared, ready "
+        "version); empty: the bundled base model",
+    )
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name = "registry settings"
+        verbose_name_plural = "registry settings"
+
+    def __str__(self) -> str:
+        return "Registry settings"

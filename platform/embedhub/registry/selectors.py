@@ -1,25 +1,43 @@
-"""Reads on the registry. Models and versions are shared by every user."""
+"""Reads on the registry. Every read of versions on behalf of a user goes through
+`model_version_visible`: shared versions, the user's own private ones, everything for staff.
+A version the user may not see is "not found", so its id leaks nothing."""
 
 from __future__ import annotations
 
-from django.db.models import Prefetch, QuerySet
+from django.db.models import Prefetch, Q, QuerySet
 
 from embedhub.core.errors import ApplicationError, NotFound
-from embedhub.registry.models import EmbeddingModel, ModelVersion
+from embedhub.registry.models import EmbeddingModel, ModelVersion, RegistrySettings
 
 # The drift vector is 384+ floats; listings never need it.
 _LIGHT = ("drift",)
 
 
-def model_list() -> QuerySet[EmbeddingModel]:
-    versions = ModelVersion.objects.defer(*_LIGHT).select_related("model").order_by("version")
-    return EmbeddingModel.objects.prefetch_related(Prefetch("versions", queryset=versions))
+def model_version_visible(*, user) -> QuerySet[ModelVersion]:
+    """The versions `user` may see and use."""
+    qs = ModelVersion.objects.all()
+    if user is None or not user.is_authenticated:  # also what schema generation sees
+        return qs.none()
+    if user.is_staff:
+        return qs
+    return qs.filter(Q(visibility=ModelVersion.Visibility.SHARED) | Q(owner=user))
+
+
+def model_list(*, user) -> QuerySet[EmbeddingModel]:
+    """Models with at least one version the user may see, listing only those versions."""
+    visible = model_version_visible(user=user)
+    versions = visible.defer(*_LIGHT).select_related("model").order_by("version")
+    return (
+        EmbeddingModel.objects.filter(versions__in=visible.values("pk"))
+        .distinct()
+        .prefetch_related(Prefetch("versions", queryset=versions))
+    )
 
 
 def model_version_list(
-    *, model: str | None = None, status: str | None = None
+    *, user, model: str | None = None, status: str | None = None
 ) -> QuerySet[ModelVersion]:
-    qs = ModelVersion.objects.defer(*_LIGHT).select_related("model")
+    qs = model_version_visible(user=user).defer(*_LIGHT).select_related("model")
     if model:
         qs = qs.filter(model__name=model)
     if status:
@@ -27,21 +45,23 @@ def model_version_list(
     return qs
 
 
-def model_version_get(*, version_id: int) -> ModelVersion:
+def model_version_get(*, user, version_id: int) -> ModelVersion:
     version = (
-        ModelVersion.objects.defer(*_LIGHT).select_related("model").filter(pk=version_id).first()
+        model_version_visible(user=user)
+        .defer(*_LIGHT)
+        .select_related("model")
+        .filter(pk=version_id)
+        .first()
     )
     if version is None:
         raise NotFound(f"model version {version_id} not found")
     return version
 
 
-def model_version_resolve(*, version_id: int) -> ModelVersion:
-    """A ready version that a job, a search or an evaluation may use.
-
-    Versions are shared by every user today; this is the one place that will scope them.
-    """
-    version = ModelVersion.objects.select_related("model").filter(pk=version_id).first()
+def model_version_resolve(*, user, version_id: int) -> ModelVersion:
+    """A ready version that `user`'s job, search or evaluation may use: every version id a
+    request names is resolved here."""
+    version = model_version_visible(user=user).select_related("model").filter(pk=version_id).first()
     if version is None:
         raise NotFound(f"model version {version_id} not found")
     if version.status != ModelVersion.Status.READY:
@@ -52,19 +72,31 @@ def model_version_resolve(*, version_id: int) -> ModelVersion:
     return version
 
 
-def model_version_ancestors(*, version: ModelVersion) -> list[ModelVersion]:
-    """Parent first, root last. Lineages are short (one step per fine-tune)."""
+def model_version_ancestors(*, user, version: ModelVersion) -> list[ModelVersion]:
+    """Parent first, root last, up to the first one `user` may not see. Lineages are short
+    (one step per fine-tune)."""
+    visible = model_version_visible(user=user).defer(*_LIGHT).select_related("model")
     chain: list[ModelVersion] = []
     seen = {version.pk}
     current = version
     while current.parent_id and current.parent_id not in seen:
-        current = (
-            ModelVersion.objects.defer(*_LIGHT).select_related("model").get(pk=current.parent_id)
-        )
+        current = visible.filter(pk=current.parent_id).first()
+        if current is None:
+            break
         seen.add(current.pk)
         chain.append(current)
     return chain
 
 
-def model_version_children(*, version: ModelVersion) -> QuerySet[ModelVersion]:
-    return version.children.defer(*_LIGHT).select_related("model").order_by("version")
+def model_version_children(*, user, version: ModelVersion) -> QuerySet[ModelVersion]:
+    visible = model_version_visible(user=user).filter(parent=version)
+    return visible.defer(*_LIGHT).select_related("model").order_by("version")
+
+
+def registry_settings_get() -> RegistrySettings | None:
+    """The staff settings row, None until the first embed job or the admin creates it."""
+    return (
+        RegistrySettings.objects.select_related("default_version__model")
+        .filter(pk=RegistrySettings.SINGLETON)
+        .first()
+    )

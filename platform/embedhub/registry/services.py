@@ -3,6 +3,10 @@
 A version's spec (dimension, pooling, normalisation, max tokens, prefixes) is read from
 the model directory once, at registration, and stored: indexes and queries must embed
 the same way for as long as the version exists.
+
+Versions registered by staff or the system are shared; a fine-tuned child is private to
+the fine-tune's owner until staff publish it. The default version for new indexes is a
+staff setting (RegistrySettings), never "whatever is newest".
 """
 
 from __future__ import annotations
@@ -24,7 +28,8 @@ from huggingface_hub import snapshot_download
 from huggingface_hub.errors import RepositoryNotFoundError
 
 from embedhub.core.errors import ApplicationError
-from embedhub.registry.models import EmbeddingModel, ModelVersion
+from embedhub.registry.models import EmbeddingModel, ModelVersion, RegistrySettings
+from embedhub.registry.selectors import registry_settings_get
 from workers.ml.spec import ModelLoadError, default_model_path, read_model_spec
 
 logger = logging.getLogger(__name__)
@@ -39,7 +44,6 @@ EXTRA_FIELDS = {
     "training_params",
     "provenance",
     "loss_curve",
-    "gate_passed",
     "drift",
     "drift_norm",
 }
@@ -165,19 +169,37 @@ def _check_extra(extra: dict) -> None:
         )
 
 
+class PermissionRefused(ApplicationError):
+    status_code = 403
+    code = "permission_denied"
+
+
+def _check_parent_visibility(*, parent: ModelVersion | None, owner) -> None:
+    # A shared version's lineage must be shared too: its detail view, QDC and anyone who
+    # fine-tunes it walk the ancestors.
+    if owner is None and parent is not None and parent.visibility != ModelVersion.Visibility.SHARED:
+        raise ApplicationError(
+            f"parent {parent} is private; publish it before registering a shared child of it",
+            details={"field": "parent"},
+        )
+
+
 def model_version_register(
     *,
     source: str | None = None,
     name: str | None = None,
     parent: ModelVersion | None = None,
+    owner=None,
     **extra,
 ) -> ModelVersion:
     """Register a model directory or Hub id as the next version of `name`.
 
     source None is the bundled all-MiniLM-L6-v2. Registering the same source under the
-    same name again returns the existing version.
+    same name again returns the existing version. Without an owner (staff, the system) the
+    version is shared; with one it is private to that user.
     """
     _check_extra(extra)
+    _check_parent_visibility(parent=parent, owner=owner)
     recorded, path, provenance = _locate(source)
     name = (name or _default_name(source, recorded, parent)).strip()
     existing = _existing(name=name, source=recorded)
@@ -194,6 +216,10 @@ def model_version_register(
             details={"field": "parent"},
         )
     provenance = {**provenance, **(extra.pop("provenance", None) or {})}
+    visibility = (
+        ModelVersion.Visibility.SHARED if owner is None else ModelVersion.Visibility.PRIVATE
+    )
+    extra = {**extra, "owner": owner, "visibility": visibility}
     return _create(
         name=name, recorded=recorded, spec=spec, parent=parent, provenance=provenance, extra=extra
     )
@@ -237,18 +263,77 @@ def _create(*, name, recorded, spec, parent, provenance, extra) -> ModelVersion:
 
 
 def model_version_default() -> ModelVersion:
-    """The newest ready version of all-MiniLM-L6-v2, registering the bundled base if none."""
-    version = (
-        ModelVersion.objects.filter(model__name=BASE_MODEL_NAME, status=ModelVersion.Status.READY)
-        .order_by("-version")
-        .first()
+    """The version new indexes use when a job names none: the staff setting, which starts
+    as the bundled base (registered and stored on first use). A version someone fine-tunes
+    or registers later never takes its place unless staff choose it."""
+    settings_row = registry_settings_get()
+    version = settings_row.default_version if settings_row else None
+    if version is None:
+        return _default_bootstrap()
+    if version.status != ModelVersion.Status.READY:
+        raise ApplicationError(
+            f"the default model version {version} is {version.status}; staff must choose "
+            "another in the admin (Registry settings), or name a model_version",
+            code="default_version_unusable",
+        )
+    return version
+
+
+def _default_bootstrap() -> ModelVersion:
+    base = model_version_register()
+    RegistrySettings.objects.get_or_create(
+        pk=RegistrySettings.SINGLETON, defaults={"default_version": base}
     )
-    return version or model_version_register()
+    # A row saved empty in the admin: fill it only if nobody set it meanwhile.
+    RegistrySettings.objects.filter(
+        pk=RegistrySettings.SINGLETON, default_version__isnull=True
+    ).update(default_version=base)
+    return registry_settings_get().default_version
+
+
+def registry_default_set(*, version: ModelVersion) -> RegistrySettings:
+    """Make `version` (shared and ready) the default for new indexes."""
+    if version.visibility != ModelVersion.Visibility.SHARED:
+        raise ApplicationError(
+            f"{version} is private; publish it before making it everyone's default",
+            details={"field": "default_version"},
+        )
+    if version.status != ModelVersion.Status.READY:
+        raise ApplicationError(
+            f"{version} is {version.status}, not ready", details={"field": "default_version"}
+        )
+    row, _ = RegistrySettings.objects.update_or_create(
+        pk=RegistrySettings.SINGLETON, defaults={"default_version": version}
+    )
+    logger.info("default model version is now %s", version)
+    return row
+
+
+def model_version_publish(*, version: ModelVersion, user) -> ModelVersion:
+    """Staff share a private version with every account (idempotent)."""
+    if not (user and user.is_staff):
+        raise PermissionRefused("only staff may publish a model version")
+    with transaction.atomic():
+        # Locked alone: FOR UPDATE cannot cover the nullable side of the parent join.
+        version = ModelVersion.objects.select_for_update().get(pk=version.pk)
+        if version.visibility == ModelVersion.Visibility.SHARED:
+            return version
+        if version.status != ModelVersion.Status.READY:
+            raise ApplicationError(
+                f"{version} is {version.status}; only a ready version can be published"
+            )
+        if version.parent is not None:
+            _check_parent_visibility(parent=version.parent, owner=None)
+        version.visibility = ModelVersion.Visibility.SHARED
+        version.save(update_fields=["visibility", "updated_at"])
+    logger.info("%s published by %s", version, user)
+    return version
 
 
 def model_version_register_child(
     *,
     parent: ModelVersion,
+    owner,
     export_dir: Path,
     drift: np.ndarray,
     loss_curve: list[dict],
@@ -256,11 +341,14 @@ def model_version_register_child(
     provenance: dict,
 ) -> ModelVersion:
     """Move the child's weights to ARTIFACT_ROOT/models/<name>/v<N>/ and register it there
-    (registry.services.model_version_register) with its drift vector.
+    (registry.services.model_version_register) with its drift vector, private to `owner`
+    (the fine-tune job's owner).
 
     The model row stays locked from choosing N to the commit, so two jobs finishing at
     once never pick the same folder (the registry numbers the version under the same lock).
     """
+    if owner is None:  # an ownerless child would be registered as shared
+        raise ValueError("a fine-tuned child version needs its job's owner")
     with transaction.atomic():
         model = EmbeddingModel.objects.select_for_update().get(pk=parent.model_id)
         number = (model.versions.aggregate(n=Max("version"))["n"] or 0) + 1
@@ -273,6 +361,7 @@ def model_version_register_child(
             source=str(final),
             name=model.name,
             parent=parent,
+            owner=owner,
             status=ModelVersion.Status.READY,
             drift=drift.astype(np.float32),
             drift_norm=float(np.linalg.norm(drift)),

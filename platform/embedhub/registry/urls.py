@@ -10,4 +10,9 @@ urlpatterns = [
         apis.ModelVersionDetailApi.as_view(),
         name="model-version-detail",
     ),
+    path(
+        "model-versions/<int:version_id>/publish/",
+        apis.ModelVersionPublishApi.as_view(),
+        name="model-version-publish",
+    ),
 ]

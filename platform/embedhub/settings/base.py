@@ -122,6 +122,11 @@ MEDIA_URL = "media/"
 FILE_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024 * 1024
 DATA_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
 EMBEDHUB_MAX_UPLOAD_BYTES = int(os.environ.get("EMBEDHUB_MAX_UPLOAD_BYTES", 2 * 1024**3))
+# Training sets and query sets are read whole at submission, so their caps are lower.
+EMBEDHUB_MAX_TRAINING_SET_BYTES = int(
+    os.environ.get("EMBEDHUB_MAX_TRAINING_SET_BYTES", 256 * 1024**2)
+)
+EMBEDHUB_MAX_QUERY_SET_BYTES = int(os.environ.get("EMBEDHUB_MAX_QUERY_SET_BYTES", 256 * 1024**2))
 ARTIFACT_ROOT = Path(os.environ.get("ARTIFACT_ROOT", VAR_DIR / "artifacts"))
 
 SECURE_CONTENT_TYPE_NOSNIFF = True
@@ -179,15 +184,41 @@ EMBEDHUB = {
     "REAPER_INTERVAL_SECONDS": float(os.environ.get("EMBEDHUB_REAPER_INTERVAL_SECONDS", 30)),
     # A queued job not picked up for this long is dispatched again (lost message, broker restart).
     "REDISPATCH_AFTER_SECONDS": float(os.environ.get("EMBEDHUB_REDISPATCH_AFTER_SECONDS", 120)),
-    "MAX_ATTEMPTS": int(os.environ.get("EMBEDHUB_MAX_ATTEMPTS", 5)),
+    # A job fails for a lost worker only after this many attempts in a row without progress.
+    "MAX_STALLED_ATTEMPTS": int(os.environ.get("EMBEDHUB_MAX_STALLED_ATTEMPTS", 3)),
+    # A stalled attempt's job waits this long × 2^(stalled attempts - 1) before it is sent
+    # again; any wait (and the lost-message re-dispatch, REDISPATCH_AFTER × 2^sends) is capped.
+    "REQUEUE_BACKOFF_SECONDS": float(os.environ.get("EMBEDHUB_REQUEUE_BACKOFF_SECONDS", 30)),
+    "BACKOFF_MAX_SECONDS": float(os.environ.get("EMBEDHUB_BACKOFF_MAX_SECONDS", 3600)),
+    # Jobs of one user running at once (0: no limit); further ones wait in "queued".
+    "MAX_RUNNING_PER_USER": int(os.environ.get("EMBEDHUB_MAX_RUNNING_PER_USER", 2)),
     "DEFAULT_ENCODER": os.environ.get("EMBEDHUB_DEFAULT_ENCODER", ""),
     "INDEX_RETENTION_DAYS": int(os.environ.get("EMBEDHUB_INDEX_RETENTION_DAYS", 7)),
+    # The "fake" / "fake:N" encoder override exists for job-mechanics tests and benchmarks;
+    # a production deployment refuses it (the tests and benchmarks turn it on).
+    "ALLOW_FAKE_ENCODER": env_bool("EMBEDHUB_ALLOW_FAKE_ENCODER", False),
+    # A chunked index stores at most this many windows of one document; the rest of a very
+    # long document is dropped (and counted in the embed job's result).
+    "MAX_CHUNKS_PER_DOCUMENT": int(os.environ.get("EMBEDHUB_MAX_CHUNKS_PER_DOCUMENT", 64)),
+    # Exact evaluation and audits read an index's vectors this many rows at a time.
+    "VECTOR_BLOCK_ROWS": int(os.environ.get("EMBEDHUB_VECTOR_BLOCK_ROWS", 50_000)),
 }
 
+# /metrics (Prometheus): a staff session, or "Authorization: Bearer <this token>"; with
+# EMBEDHUB_METRICS_PUBLIC on, anyone who can reach the server (a private network only).
+EMBEDHUB_METRICS_TOKEN = os.environ.get("EMBEDHUB_METRICS_TOKEN", "")
+EMBEDHUB_METRICS_PUBLIC = env_bool("EMBEDHUB_METRICS_PUBLIC", False)
+
+LOG_FORMAT = os.environ.get("LOG_FORMAT", "plain").strip().lower()
+if LOG_FORMAT not in {"plain", "json"}:
+    raise ImproperlyConfigured(f"LOG_FORMAT must be plain or json, not {LOG_FORMAT!r}")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"},
+        "json": {"()": "embedhub.core.logformat.JsonFormatter"},
+    },
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT}},
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
 }

@@ -22,7 +22,8 @@ REST_FRAMEWORK = {
 DATABASES["default"]["TEST"] = {"NAME": f"test_embedhub_{os.getpid()}"}  # noqa: F405
 if not os.environ.get("CELERY_BROKER_URL"):
     CELERY_BROKER_URL = embedded.redis_url(VAR_DIR, db=1 + os.getpid() % 250)  # noqa: F405
-EMBEDHUB = {**EMBEDHUB, "HEARTBEAT_SECONDS": 0.5}  # noqa: F405
+# The fake encoder keeps job-mechanics tests fast and model-free.
+EMBEDHUB = {**EMBEDHUB, "HEARTBEAT_SECONDS": 0.5, "ALLOW_FAKE_ENCODER": True}  # noqa: F405
 if not os.environ.get("ARTIFACT_ROOT"):
     ARTIFACT_ROOT = VAR_DIR / "test-artifacts" / str(os.getpid())  # noqa: F405
 if not os.environ.get("MEDIA_ROOT"):

@@ -117,7 +117,7 @@ class SearchApi(APIView):
         )
         version = None
         if params.get("model_version"):
-            version = model_version_resolve(version_id=params["model_version"])
+            version = model_version_resolve(user=request.user, version_id=params["model_version"])
         vectors, info = compensation.query_vectors(
             index=index,
             texts=[params["query"]],

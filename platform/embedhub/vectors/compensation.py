@@ -61,6 +61,15 @@ def query_vectors(
     encoder = encoder_for(model_version=version, override=index.encoder)
     vectors = encoder.encode(texts, kind="query")
     if applied == "qdc":
-        vectors = compensate(vectors, drift_deltas(path))
+        deltas = drift_deltas(path)
+        if any(delta.shape[-1] != vectors.shape[-1] for delta in deltas):
+            # An index built with a test encoder of another width than the model's.
+            raise ApplicationError(
+                f"index {index.pk} holds {vectors.shape[-1]}-dimensional vectors but the "
+                f"drift vectors of {version} have {deltas[0].shape[-1]}: QDC cannot apply; "
+                'use compensation "none"',
+                code="incompatible_drift",
+            )
+        vectors = compensate(vectors, deltas)
     info = {"model_version": version.pk, "compensation": applied, "drift_steps": len(path)}
     return vectors, info

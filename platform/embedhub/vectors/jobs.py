@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
 import re
 
+from django.conf import settings
 from rest_framework import serializers
 
+from embedhub.core.errors import ApplicationError
 from embedhub.corpora.models import Corpus
 from embedhub.jobs.kinds import JobKind, job_kind_register
 from embedhub.jobs.params import (
@@ -15,6 +18,7 @@ from embedhub.jobs.params import (
     StrictChoiceField,
     StrictIntegerField,
     owned,
+    params_field,
 )
 from embedhub.registry.models import ModelVersion
 from embedhub.registry.selectors import model_version_resolve
@@ -38,7 +42,13 @@ def index_lookup(*, user, pk: int) -> VectorIndex:
 
 
 def version_lookup(*, user, pk: int) -> ModelVersion:
-    return model_version_resolve(version_id=pk)
+    return model_version_resolve(user=user, version_id=pk)
+
+
+FAKE_REFUSED = (
+    "encoder overrides are turned off on this server (EMBEDHUB_ALLOW_FAKE_ENCODER); leave "
+    "encoder empty to embed with the model version"
+)
 
 
 def encoder_validate(value: str) -> str:
@@ -49,7 +59,18 @@ def encoder_validate(value: str) -> str:
         )
     if match and match["dim"] and not 1 <= int(match["dim"]) <= MAX_DIMENSION:
         raise serializers.ValidationError(f"fake dimension must be 1..{MAX_DIMENSION}")
+    if value and not settings.EMBEDHUB["ALLOW_FAKE_ENCODER"]:
+        raise serializers.ValidationError(FAKE_REFUSED)
     return value
+
+
+def _fake_encoder_check(*, encoder: str, field: str, source: str) -> None:
+    """Refuse work that would run the fake encoder where the setting is off; `source` says
+    where the encoder came from (an index built while the setting was on)."""
+    if encoder and not settings.EMBEDHUB["ALLOW_FAKE_ENCODER"]:
+        raise serializers.ValidationError(
+            {field: f"{source} uses the {encoder!r} test encoder: {FAKE_REFUSED}"}
+        )
 
 
 class IndexOptionsParams(ParamsSerializer):
@@ -75,14 +96,17 @@ class IndexOptionsParams(ParamsSerializer):
     chunk_overlap = StrictIntegerField(
         required=False,
         min_value=0,
-        help_text="tokens shared by consecutive windows (default 32; at most half the window)",
+        help_text="tokens shared by consecutive windows (default 32); the stride (window - "
+        "overlap) must be at least a quarter of the window, and a document keeps at most "
+        "EMBEDHUB_MAX_CHUNKS_PER_DOCUMENT windows",
     )
     encoder = StrictCharField(
         required=False,
         allow_blank=True,
         max_length=16,
         validators=[encoder_validate],
-        help_text='"" = the model version; "fake" / "fake:<dim>" for job-mechanics tests',
+        help_text='"" = the model version; "fake" / "fake:<dim>" for job-mechanics tests '
+        "(only where the server allows it: EMBEDHUB_ALLOW_FAKE_ENCODER)",
     )
     batch_size = StrictIntegerField(
         required=False,
@@ -107,6 +131,8 @@ def index_options_resolve(
         **given,
     }
     options = {k: merged[k] for k in ("storage", "chunking", "encoder")}
+    if "encoder" not in given:  # an inherited override obeys the setting like a given one
+        _fake_encoder_check(encoder=options["encoder"], field="encoder", source="the active index")
     if merged["chunking"] != VectorIndex.Chunking.CHUNK:
         return options
     window = merged.get("chunk_window") or 128
@@ -115,11 +141,22 @@ def index_options_resolve(
         raise serializers.ValidationError(
             {"chunk_window": f"{window} is more than {version}'s {version.max_tokens} tokens"}
         )
-    if overlap > window // 2:
-        raise serializers.ValidationError(
-            {"chunk_overlap": f"{overlap} is more than half of chunk_window ({window})"}
-        )
+    _stride_check(window=window, overlap=overlap)
     return {**options, "chunk_window": window, "chunk_overlap": overlap}
+
+
+def _stride_check(*, window: int, overlap: int) -> None:
+    # Each window advances by window - overlap tokens; a tiny stride stores nearly one
+    # vector per token, so a quarter of the window is the least it may advance.
+    max_overlap = window - math.ceil(window / 4)
+    if overlap > max_overlap:
+        raise serializers.ValidationError(
+            {
+                "chunk_overlap": f"{overlap} leaves a stride of {window - overlap} tokens; with "
+                f"chunk_window {window} the overlap may be at most {max_overlap} (the stride "
+                "must be at least a quarter of the window)"
+            }
+        )
 
 
 class EmbedParams(IndexOptionsParams):
@@ -152,9 +189,10 @@ def embed_prepare(*, user, params: dict) -> tuple[dict, Corpus]:
         )
     index = params.get("index")
     version = params.get("model_version") or (index.model_version if index else None)
-    version = version or model_version_default()
+    version = version or _default_version()
     if index is not None:
         _check_target(index=index, corpus=corpus, version=version)
+        _fake_encoder_check(encoder=index.encoder, field="index", source=f"index {index.pk}")
     else:
         options = index_options_resolve(params=params, version=version)
         index = selectors.index_matching(corpus=corpus, model_version=version, **options)
@@ -169,6 +207,14 @@ def embed_prepare(*, user, params: dict) -> tuple[dict, Corpus]:
         "activate": params.get("activate"),
     }
     return prepared, corpus
+
+
+def _default_version() -> ModelVersion:
+    """The staff's default model (Registry settings), never "the newest version"."""
+    try:
+        return model_version_default()
+    except ApplicationError as exc:  # the setting names a version that is not ready
+        raise params_field("model_version", exc) from None
 
 
 def _check_target(*, index: VectorIndex, corpus: Corpus, version: ModelVersion) -> None:

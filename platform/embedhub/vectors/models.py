@@ -44,6 +44,8 @@ class VectorIndex(BaseModel):
     )
     vector_count = models.PositiveIntegerField(default=0)
     built_at = models.DateTimeField(null=True, blank=True)
+    # Written by the worker that built the HNSW index, read by /metrics in the web process.
+    hnsw_build_seconds = models.FloatField(null=True, blank=True)
     retired_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:

@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
+from django.conf import settings
 from django.db import connection, transaction
 from django.shortcuts import get_object_or_404
 from pgvector.psycopg import register_vector
@@ -102,8 +103,8 @@ def index_pending_pages(*, index: VectorIndex, page_size: int) -> Iterator[list[
 
 
 def index_vectors(*, index: VectorIndex) -> tuple[list[int], list[str], np.ndarray]:
-    """All (document id, external id, vector) of an index, chunk 0 only (for exact evaluation
-    in numpy and geometry statistics)."""
+    """All (document id, external id, vector) of an index, chunk 0 only, in memory at once
+    (hard-negative mining); evaluation and audits stream `index_vector_blocks` instead."""
     connection.ensure_connection()
     register_vector(connection.connection)  # vectors arrive as numpy arrays, not text
     with connection.cursor() as cur:
@@ -116,6 +117,53 @@ def index_vectors(*, index: VectorIndex) -> tuple[list[int], list[str], np.ndarr
         return [], [], np.zeros((0, index.dimension), dtype=np.float32)
     matrix = np.stack([r[2].to_numpy() for r in rows]).astype(np.float32, copy=False)
     return [r[0] for r in rows], [r[1] for r in rows], matrix
+
+
+def index_vector_blocks(
+    *, index: VectorIndex, block_rows: int | None = None
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(document ids, vectors) of an index's chunk-0 vectors in document id order, at most
+    `block_rows` (default EMBEDHUB["VECTOR_BLOCK_ROWS"]) at a time, read through a
+    server-side cursor: memory holds one block however large the index.
+
+    The cursor lives in a transaction that stays open while the caller iterates, so the
+    caller must not report job progress (a write on the job row) inside the loop: it would
+    hold the row's lock, and stay invisible, until the last block.
+    """
+    size = block_rows or settings.EMBEDHUB["VECTOR_BLOCK_ROWS"]
+    connection.ensure_connection()
+    register_vector(connection.connection)  # vectors arrive as numpy arrays, not text
+    # Inside a transaction Django's named cursor is not WITH HOLD, so Postgres streams the
+    # rows instead of materialising the whole result first.
+    with transaction.atomic(), connection.chunked_cursor() as cur:
+        cur.execute(
+            f"SELECT v.document_id, v.embedding::vector FROM {index.table_name} v "
+            "JOIN corpora_document d ON d.id = v.document_id WHERE v.chunk = 0 "
+            "ORDER BY v.document_id"
+        )
+        while rows := cur.fetchmany(size):
+            ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+            yield ids, np.stack([r[1].to_numpy() for r in rows]).astype(np.float32, copy=False)
+
+
+def document_external_ids(*, document_ids) -> dict[int, str]:
+    """{document id: external id} for the given ids (those that still exist)."""
+    ids = [int(i) for i in document_ids]
+    if not ids:
+        return {}
+    with connection.cursor() as cur:
+        # One array parameter, however many ids: an IN list could pass the protocol's limit.
+        cur.execute("SELECT id, external_id FROM corpora_document WHERE id = ANY(%s)", [ids])
+        return dict(cur.fetchall())
+
+
+def document_ids_by_external_id(*, corpus_id: int, external_ids) -> dict[str, int]:
+    """{external id: document id} of the corpus's documents among `external_ids`."""
+    return dict(
+        Document.objects.filter(corpus_id=corpus_id, external_id__in=list(external_ids))
+        .values_list("external_id", "id")
+        .iterator()
+    )
 
 
 @dataclass(frozen=True)

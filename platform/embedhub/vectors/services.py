@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
+from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
@@ -57,12 +59,27 @@ def _dimension(model_version: ModelVersion, encoder: str) -> int:
     return model_version.dimension
 
 
-def index_activate(*, index: VectorIndex) -> VectorIndex:
-    """Make this index the corpus's default for search (also the rollback action)."""
-    if index.state not in (VectorIndex.State.READY, VectorIndex.State.RETIRED):
-        raise Conflict(f"index {index.pk} is {index.state}; only a built index can be activated")
+@contextmanager
+def index_locked(*, index: VectorIndex) -> Iterator[Corpus]:
+    """A transaction holding the row lock of the index's corpus, with `index` re-read under it.
+
+    Activate, drop and retention of one corpus's indexes all take this lock, so each sees
+    what the one before it committed: a check made on an older snapshot (is it active? is
+    it still retired?) could otherwise let retention drop an index a rollback just activated.
+    """
     with transaction.atomic():
         corpus = Corpus.objects.select_for_update().get(pk=index.corpus_id)
+        index.refresh_from_db()
+        yield corpus
+
+
+def index_activate(*, index: VectorIndex) -> VectorIndex:
+    """Make this index the corpus's default for search (also the rollback action)."""
+    with index_locked(index=index) as corpus:
+        if index.state not in (VectorIndex.State.READY, VectorIndex.State.RETIRED):
+            raise Conflict(
+                f"index {index.pk} is {index.state}; only a built index can be activated"
+            )
         previous = corpus.active_index_id
         corpus.active_index = index
         corpus.save(update_fields=["active_index", "updated_at"])
@@ -78,10 +95,14 @@ def index_activate(*, index: VectorIndex) -> VectorIndex:
 
 
 def index_drop(*, index: VectorIndex) -> None:
-    if index.corpus.active_index_id == index.pk:
-        raise Conflict(f"index {index.pk} is the corpus's active index; activate another first")
-    tables.table_drop(table=index.table_name)
-    VectorIndex.objects.filter(pk=index.pk).update(state=VectorIndex.State.DROPPED)
+    with index_locked(index=index) as corpus:
+        if corpus.active_index_id == index.pk:
+            raise Conflict(f"index {index.pk} is the corpus's active index; activate another first")
+        if index.state == VectorIndex.State.DROPPED:
+            return  # dropped by someone else meanwhile: nothing left to do
+        tables.table_drop(table=index.table_name)
+        VectorIndex.objects.filter(pk=index.pk).update(state=VectorIndex.State.DROPPED)
+    index.refresh_from_db()
 
 
 # ------------------------------------------------------------------ building (the embed job)
@@ -107,7 +128,7 @@ def index_build(*, index: VectorIndex, ctx, batch_size: int | None = None, activ
         pending = selectors.index_pending_count(index=index)
         done = total - pending
         ctx.progress(done, total=total, unit="docs", note="embedding")
-        embedded = _embed_pending(
+        embedded, chunk_stats = _embed_pending(
             index=index, encoder=encoder, ctx=ctx, done=done, total=total, batch_size=batch_size
         )
         embed_seconds = time.monotonic() - started
@@ -125,6 +146,7 @@ def index_build(*, index: VectorIndex, ctx, batch_size: int | None = None, activ
         "embed_seconds": round(embed_seconds, 3),
         "finalise_seconds": round(seconds - embed_seconds, 3),
         "docs_per_second": round(embedded / max(embed_seconds, 1e-9), 1),
+        **chunk_stats,
     }
 
 
@@ -151,10 +173,12 @@ def _pending_items(index: VectorIndex, hashes: dict) -> Iterator[tuple[int, str]
             yield doc_id, selectors.document_text(title, text)
 
 
-def _embed_pending(*, index, encoder, ctx, done: int, total: int, batch_size) -> int:
+def _embed_pending(*, index, encoder, ctx, done: int, total: int, batch_size) -> tuple[int, dict]:
+    """Documents embedded, and for a chunked index what the chunk cap dropped."""
     hashes: dict[int, str] = {}
     items = _pending_items(index, hashes)
     if index.chunking == VectorIndex.Chunking.CHUNK:
+        cap = settings.EMBEDHUB["MAX_CHUNKS_PER_DOCUMENT"]
         return _embed_chunked(
             index=index,
             encoder=encoder,
@@ -162,7 +186,7 @@ def _embed_pending(*, index, encoder, ctx, done: int, total: int, batch_size) ->
             done=done,
             total=total,
             batch_size=batch_size,
-            chunking=Chunking(index.chunk_window, index.chunk_overlap),
+            chunking=Chunking(index.chunk_window, index.chunk_overlap, max_chunks=cap),
         )
     embedded = 0
     for batch in encoder.iter_encode(items, kind="document", batch_size=batch_size):
@@ -178,20 +202,25 @@ def _embed_pending(*, index, encoder, ctx, done: int, total: int, batch_size) ->
             )
             embedded += len(batch.keys)
             ctx.progress(done + embedded, total=total, checkpoint={"embedded": done + embedded})
-    return embedded
+    return embedded, {}
 
 
-def _embed_chunked(*, index, encoder, ctx, done, total, batch_size, chunking) -> int:
+def _embed_chunked(*, index, encoder, ctx, done, total, batch_size, chunking) -> tuple[int, dict]:
     """Chunks of one document may span batches, so whole pages are written at once: a
-    document is never left with some of its chunks."""
+    document is never left with some of its chunks.
+
+    Windows past the cap are not stored; the counts go into the result, and into the
+    checkpoint with each page, so a resumed job still reports the earlier attempts' cuts."""
     embedded = 0
+    cut = {key: ctx.checkpoint.get(key, 0) for key in ("chunks_dropped", "documents_capped")}
     for page in selectors.index_pending_pages(index=index, page_size=PAGE_SIZE // 4):
         items = [(doc_id, selectors.document_text(title, text)) for doc_id, title, text, _ in page]
         hashes = {doc_id: content_hash for doc_id, _, _, content_hash in page}
-        keys, vectors = [], []
+        keys, vectors, capped = [], [], []
         for batch in encoder.iter_encode(items, batch_size=batch_size, chunking=chunking):
             keys.extend(batch.keys)
             vectors.append(batch.vectors)
+            capped.extend(batch.capped)
             ctx.check_cancel()
         with transaction.atomic():
             tables.rows_replace(
@@ -203,22 +232,30 @@ def _embed_chunked(*, index, encoder, ctx, done, total, batch_size, chunking) ->
                 vectors=np.concatenate(vectors),
             )
             embedded += len(page)
-            ctx.progress(done + embedded, total=total, checkpoint={"embedded": done + embedded})
-    return embedded
+            cut["chunks_dropped"] += sum(n for _, n in capped)
+            cut["documents_capped"] += len(capped)
+            ctx.progress(
+                done + embedded, total=total, checkpoint={"embedded": done + embedded, **cut}
+            )
+    return embedded, {**cut, "max_chunks_per_document": chunking.max_chunks}
 
 
 def _finalise(*, index: VectorIndex, activate) -> dict:
     tables.orphans_delete(table=index.table_name, corpus_id=index.corpus_id)
+    timings = {}
     if not tables.hnsw_exists(table=index.table_name):
+        started = time.monotonic()
         tables.hnsw_build(
             table=index.table_name,
             storage=index.storage,
             m=index.hnsw_m,
             ef_construction=index.hnsw_ef_construction,
         )
+        # Kept on the row: the build ran in a worker, /metrics is served by the web process.
+        timings["hnsw_build_seconds"] = time.monotonic() - started
     vectors, documents = tables.rows_count(table=index.table_name)
     VectorIndex.objects.filter(pk=index.pk).update(
-        state=VectorIndex.State.READY, vector_count=vectors, built_at=timezone.now()
+        state=VectorIndex.State.READY, vector_count=vectors, built_at=timezone.now(), **timings
     )
     index.refresh_from_db()
     corpus = index.corpus

@@ -15,6 +15,7 @@ from workers.ml.encoder import (
     Chunking,
     Encoder,
     FakeEncoder,
+    chunk_count,
     chunk_spans,
     default_batch_size,
     load_encoder,
@@ -161,6 +162,45 @@ def test_chunk_spans_rejects_an_overlap_that_would_not_advance() -> None:
         chunk_spans(10, size=4, overlap=4)
     with pytest.raises(ValueError):
         Chunking(window=0, overlap=0)
+
+
+def test_chunk_count_is_the_number_of_spans_and_limit_keeps_the_first_ones() -> None:
+    for n, size, overlap in itertools.product(range(0, 60), range(1, 12), range(0, 11)):
+        if overlap < size:
+            spans = chunk_spans(n, size=size, overlap=overlap)
+            assert chunk_count(n, size=size, overlap=overlap) == len(spans), (n, size, overlap)
+            assert chunk_spans(n, size=size, overlap=overlap, limit=3) == spans[:3]
+    with pytest.raises(ValueError, match="max_chunks"):
+        Chunking(window=8, max_chunks=0)
+
+
+def test_chunks_past_max_chunks_are_dropped_and_reported_once_per_text(encoder: Encoder) -> None:
+    items = [("long", "cell " * 300), ("short", "a short document"), ("mid", "gene " * 150)]
+    chunking = Chunking(window=64, overlap=8, max_chunks=2)
+    batches = list(encoder.iter_encode(items, batch_size=2, chunking=chunking))
+    keys = sorted((k for b in batches for k in b.keys), key=str)
+    assert keys == sorted([("long", 0), ("long", 1), ("mid", 0), ("mid", 1), ("short", 0)], key=str)
+    # 62 text tokens per window ([CLS] and [SEP] take 2), advancing by 54.
+    capped = [c for b in batches for c in b.capped]
+    want = {"long": len(chunk_spans(300, size=62, overlap=8)) - 2}
+    want["mid"] = len(chunk_spans(150, size=62, overlap=8)) - 2
+    assert sorted(capped) == sorted(want.items()) and want == {"long": 4, "mid": 1}
+    uncapped = encoder.tokenize_chunks("cell " * 300, chunking=Chunking(64, 8))
+    assert encoder.tokenize_chunks("cell " * 300, chunking=chunking) == uncapped[:2]
+
+
+def test_fake_encoder_drops_chunks_past_max_chunks_and_reports_them() -> None:
+    fake = FakeEncoder(dimension=8)
+    items = [("a", "x " * 10), ("b", "y"), ("c", "z " * 7)]
+    batches = list(fake.iter_encode(items, chunking=Chunking(4, 1, max_chunks=2)))
+    assert [k for b in batches for k in b.keys] == [
+        ("a", 0),
+        ("a", 1),
+        ("b", 0),
+        ("c", 0),
+        ("c", 1),
+    ]
+    assert [c for b in batches for c in b.capped] == [("a", 1)]  # 10 words: 3 windows; 7: 2
 
 
 def test_default_batch_size_is_larger_on_gpu() -> None:

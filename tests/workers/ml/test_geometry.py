@@ -5,7 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from workers.ml.geometry import geometry_report, kth_neighbour_scores, mean_random_pair_cosine
+from workers.ml.geometry import (
+    DocGeometry,
+    geometry_report,
+    kth_neighbour_scores,
+    mean_random_pair_cosine,
+)
 
 
 def _unit_2d(cosines: np.ndarray) -> np.ndarray:
@@ -60,3 +65,29 @@ def test_tenth_neighbour_from_exact_search_matches_hand_computed_scores():
 def test_topk_with_fewer_than_ten_columns_is_rejected():
     with pytest.raises(ValueError):
         geometry_report(doc_vecs=np.eye(3), query_vecs=None, topk_scores=np.ones((2, 5)))
+
+
+def test_streamed_doc_geometry_is_exact_over_all_pairs_and_matches_the_report():
+    rng = np.random.default_rng(3)
+    docs = rng.normal(size=(300, 12)) + 0.5  # anisotropic: a shared offset
+    docs[7] = 0.0  # a zero vector counts as a document with no direction
+    queries = rng.normal(size=(9, 12))
+    streamed = DocGeometry()
+    for start in range(0, 300, 64):
+        streamed.add(docs[start : start + 64])
+    unit = docs / np.clip(np.linalg.norm(docs, axis=1, keepdims=True), 1e-12, None)
+    cosines = unit @ unit.T
+    all_pairs = (cosines.sum() - np.trace(cosines)) / (300 * 299)
+    assert streamed.n_docs == 300
+    assert streamed.mean_pair_cosine() == pytest.approx(all_pairs, abs=1e-12)
+    # The sampled estimate geometry_report gives agrees within its sampling error.
+    sampled = mean_random_pair_cosine(docs, sample_pairs=20000, seed=1)
+    assert abs(sampled - all_pairs) < 0.02
+    tenth = kth_neighbour_scores(doc_vecs=docs, query_vecs=queries, k=10)
+    report = streamed.report(query_vecs=queries, tenth=tenth)
+    reference = geometry_report(doc_vecs=docs, query_vecs=queries)
+    for key in ("n_docs", "dimension", "doc_norm_quantiles", "query_norm_quantiles"):
+        assert report[key] == reference[key], key
+    assert report["tenth_neighbour_quantiles"] == reference["tenth_neighbour_quantiles"]
+    assert report["pairs"] == "all" and report["n_queries"] == 9
+    assert np.isnan(DocGeometry().mean_pair_cosine())

@@ -1,11 +1,12 @@
-"""Exact blocked top-k must equal a brute-force stable argsort."""
+"""Exact blocked top-k (one matrix, or documents streamed in blocks) must equal a brute-force
+stable argsort."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from workers.ml.search import topk_cosine
+from workers.ml.search import TopK, topk_cosine
 
 
 def _unit(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
@@ -66,3 +67,51 @@ def test_k_beyond_what_is_left_pads_with_minus_one() -> None:
 def test_exclude_must_have_one_entry_per_query() -> None:
     with pytest.raises(ValueError, match="exclude"):
         topk_cosine(np.zeros((2, 4)), np.zeros((3, 4)), k=1, exclude=[set()])
+
+
+def _streamed(queries, docs, ids, *, k, rows, exclude=None, block=4096):
+    top = TopK(queries, k=k, exclude=exclude, block=block)
+    for start in range(0, len(docs), rows):
+        top.add(docs[start : start + rows], ids[start : start + rows])
+    return top.result()
+
+
+@pytest.mark.parametrize(("rows", "block"), [(1, 4096), (7, 3), (64, 4096), (1000, 16)])
+def test_streamed_blocks_give_exactly_the_one_matrix_result(rows: int, block: int) -> None:
+    rng = np.random.default_rng(rows)
+    queries, docs = _unit(rng, 23, 16), _unit(rng, 1000, 16)
+    exclude = [{int(i) for i in rng.choice(1000, size=3, replace=False)} for _ in range(23)]
+    want_idx, want_scores = topk_cosine(queries, docs, k=10, exclude=exclude)
+    ids = np.arange(1000)
+    idx, scores = _streamed(queries, docs, ids, k=10, rows=rows, exclude=exclude, block=block)
+    np.testing.assert_array_equal(idx, want_idx)
+    np.testing.assert_allclose(scores, want_scores, rtol=0, atol=1e-6)
+
+
+def test_streamed_ids_may_be_any_integers_and_ties_go_to_the_smaller_id() -> None:
+    # Database ids: sparse and not starting at 0. Integer vectors tie exactly.
+    rng = np.random.default_rng(8)
+    base = rng.integers(-2, 3, size=(30, 6)).astype(np.float32)
+    docs = np.concatenate([base, base])
+    ids = np.concatenate([np.arange(1000, 1030) * 3, np.arange(5, 35) * 7])
+    order = rng.permutation(60)  # blocks arrive in no particular id order
+    queries = rng.integers(-2, 3, size=(5, 6)).astype(np.float32)
+    idx, scores = _streamed(queries, docs[order], ids[order], k=12, rows=9)
+    rows, want_scores = _brute(queries, docs, 60)
+    # The brute-force order re-sorted by (score desc, id asc), then cut at k.
+    for q in range(5):
+        want = sorted(zip(-want_scores[q], ids[rows[q]], strict=True))[:12]
+        assert [int(i) for i in idx[q]] == [int(i) for _, i in want]
+        np.testing.assert_array_equal(scores[q], [-s for s, _ in want])
+
+
+def test_streamed_exclusions_name_ids_and_fewer_documents_than_k_pad() -> None:
+    rng = np.random.default_rng(9)
+    queries, docs = _unit(rng, 2, 8), _unit(rng, 4, 8)
+    ids = np.array([40, 10, 30, 20])
+    idx, scores = _streamed(queries, docs, ids, k=10, rows=3, exclude=[{10, 30}, set()])
+    assert idx.shape == (2, 4)
+    assert sorted(idx[0, :2]) == [20, 40] and list(idx[0, 2:]) == [-1, -1]
+    assert np.isneginf(scores[0, 2:]).all() and sorted(idx[1]) == [10, 20, 30, 40]
+    with pytest.raises(ValueError, match="ids"):
+        TopK(queries, k=2).add(docs, ids[:3])

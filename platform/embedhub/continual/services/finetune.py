@@ -250,6 +250,7 @@ def finetune_job_run(*, job, ctx) -> dict:
     )
     child = model_version_register_child(
         parent=parent,
+        owner=job.owner,
         export_dir=export_dir,
         drift=drift,
         loss_curve=outcome.loss_curve,

@@ -19,6 +19,8 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from embedhub.continual import selectors as continual_selectors
+from embedhub.continual.models import GateResult
 from embedhub.core.errors import ApplicationError
 from embedhub.corpora.models import Corpus
 from embedhub.evaluation.models import QuerySet
@@ -29,7 +31,13 @@ from embedhub.jobs.submission import job_submit_checked
 from embedhub.registry.models import ModelVersion
 from embedhub.vectors import selectors
 from embedhub.vectors.models import VectorIndex
-from embedhub.vectors.services import index_activate, index_build, index_create, index_drop
+from embedhub.vectors.services import (
+    index_activate,
+    index_build,
+    index_create,
+    index_drop,
+    index_locked,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -111,7 +119,9 @@ def reindex_job_run(*, job, ctx) -> dict:
     gate = None
     if job.params.get("gate") and active is not None:
         gate = _gate_check(job=job, ctx=ctx, shadow=shadow, active=active)
-        ModelVersion.objects.filter(pk=shadow.model_version_id).update(gate_passed=gate["passed"])
+        gate["gate_result"] = gate_result_record(
+            job=job, corpus=corpus, shadow=shadow, gate=gate
+        ).pk
     ctx.check_cancel()  # a cancel up to here leaves the active index as it was
     activated = gate is None or gate["passed"]
     if activated:
@@ -129,6 +139,27 @@ def reindex_job_run(*, job, ctx) -> dict:
         "gate": gate,
         "build": build,
     }
+
+
+def gate_result_record(*, job, corpus: Corpus, shadow: VectorIndex, gate: dict) -> GateResult:
+    """Store the verdict for (shadow's version, corpus, query set), replacing the previous
+    one of that triple: it is what `only_gated` asks about, for this corpus only."""
+    result, _ = GateResult.objects.update_or_create(
+        model_version_id=shadow.model_version_id,
+        corpus=corpus,
+        query_set_id=gate["query_set"],
+        defaults={
+            "job": job,
+            "new_eval_run_id": gate["new"]["eval_run"],
+            "active_eval_run_id": gate["active"]["eval_run"],
+            "metric": gate["metric"],
+            "new_value": gate["new"][gate["metric"]],
+            "active_value": gate["active"][gate["metric"]],
+            "tolerance": gate["tolerance"],
+            "passed": gate["passed"],
+        },
+    )
+    return result
 
 
 # ------------------------------------------------------------------ schedules and retention
@@ -166,18 +197,31 @@ def reindex_schedule_submit(
 
 
 def indexes_drop_expired(*, now=None) -> list[int]:
-    """Drop retired indexes older than INDEX_RETENTION_DAYS (their rollback window is over)."""
+    """Drop retired indexes older than INDEX_RETENTION_DAYS (their rollback window is over).
+
+    The scan only nominates candidates: each is re-checked under its corpus's row lock,
+    since a rollback may have re-activated it, or a reindex picked it as its shadow, after
+    the scan read it.
+    """
     now = now or timezone.now()
     cutoff = now - timedelta(days=settings.EMBEDHUB["INDEX_RETENTION_DAYS"])
-    expired = VectorIndex.objects.filter(
-        state=VectorIndex.State.RETIRED, retired_at__lt=cutoff
-    ).select_related("corpus")
-    dropped = []
-    for index in expired:
-        if index.corpus.active_index_id == index.pk:
-            continue  # re-activated by hand: in use again
-        index_drop(index=index)
-        dropped.append(index.pk)
+    candidates = list(
+        VectorIndex.objects.filter(state=VectorIndex.State.RETIRED, retired_at__lt=cutoff)
+    )
+    dropped = [index.pk for index in candidates if _drop_if_expired(index=index, cutoff=cutoff)]
     if dropped:
         logger.info("dropped %d retired indexes past retention: %s", len(dropped), dropped)
     return dropped
+
+
+def _drop_if_expired(*, index: VectorIndex, cutoff) -> bool:
+    with index_locked(index=index) as corpus:
+        retired_at = index.retired_at if index.state == VectorIndex.State.RETIRED else None
+        expired = retired_at is not None and retired_at < cutoff
+        in_use = corpus.active_index_id == index.pk or continual_selectors.index_wanted_by_job(
+            index=index
+        )
+        if not expired or in_use:
+            return False
+        index_drop(index=index)
+    return True

@@ -1,0 +1,5 @@
+from django.urls import path
+
+from embedhub.ops import views
+
+urlpatterns = [path("metrics", views.metrics, name="metrics")]
