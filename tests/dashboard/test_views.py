@@ -267,6 +267,28 @@ def test_evaluation_chart_puts_none_and_qdc_side_by_side(client_for, user, linea
     assert 'id="eval-chart-data"' in response.content.decode()
 
 
+def test_evaluation_table_shows_ann_recall_at_10_and_at_the_runs_k(client_for, user, lineage):
+    from embedhub.evaluation.models import EvalRun
+
+    exact = lineage["runs"]["none"]
+    EvalRun.objects.create(
+        owner=user,
+        query_set=exact.query_set,
+        index=exact.index,
+        model_version=exact.model_version,
+        mode="ann",
+        metrics=exact.metrics,
+        n_queries=5,
+        ann_recall_at_10=0.987,
+        ann_recall_at_k=0.912,
+        params={"k": 100},
+    )
+    body = client_for(user).get("/evaluations/").content.decode()
+    assert "ANN recall vs exact" in body
+    assert "@10 0.987 · @100 0.912" in body
+    assert '<span class="muted">exact</span>' in body  # the exact runs have none
+
+
 def test_audit_pages_mark_passages_adversarial_and_chart_baselines(client_for, user, lineage):
     from embedhub.audits.models import RobustnessAudit
 

@@ -96,6 +96,7 @@ def test_eval_run_list_filters_and_detail_with_per_query(api, runs):
     assert detail["per_query"]["q0"]["ndcg@10"] == runs["base"].per_query["q0"]["ndcg@10"]
     ann = api.get(f"/api/v1/eval-runs/{runs['b'].pk}/").json()
     assert ann["mode"] == "ann" and 0.0 <= ann["ann_recall_at_10"] <= 1.0
+    assert 0.0 <= ann["ann_recall_at_k"] <= 1.0 and ann["params"]["k"] == 100
 
 
 def test_other_user_sees_no_runs_and_gets_404(other_api, runs, other_user):

@@ -152,18 +152,27 @@ class Encoder:
     """A `transformers` encoder that embeds text the way the model's spec says."""
 
     def __init__(self, spec: ModelSpec, *, device: str | None = None) -> None:
-        from transformers import AutoModel, AutoTokenizer
+        # Lazy: importing transformers costs about a second, and web processes import this
+        # module (for Chunking) without ever loading a model.
+        from transformers import AutoTokenizer
 
         self.spec = spec
         self.dimension = spec.dimension
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(spec.path)
-            self.model = AutoModel.from_pretrained(spec.path).to(self.device).eval()
+            self.model = self._load_model()
         except (OSError, ValueError) as exc:
             raise ModelLoadError(f"could not load the model in {spec.path}: {exc}") from exc
         self._pad_id = self.tokenizer.pad_token_id or 0
         self._head, self._tail = self._special_frame()
+
+    def _load_model(self) -> Any:
+        """The transformer that `forward` runs; other runtimes override this and `forward`."""
+        # Lazy for the same reason as the tokenizer above.
+        from transformers import AutoModel
+
+        return AutoModel.from_pretrained(self.spec.path).to(self.device).eval()
 
     def _special_frame(self) -> tuple[list[int], list[int]]:
         """The special ids the tokenizer wraps one text in ([CLS] .. [SEP] for BERT).

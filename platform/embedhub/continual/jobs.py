@@ -254,7 +254,7 @@ def _inherited(active: VectorIndex | None) -> dict:
     """A shadow is built like the active index unless the params say otherwise."""
     if active is None:
         return {}
-    keys = ("storage", "chunking", "encoder", "chunk_window", "chunk_overlap")
+    keys = ("storage", "chunking", "encoder", "runtime", "chunk_window", "chunk_overlap")
     return {key: getattr(active, key) for key in keys}
 
 
@@ -298,6 +298,7 @@ def reindex_prepare(*, user, params: dict) -> tuple[dict, Corpus]:
         if gate
         else None,
         "batch_size": params.get("batch_size"),
+        "force": params.get("force", False),
     }
     return prepared, corpus
 

@@ -115,6 +115,7 @@ class EvalRunOutput(serializers.ModelSerializer):
             "metrics",
             "n_queries",
             "ann_recall_at_10",
+            "ann_recall_at_k",
             "seconds",
             "timings",
             "params",

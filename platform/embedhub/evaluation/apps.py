@@ -12,5 +12,10 @@ class EvaluationConfig(AppConfig):
         # Imported here because apps.py is loaded before models are.
         from embedhub.corpora.archives import query_set_importer_register
         from embedhub.evaluation.importing import query_set_import
+        from embedhub.evaluation.selectors import corpus_judged_queries
+        from embedhub.vectors.quality import judged_queries_provider_register
 
         query_set_importer_register(query_set_import)
+        # The int8 quality gate of vectors measures nDCG@10 on the corpus's query set; the
+        # same registry pattern, since vectors sits below evaluation.
+        judged_queries_provider_register(corpus_judged_queries)

@@ -82,7 +82,9 @@ class EvalRun(BaseModel):
     mode = models.CharField(max_length=8, choices=Mode.choices, default=Mode.EXACT)
     metrics = models.JSONField(default=dict)
     per_query = models.JSONField(default=dict)
+    # ANN runs only: the share of the exact top 10 (top k, k in params) that ANN's held.
     ann_recall_at_10 = models.FloatField(null=True, blank=True)
+    ann_recall_at_k = models.FloatField(null=True, blank=True)
     n_queries = models.PositiveIntegerField(default=0)
     seconds = models.FloatField(default=0)
     # Seconds per phase (load, encode, search, reference, metrics): where the time went.

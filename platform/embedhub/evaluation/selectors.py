@@ -38,6 +38,21 @@ def query_set_queries(*, query_set: QuerySet) -> list[tuple[str, str]]:
     )
 
 
+def corpus_judged_queries(*, corpus_id: int):
+    """(query set id, queries, qrels) of the query set that measures the corpus's int8
+    quality gate (vectors/quality.py): the one named "test" (BEIR's held-out split), else
+    the newest; None when the corpus has none with judgements."""
+    sets = QuerySet.objects.filter(corpus_id=corpus_id, qrels__isnull=False).distinct()
+    query_set = sets.filter(name="test").first() or sets.order_by("-created_at", "-pk").first()
+    if query_set is None:
+        return None
+    return (
+        query_set.pk,
+        query_set_queries(query_set=query_set),
+        query_set_qrels(query_set=query_set),
+    )
+
+
 def query_set_qrels(*, query_set: QuerySet) -> dict[str, dict[str, int]]:
     """{query id: {document id: relevance}}, the shape workers.ml.metrics.evaluate_run takes."""
     qrels: dict[str, dict[str, int]] = defaultdict(dict)
@@ -88,12 +103,15 @@ def eval_run_table(*, user, query_set=None) -> list[dict]:
             "index": run.index_id,
             "index_model_version": run.index.model_version_id,
             "compensation": run.compensation,
+            "runtime": run.index.runtime,
             "mode": run.mode,
             "n_queries": run.n_queries,
             "ndcg@10": run.metrics.get("ndcg@10"),
             "recall@100": run.metrics.get("recall@100"),
             "metrics": run.metrics,
             "ann_recall_at_10": run.ann_recall_at_10,
+            "ann_recall_at_k": run.ann_recall_at_k,
+            "k": run.params.get("k"),
         }
         for run in qs
     ]

@@ -15,7 +15,8 @@ Retrieval:
   4*k chunk rows per query, so a ranking can hold fewer than k documents when a few
   documents own most of the top chunks; we accept that rather than duplicate the grouping.
 - ann: index_search through HNSW (one SQL query per query, as the search API does), and we
-  also compute the exact top 10 to report ANN's recall@10 against exact search.
+  also compute the exact top k to report ANN's recall against exact search at 10 and at
+  the evaluation's k (the share of the exact top 10 / top k that ANN's top 10 / k holds).
 
 A retried job recomputes from scratch (an evaluation takes seconds to minutes) and replaces
 the EvalRun it wrote before, so a retry never leaves two runs for one job.
@@ -105,8 +106,11 @@ def evaluate_job_run(*, job, ctx) -> dict:
         "n_queries": run.n_queries,
         "skipped_unjudged": run.params["skipped_unjudged"],
         "compensation": run.compensation,
+        "runtime": run.params["runtime"],
         "mode": run.mode,
         "ann_recall_at_10": run.ann_recall_at_10,
+        "ann_recall_at_k": run.ann_recall_at_k,
+        "k": run.params["k"],
         "seconds": run.seconds,
         "timings": run.timings,
     }
@@ -202,7 +206,7 @@ def evaluation_run(
     searcher = _Searcher(index=index, ef_search=ef_search, exclude_self=exclude_self)
     timings = {"load": time.monotonic() - started, "encode": 0.0, "search": 0.0, "reference": 0.0}
     run: dict[str, dict[str, float]] = {}
-    overlaps: list[float] = []
+    overlaps: dict[int, list[float]] = {10: [], k: []}
     applied = "none"
     for start in range(0, len(judged), QUERY_BATCH):
         batch = judged[start : start + QUERY_BATCH]
@@ -219,12 +223,8 @@ def evaluation_run(
         rankings = searcher.rankings(qids, vectors, k=k, exact=mode == EvalRun.Mode.EXACT)
         t2 = time.monotonic()
         if mode == EvalRun.Mode.ANN:
-            # Recall@10 of ANN against exact (over the top k when k < 10).
-            depth = min(10, k)
-            reference = searcher.rankings(qids, vectors, k=depth, exact=True)
-            overlaps += [
-                _overlap(a, e, depth=depth) for a, e in zip(rankings, reference, strict=True)
-            ]
+            reference = searcher.rankings(qids, vectors, k=k, exact=True)
+            _overlaps_add(overlaps, rankings, reference, k=k)
         timings["encode"] += t1 - t0
         timings["search"] += t2 - t1
         timings["reference"] += time.monotonic() - t2
@@ -242,7 +242,7 @@ def evaluation_run(
         compensation=applied,
         mode=mode,
         result=result,
-        ann_recall=float(np.mean(overlaps)) if overlaps else None,
+        ann_recall={depth: float(np.mean(o)) if o else None for depth, o in overlaps.items()},
         seconds=time.monotonic() - started,
         timings=timings,
         params={
@@ -251,8 +251,17 @@ def evaluation_run(
             "exclude_self": exclude_self,
             "compensation_requested": compensation,
             "skipped_unjudged": len(queries) - len(judged),
+            # What encoded the queries (and the index's documents): the index's runtime.
+            "runtime": index.runtime,
         },
     )
+
+
+def _overlaps_add(overlaps: dict, rankings: list, reference: list, *, k: int) -> None:
+    """ANN's recall against exact at 10 (over the top k when k < 10) and at k, per query."""
+    for approx, exact in zip(rankings, reference, strict=True):
+        for depth in overlaps:
+            overlaps[depth].append(_overlap(approx, exact, depth=min(depth, k)))
 
 
 def _progress(ctx, *, total: int, mode: str):
@@ -288,7 +297,8 @@ def _eval_run_save(
         "metrics": result.aggregate,
         "per_query": result.per_query,
         "n_queries": result.n_queries,
-        "ann_recall_at_10": ann_recall,
+        "ann_recall_at_10": ann_recall[10],
+        "ann_recall_at_k": ann_recall[params["k"]],
         "seconds": round(seconds, 3),
         "timings": {name: round(value, 3) for name, value in timings.items()},
         "params": params,

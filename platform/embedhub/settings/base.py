@@ -202,6 +202,20 @@ EMBEDHUB = {
     "MAX_CHUNKS_PER_DOCUMENT": int(os.environ.get("EMBEDHUB_MAX_CHUNKS_PER_DOCUMENT", 64)),
     # Exact evaluation and audits read an index's vectors this many rows at a time.
     "VECTOR_BLOCK_ROWS": int(os.environ.get("EMBEDHUB_VECTOR_BLOCK_ROWS", 50_000)),
+    # HNSW builds: parallel maintenance workers beside the leader (default: this machine's
+    # cores - 1, right for the embedded server, but never fewer than Postgres's own default
+    # of 2, which measured no slower on 2 cores; set it to the database server's cores - 1),
+    # and the most maintenance_work_mem one build may take: the graph is sized from the
+    # table, and a parallel build holds it all in shared memory (/dev/shm) at once.
+    "HNSW_BUILD_WORKERS": int(
+        os.environ.get("EMBEDHUB_HNSW_BUILD_WORKERS", max((os.cpu_count() or 1) - 1, 2))
+    ),
+    "HNSW_BUILD_MEMORY_MB": int(os.environ.get("EMBEDHUB_HNSW_BUILD_MEMORY_MB", 2048)),
+    # How often a running build's progress (pg_stat_progress_create_index) reaches the job.
+    "HNSW_PROGRESS_SECONDS": float(os.environ.get("EMBEDHUB_HNSW_PROGRESS_SECONDS", 2)),
+    # The int8 runtime's quality gate re-encodes at most this many documents in fp32 and
+    # int8 (the whole corpus when it is no larger; vectors/quality.py says how it samples).
+    "RUNTIME_GATE_DOCS": int(os.environ.get("EMBEDHUB_RUNTIME_GATE_DOCS", 2000)),
 }
 
 # /metrics (Prometheus): a staff session, or "Authorization: Bearer <this token>"; with

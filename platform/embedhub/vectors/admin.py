@@ -10,8 +10,9 @@ class VectorIndexAdmin(admin.ModelAdmin):
         "corpus",
         "model_version",
         "state",
+        "runtime",
         "vector_count",
         "table_name",
         "built_at",
     ]
-    list_filter = ["state"]
+    list_filter = ["state", "runtime"]

@@ -30,6 +30,8 @@ class IndexOutput(serializers.ModelSerializer):
             "hnsw_m",
             "hnsw_ef_construction",
             "encoder",
+            "runtime",
+            "quality",
             "vector_count",
             "created_at",
             "built_at",
@@ -104,6 +106,7 @@ class SearchApi(APIView):
         index = serializers.IntegerField()
         model_version = serializers.IntegerField()
         compensation = serializers.CharField()
+        runtime = serializers.CharField(help_text="what encoded the query: the index's runtime")
         exact = serializers.BooleanField()
         results = HitSerializer(many=True)
 

@@ -49,7 +49,8 @@ def query_vectors(
     model_version: ModelVersion | None = None,
     compensation: str = "auto",
 ) -> tuple[np.ndarray, dict]:
-    """Encode queries with `model_version` (default: the index's) for this index.
+    """Encode queries with `model_version` (default: the index's) for this index, on the
+    index's runtime (an int8 index is searched with int8 queries, as it was measured).
 
     compensation "auto" means QDC when the versions differ, nothing otherwise.
     """
@@ -58,7 +59,7 @@ def query_vectors(
     version = model_version or index.model_version
     path = drift_path(query_version=version, index_version=index.model_version)
     applied = "qdc" if path and compensation in ("auto", "qdc") else "none"
-    encoder = encoder_for(model_version=version, override=index.encoder)
+    encoder = encoder_for(model_version=version, override=index.encoder, runtime=index.runtime)
     vectors = encoder.encode(texts, kind="query")
     if applied == "qdc":
         deltas = drift_deltas(path)
@@ -71,5 +72,10 @@ def query_vectors(
                 code="incompatible_drift",
             )
         vectors = compensate(vectors, deltas)
-    info = {"model_version": version.pk, "compensation": applied, "drift_steps": len(path)}
+    info = {
+        "model_version": version.pk,
+        "compensation": applied,
+        "drift_steps": len(path),
+        "runtime": index.runtime,
+    }
     return vectors, info

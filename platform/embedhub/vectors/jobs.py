@@ -25,6 +25,7 @@ from embedhub.registry.selectors import model_version_resolve
 from embedhub.registry.services import model_version_default
 from embedhub.vectors import selectors, services
 from embedhub.vectors.models import VectorIndex
+from embedhub.vectors.quality import QUALITY_MAX_LOSS_POINTS
 
 # "fake" / "fake:<dim>": the deterministic test encoder. HNSW indexes hold at most 2,000
 # dimensions of `vector` in pgvector, so larger fakes could never be searched.
@@ -115,24 +116,42 @@ class IndexOptionsParams(ParamsSerializer):
         max_value=4096,
         help_text="documents per forward pass (default: 32 on CPU, 256 on GPU)",
     )
+    runtime = StrictChoiceField(
+        choices=VectorIndex.Runtime.choices,
+        required=False,
+        help_text="what encodes the documents and the index's queries: torch (default; fp32 "
+        "on CPU, fp16/bf16 on GPU), onnx (ONNX Runtime fp32 on CPU, same vectors as torch) or "
+        "onnx-int8 (per-channel int8 on CPU: faster, slightly different vectors; a quality "
+        "gate measures the loss against fp32 and refuses more than 0.5 nDCG@10 points)",
+    )
+    force = StrictBooleanField(
+        required=False,
+        help_text="keep an onnx-int8 index even when its quality gate measures more than "
+        f"{QUALITY_MAX_LOSS_POINTS} nDCG@10 points lost against fp32 (default false)",
+    )
 
 
 def index_options_resolve(
     *, params: dict, version: ModelVersion, inherited: dict | None = None
 ) -> dict:
     """The index options for `params` over `inherited` ones, checked against the version."""
-    given = {k: params[k] for k in ("storage", "chunking", "encoder") if k in params}
+    given = {k: params[k] for k in ("storage", "chunking", "encoder", "runtime") if k in params}
     given |= {k: params[k] for k in ("chunk_window", "chunk_overlap") if k in params}
     merged = {
         "storage": VectorIndex.Storage.VECTOR,
         "chunking": VectorIndex.Chunking.TRUNCATE,
         "encoder": "",
+        "runtime": VectorIndex.Runtime.TORCH,
         **(inherited or {}),
         **given,
     }
-    options = {k: merged[k] for k in ("storage", "chunking", "encoder")}
+    options = {k: merged[k] for k in ("storage", "chunking", "encoder", "runtime")}
     if "encoder" not in given:  # an inherited override obeys the setting like a given one
         _fake_encoder_check(encoder=options["encoder"], field="encoder", source="the active index")
+    if options["encoder"] and options["runtime"] != VectorIndex.Runtime.TORCH:
+        raise serializers.ValidationError(
+            {"runtime": "the fake test encoder has no model to run on another runtime: use torch"}
+        )
     if merged["chunking"] != VectorIndex.Chunking.CHUNK:
         return options
     window = merged.get("chunk_window") or 128
@@ -143,6 +162,19 @@ def index_options_resolve(
         )
     _stride_check(window=window, overlap=overlap)
     return {**options, "chunk_window": window, "chunk_overlap": overlap}
+
+
+def quality_refusal_check(*, index: VectorIndex, field: str) -> None:
+    """Refuse at submission what the quality gate already refused for this index: its
+    vectors are stored, so a new job would measure the same loss minutes later."""
+    quality = index.quality or {}
+    if quality.get("passed") is False and not quality.get("forced"):
+        raise serializers.ValidationError(
+            {
+                field: f"index {index.pk}: {quality.get('verdict', 'the quality gate refused it')}; "
+                "pass force: true to keep it anyway, or choose another runtime"
+            }
+        )
 
 
 def _stride_check(*, window: int, overlap: int) -> None:
@@ -199,12 +231,15 @@ def embed_prepare(*, user, params: dict) -> tuple[dict, Corpus]:
         index = index or services.index_create(
             owner=user, corpus=corpus, model_version=version, **options
         )
+    if not params.get("force"):
+        quality_refusal_check(index=index, field="runtime")
     prepared = {
         "corpus": corpus.pk,
         "model_version": version.pk,
         "index": index.pk,
         "batch_size": params.get("batch_size"),
         "activate": params.get("activate"),
+        "force": params.get("force", False),
     }
     return prepared, corpus
 
@@ -239,6 +274,7 @@ def embed_run(*, job, ctx) -> dict:
         ctx=ctx,
         batch_size=job.params.get("batch_size"),
         activate=job.params.get("activate"),
+        force=job.params.get("force", False),
     )
 
 

@@ -22,6 +22,12 @@ class VectorIndex(BaseModel):
         TRUNCATE = "truncate"
         CHUNK = "chunk"
 
+    class Runtime(models.TextChoices):
+        # The values of workers.ml.runtimes.RUNTIMES.
+        TORCH = "torch"
+        ONNX = "onnx"
+        ONNX_INT8 = "onnx-int8"
+
     owner = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="indexes"
     )
@@ -42,6 +48,10 @@ class VectorIndex(BaseModel):
     encoder = models.CharField(
         max_length=64, blank=True, default="", help_text='"" = the model version; "fake:d" in tests'
     )
+    # What computes the vectors of the documents and of the queries searched against them.
+    runtime = models.CharField(max_length=16, choices=Runtime.choices, default=Runtime.TORCH)
+    # An int8 runtime's measured loss against fp32 (cosine, nDCG@10 delta): the quality gate.
+    quality = models.JSONField(default=dict, blank=True)
     vector_count = models.PositiveIntegerField(default=0)
     built_at = models.DateTimeField(null=True, blank=True)
     # Written by the worker that built the HNSW index, read by /metrics in the web process.

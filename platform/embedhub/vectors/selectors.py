@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -45,15 +46,17 @@ def index_get(*, user, index_id) -> VectorIndex:
 
 
 def index_matching(
-    *, corpus, model_version, storage, chunking, encoder, **chunk
+    *, corpus, model_version, storage, chunking, encoder, runtime="torch", **chunk
 ) -> VectorIndex | None:
-    """An existing, not-dropped index built the same way (so re-embedding is incremental)."""
+    """An existing, not-dropped index built the same way (so re-embedding is incremental;
+    an index of another runtime holds other vectors and is never reused)."""
     qs = VectorIndex.objects.filter(
         corpus=corpus,
         model_version=model_version,
         storage=storage,
         chunking=chunking,
         encoder=encoder,
+        runtime=runtime,
     ).exclude(state__in=[VectorIndex.State.DROPPED, VectorIndex.State.FAILED])
     if chunk:
         qs = qs.filter(**chunk)
@@ -166,6 +169,45 @@ def document_ids_by_external_id(*, corpus_id: int, external_ids) -> dict[str, in
     )
 
 
+def document_texts(*, corpus_id: int, document_ids) -> list[tuple[int, str, str]]:
+    """(document id, external id, the text an index embeds) of the corpus's documents among
+    `document_ids`, in id order."""
+    rows = Document.objects.filter(corpus_id=corpus_id, id__in=[int(i) for i in document_ids])
+    return [
+        (doc_id, external_id, document_text(title, text))
+        for doc_id, external_id, title, text in rows.order_by("id").values_list(
+            "id", "external_id", "title", "text"
+        )
+    ]
+
+
+def index_vectors_of(*, index: VectorIndex, document_ids) -> dict[int, np.ndarray]:
+    """{document id: its chunk-0 vector} for those of `document_ids` the index holds."""
+    connection.ensure_connection()
+    register_vector(connection.connection)  # vectors arrive as numpy arrays, not text
+    with connection.cursor() as cur:
+        cur.execute(
+            f"SELECT document_id, embedding::vector FROM {index.table_name} "
+            "WHERE chunk = 0 AND document_id = ANY(%s)",
+            [[int(i) for i in document_ids]],
+        )
+        return {doc_id: vector.to_numpy().astype(np.float32) for doc_id, vector in cur.fetchall()}
+
+
+def document_ids_sample(*, corpus_id: int, n: int) -> list[int]:
+    """`n` document ids of the corpus, the same ones on every call (ordered by a hash of
+    the id, so the sample is spread over the corpus yet a retry measures the same)."""
+    with connection.cursor() as cur:
+        cur.execute(
+            "SELECT id FROM corpora_document WHERE corpus_id = %s ORDER BY md5(id::text) LIMIT %s",
+            [corpus_id, n],
+        )
+        return [row[0] for row in cur.fetchall()]
+
+
+HNSW_MAX_EF_SEARCH = 1000  # pgvector refuses more
+
+
 @dataclass(frozen=True)
 class Hit:
     document_id: int
@@ -185,29 +227,74 @@ def index_search(
 ) -> list[list[Hit]]:
     """Top-k documents per query by cosine. HNSW unless `exact` (a sequential scan).
 
+    HNSW returns the best k of the candidates it found, in order. pgvector's iterative scan
+    (relaxed order) finds candidates in batches of ef_search, each sorted within itself; a
+    later batch may hold closer vectors than an earlier one. The first batch is the best
+    ef_search found, so up to ef_search rows are read as they come; beyond, the scan is read
+    to the end of the batch that holds the last row wanted, and all of those are re-sorted
+    by exact distance before the limit (a plain LIMIT would cut that batch short and keep
+    farther rows of earlier batches).
+
     Chunked indexes hold several vectors per document; we fetch more rows and keep each
     document's best chunk, so the document score is its best chunk's score.
     """
-    cast = "halfvec" if index.storage == VectorIndex.Storage.HALFVEC else "vector"
-    oversample = 4 if index.chunking == VectorIndex.Chunking.CHUNK else 1
-    sql = (
-        f"SELECT v.document_id, d.external_id, d.title, 1 - (v.embedding <=> %s::{cast}) AS score, "
-        f"v.chunk FROM {index.table_name} v JOIN corpora_document d ON d.id = v.document_id "
-        f"ORDER BY v.embedding <=> %s::{cast} LIMIT %s"
-    )
+    plan = search_plan(index=index, k=k, exact=exact, ef_search=ef_search)
+    sql = search_sql(index=index)
     results = []
     with transaction.atomic(), connection.cursor() as cur:
-        if exact:
-            cur.execute("SET LOCAL enable_indexscan = off")
-        else:
-            cur.execute(f"SET LOCAL hnsw.ef_search = {int(ef_search or max(40, k))}")
-            # pgvector 0.8: keep scanning when rows are filtered, so k results come back.
-            cur.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
+        search_settings_apply(cur, plan=plan, exact=exact)
         for vector in np.atleast_2d(query_vectors):
             literal = tables.vector_literal(vector)
-            cur.execute(sql, [literal, literal, k * oversample])
+            cur.execute(sql, [literal, literal, plan.candidates, plan.rows])
             results.append(_best_per_document(cur.fetchall(), k))
     return results
+
+
+@dataclass(frozen=True)
+class SearchPlan:
+    rows: int  # vector rows wanted (k, or 4k chunks of a chunked index)
+    ef_search: int
+    candidates: int  # rows read from the scan and re-sorted
+
+
+def search_plan(*, index: VectorIndex, k: int, exact: bool, ef_search: int | None) -> SearchPlan:
+    rows = k * (4 if index.chunking == VectorIndex.Chunking.CHUNK else 1)
+    ef = min(int(ef_search or max(40, rows)), HNSW_MAX_EF_SEARCH)
+    candidates = rows if exact or rows <= ef else ef * math.ceil(rows / ef)
+    return SearchPlan(rows=rows, ef_search=ef, candidates=candidates)
+
+
+def search_settings_apply(cur, *, plan: SearchPlan, exact: bool) -> None:
+    """SET LOCAL, for the search's transaction.
+
+    ANN always scans the HNSW graph: on a small table the planner would rather sort all the
+    rows, and "ann" would then mean exact. With sorts disabled the graph is the one way left
+    to order the candidates; the outer re-sort still runs (a disabled step that nothing else
+    can do is only costed higher)."""
+    if exact:
+        cur.execute("SET LOCAL enable_indexscan = off")
+        return
+    cur.execute("SET LOCAL enable_sort = off")
+    cur.execute(f"SET LOCAL hnsw.ef_search = {plan.ef_search}")
+    cur.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
+
+
+def search_sql(*, index: VectorIndex) -> str:
+    """Params: the query vector twice, candidates, rows.
+
+    The join stays inside the scan, so it goes on past vectors of deleted documents. The
+    outer sort key is `distance + 0`: on `distance` itself the planner takes the scan's
+    ORDER BY as already done, sorts only ties (an incremental sort), and stops reading the
+    candidates at the limit."""
+    cast = "halfvec" if index.storage == VectorIndex.Storage.HALFVEC else "vector"
+    return (
+        "WITH candidates AS MATERIALIZED ("
+        f" SELECT v.document_id, d.external_id, d.title, v.embedding <=> %s::{cast} AS distance,"
+        f" v.chunk FROM {index.table_name} v JOIN corpora_document d ON d.id = v.document_id"
+        f" ORDER BY v.embedding <=> %s::{cast} LIMIT %s) "
+        "SELECT document_id, external_id, title, 1 - distance AS score, chunk FROM candidates "
+        "ORDER BY distance + 0, document_id, chunk LIMIT %s"
+    )
 
 
 def _best_per_document(rows: list[tuple], k: int) -> list[Hit]:

@@ -15,8 +15,9 @@ from embedhub.core.errors import Conflict
 from embedhub.corpora.models import Corpus
 from embedhub.registry.encoders import encoder_for
 from embedhub.registry.models import ModelVersion
-from embedhub.vectors import selectors, tables
+from embedhub.vectors import hnsw, selectors, tables
 from embedhub.vectors.models import VectorIndex
+from embedhub.vectors.quality import index_quality_gate
 from workers.ml.encoder import Chunking
 
 PAGE_SIZE = 2048  # documents fetched from Postgres per query while streaming
@@ -32,6 +33,7 @@ def index_create(
     chunk_window: int | None = None,
     chunk_overlap: int = 32,
     encoder: str = "",
+    runtime: str = VectorIndex.Runtime.TORCH,
 ) -> VectorIndex:
     dimension = _dimension(model_version, encoder)
     with transaction.atomic():
@@ -45,6 +47,7 @@ def index_create(
             chunk_window=chunk_window or model_version.max_tokens,
             chunk_overlap=chunk_overlap,
             encoder=encoder,
+            runtime=runtime,
         )
         index.table_name = tables.table_name_for(index.pk)
         index.save(update_fields=["table_name"])
@@ -108,15 +111,25 @@ def index_drop(*, index: VectorIndex) -> None:
 # ------------------------------------------------------------------ building (the embed job)
 
 
-def index_build(*, index: VectorIndex, ctx, batch_size: int | None = None, activate=None) -> dict:
-    """Embed every document whose vector is missing or stale, then build HNSW and mark ready.
+def index_build(
+    *,
+    index: VectorIndex,
+    ctx,
+    batch_size: int | None = None,
+    activate=None,
+    force: bool = False,
+) -> dict:
+    """Embed every document whose vector is missing or stale, pass the runtime's quality
+    gate (int8 only; `force` keeps an index it refuses), then build HNSW and mark ready.
 
     Resuming after a crash is the same call: "pending" is computed from the table itself,
     and each batch's vectors commit together with the job's progress.
     """
     # Loading the model is timed apart: it is paid once per worker process, not per job.
     loading = time.monotonic()
-    encoder = encoder_for(model_version=index.model_version, override=index.encoder)
+    encoder = encoder_for(
+        model_version=index.model_version, override=index.encoder, runtime=index.runtime
+    )
     load_seconds = time.monotonic() - loading
     started = time.monotonic()
     with _index_lock(index):
@@ -132,11 +145,16 @@ def index_build(*, index: VectorIndex, ctx, batch_size: int | None = None, activ
             index=index, encoder=encoder, ctx=ctx, done=done, total=total, batch_size=batch_size
         )
         embed_seconds = time.monotonic() - started
+        quality = index_quality_gate(
+            index=index, ctx=ctx, force=force, embedded=embedded, total=total
+        )
         ctx.progress(total, total=total, unit="docs", note="building HNSW index")
-        stats = _finalise(index=index, activate=activate)
+        stats = _finalise(index=index, activate=activate, ctx=ctx, done=total)
     seconds = time.monotonic() - started
     return {
         "index": index.pk,
+        "runtime": index.runtime,
+        "quality": quality,
         "embedded": embedded,
         "skipped_unchanged": total - pending,
         "vectors": stats["vectors"],
@@ -146,6 +164,7 @@ def index_build(*, index: VectorIndex, ctx, batch_size: int | None = None, activ
         "embed_seconds": round(embed_seconds, 3),
         "finalise_seconds": round(seconds - embed_seconds, 3),
         "docs_per_second": round(embedded / max(embed_seconds, 1e-9), 1),
+        "hnsw": stats["hnsw"],
         **chunk_stats,
     }
 
@@ -240,20 +259,19 @@ def _embed_chunked(*, index, encoder, ctx, done, total, batch_size, chunking) ->
     return embedded, {**cut, "max_chunks_per_document": chunking.max_chunks}
 
 
-def _finalise(*, index: VectorIndex, activate) -> dict:
+def _finalise(*, index: VectorIndex, activate, ctx, done: int) -> dict:
+    """`done`: the job's progress, which the HNSW build's reports keep where it is."""
     tables.orphans_delete(table=index.table_name, corpus_id=index.corpus_id)
-    timings = {}
+    # Counted before the build, which is sized from it; the index lock keeps other builds
+    # from writing this table meanwhile.
+    vectors, documents = tables.rows_count(table=index.table_name)
+    timings, build = {}, None
     if not tables.hnsw_exists(table=index.table_name):
         started = time.monotonic()
-        tables.hnsw_build(
-            table=index.table_name,
-            storage=index.storage,
-            m=index.hnsw_m,
-            ef_construction=index.hnsw_ef_construction,
-        )
+        build = hnsw.hnsw_index_build(index=index, rows=vectors, ctx=ctx, done=done)
         # Kept on the row: the build ran in a worker, /metrics is served by the web process.
         timings["hnsw_build_seconds"] = time.monotonic() - started
-    vectors, documents = tables.rows_count(table=index.table_name)
+        build["seconds"] = round(timings["hnsw_build_seconds"], 3)
     VectorIndex.objects.filter(pk=index.pk).update(
         state=VectorIndex.State.READY, vector_count=vectors, built_at=timezone.now(), **timings
     )
@@ -262,4 +280,4 @@ def _finalise(*, index: VectorIndex, activate) -> dict:
     corpus.refresh_from_db()
     if activate or (activate is None and corpus.active_index_id is None):
         index_activate(index=index)
-    return {"vectors": vectors, "documents": documents}
+    return {"vectors": vectors, "documents": documents, "hnsw": build}

@@ -7,8 +7,11 @@ and makes "drop after retention" a cheap DROP TABLE.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import numpy as np
-from django.db import connection
+from django.db import connection, transaction
 
 HASH_BYTES = 64  # sha256 hex digest: fixed width, so a COPY row is a fixed-size record
 _COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + (0).to_bytes(4, "big") + (0).to_bytes(4, "big")
@@ -118,16 +121,77 @@ def hnsw_exists(*, table: str) -> bool:
         return cur.fetchone() is not None
 
 
-def hnsw_build(*, table: str, storage: str, m: int, ef_construction: int) -> None:
-    """Built after the bulk load: one pass over the data beats incremental inserts."""
-    with connection.cursor() as cur:
-        cur.execute("SET maintenance_work_mem = '512MB'")
+def hnsw_build(
+    *, table: str, storage: str, m: int, ef_construction: int, workers: int, memory_mb: int
+) -> None:
+    """Built after the bulk load: one pass over the data beats incremental inserts.
+
+    SET LOCAL confines the build's settings to its own transaction, so the connection is
+    back on the server's defaults afterwards, even when the build fails."""
+    with transaction.atomic(), connection.cursor() as cur:
+        cur.execute(f"SET LOCAL max_parallel_maintenance_workers = {int(workers)}")
+        cur.execute(f"SET LOCAL maintenance_work_mem = '{int(memory_mb)}MB'")
+        # DEBUG1 carries pgvector's "using N parallel workers" (see server_messages).
+        cur.execute("SET LOCAL client_min_messages = debug1")
         cur.execute(
             f"CREATE INDEX IF NOT EXISTS {table}_hnsw ON {table} "
             f"USING hnsw (embedding {_ops(storage)}) WITH (m = %s, ef_construction = %s)"
             % (int(m), int(ef_construction))
         )
-        cur.execute("RESET maintenance_work_mem")
+
+
+@contextmanager
+def server_messages() -> Iterator[list[str]]:
+    """The notices (NOTICE, DEBUG, ...) the server sends on this connection meanwhile, as
+    "SEVERITY: message" lines; psycopg drops them unless someone listens."""
+    connection.ensure_connection()
+    raw = connection.connection
+    messages: list[str] = []
+
+    def keep(diagnostic) -> None:
+        messages.append(f"{diagnostic.severity_nonlocalized}: {diagnostic.message_primary}")
+
+    raw.add_notice_handler(keep)
+    try:
+        yield messages
+    finally:
+        raw.remove_notice_handler(keep)
+
+
+def server_settings(*, names: tuple[str, ...]) -> dict[str, int]:
+    """Integer server settings by name (as SHOW gives them, in their base unit)."""
+    with connection.cursor() as cur:
+        cur.execute("SELECT name, setting FROM pg_settings WHERE name = ANY(%s)", [list(names)])
+        return {name: int(value) for name, value in cur.fetchall()}
+
+
+def backend_pid() -> int:
+    with connection.cursor() as cur:
+        cur.execute("SELECT pg_backend_pid()")
+        return cur.fetchone()[0]
+
+
+def backend_cancel(*, pid: int) -> None:
+    """Cancel the statement backend `pid` runs (one of our own role's sessions)."""
+    with connection.cursor() as cur:
+        cur.execute("SELECT pg_cancel_backend(%s)", [pid])
+
+
+BUILD_PROGRESS = ("phase", "blocks_total", "blocks_done", "tuples_done", "workers")
+
+
+def index_build_progress(*, pid: int) -> dict | None:
+    """The CREATE INDEX backend `pid` runs, as pg_stat_progress_create_index shows it, with
+    the parallel workers it leads; None when it runs none."""
+    with connection.cursor() as cur:
+        cur.execute(
+            "SELECT p.phase, p.blocks_total, p.blocks_done, p.tuples_done, "
+            "(SELECT count(*) FROM pg_stat_activity a WHERE a.leader_pid = p.pid) "
+            "FROM pg_stat_progress_create_index p WHERE p.pid = %s",
+            [pid],
+        )
+        row = cur.fetchone()
+    return dict(zip(BUILD_PROGRESS, row, strict=True)) if row else None
 
 
 def orphans_delete(*, table: str, corpus_id: int) -> int:

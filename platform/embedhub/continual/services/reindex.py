@@ -106,7 +106,11 @@ def reindex_job_run(*, job, ctx) -> dict:
         return {"index": shadow.pk, "activated": True, "resumed_after_swap": True}
     try:
         build = index_build(
-            index=shadow, ctx=ctx, batch_size=job.params.get("batch_size"), activate=False
+            index=shadow,
+            ctx=ctx,
+            batch_size=job.params.get("batch_size"),
+            activate=False,
+            force=job.params.get("force", False),
         )
     except (JobCancelled, JobLost):
         raise  # the shadow stays "building": a retry or the reaper resumes it
