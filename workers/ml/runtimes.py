@@ -27,7 +27,7 @@ TORCH, ONNX, ONNX_INT8 = "torch", "onnx", "onnx-int8"
 RUNTIMES = (TORCH, ONNX, ONNX_INT8)
 # Part of the cache key: a change to the export or quantisation recipe (onnx_export.py)
 # must bump it, or old files would be served as the new recipe's.
-RECIPE = "r1-fused-perchannel"
+RECIPE = "r1-fused-perchannel-ffn-out-fp32"
 # Weights and the config the graph depends on; tokenizer files are not in the graph.
 _GRAPH_FILES = ("config.json", "*.safetensors", "pytorch_model*.bin")
 
@@ -112,7 +112,7 @@ def onnx_model_file(model_dir: str | Path, *, runtime: str, cache_root: str | Pa
     fp32 = built_once(folder / "fp32.onnx", lambda tmp: _tooling().export_fp32(model_dir, tmp))
     if runtime == ONNX:
         return fp32
-    return built_once(folder / "int8.onnx", lambda tmp: _tooling().quantize_int8(fp32, tmp))
+    return built_once(folder / "int8.onnx", lambda tmp: _tooling().quantize_platform(fp32, tmp))
 
 
 def _tooling():
