@@ -14,7 +14,11 @@ platform's export cache (built on first use, exactly as a worker builds them).
 
     .venv/bin/python benchmarks/runtimes/run.py [--data ../shared/data/scifact]
         [--speed-docs 256] [--rounds 5] [--batch-size 32] [--threads 2]
-        [--variants torch,onnx,onnx-int8,naive-int8] [--no-ndcg]
+        [--variants torch,onnx,onnx-int8,naive-int8] [--no-ndcg] [--gate]
+
+--gate also runs the platform's own onnx-int8 embed job on the corpus (database
+embedhub_bench, its own corpus "runtimes-<folder>" with the test query set), so its quality
+gate's sampled estimate can be read beside the full-corpus delta measured here.
 
 Extra variants for choosing a recipe, all on the fused fp32 graph: pc-all / pt-all (every op
 quantised, per-channel / per-tensor weights), pc-keep-ffn / pt-keep-ffn (the feed-forward
@@ -35,7 +39,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from benchmarks._django import ROOT, machine  # noqa: E402
+from benchmarks._django import ROOT, bench_user, machine, setup  # noqa: E402
 from workers.ml import onnx_export  # noqa: E402
 from workers.ml.encoder import Encoder  # noqa: E402
 from workers.ml.metrics import evaluate_run  # noqa: E402
@@ -211,6 +215,42 @@ def quality(encoders: dict, data, *, batch_size: int) -> dict:
     return {"queries": len(query_ids), "documents": len(doc_ids), "variants": results}
 
 
+def platform_gate(data_dir: Path) -> dict:
+    """An onnx-int8 embed job through the platform (job_execute, as a worker runs it)."""
+    setup("embedhub_bench")
+    # Imported only now: the models need the Django setup above.
+    from embedhub.corpora.models import Corpus
+    from embedhub.corpora.services import corpus_create, corpus_delete, corpus_ingest_file
+    from embedhub.evaluation.services import query_set_create
+    from embedhub.jobs.runner import job_execute
+    from embedhub.jobs.submission import job_submit_checked
+
+    user, name = bench_user(), f"runtimes-{data_dir.name}"
+    for old in Corpus.objects.filter(owner=user, name=name):
+        corpus_delete(corpus=old)
+    corpus = corpus_create(owner=user, name=name)
+    corpus_ingest_file(
+        corpus_id=corpus.pk, path=data_dir / "corpus.jsonl", fmt="jsonl", owner_id=user.pk
+    )
+    qrels = data_dir / "qrels_test.tsv"
+    query_set_create(
+        owner=user,
+        corpus=corpus,
+        name="test",
+        queries_file=data_dir / "queries.jsonl",
+        qrels_file=qrels if qrels.exists() else data_dir / "qrels.tsv",
+    )
+    params = {"corpus": corpus.pk, "runtime": ONNX_INT8, "force": True}
+    job, _ = job_submit_checked(user=user, kind="embed", params=params)
+    outcome = job_execute(job_id=job.pk, worker="bench")
+    job.refresh_from_db()
+    if outcome != "succeeded":
+        raise SystemExit(f"embed job {job.pk} {outcome}: {job.error}")
+    keys = ("embedded", "embed_seconds", "docs_per_second", "finalise_seconds", "quality")
+    print(f"  platform gate: {job.result['quality']['verdict']}", flush=True)
+    return {key: job.result[key] for key in keys}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=DATA)
@@ -220,6 +260,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--variants", default="torch,onnx,onnx-int8,naive-int8")
     parser.add_argument("--no-ndcg", action="store_true")
+    parser.add_argument("--gate", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     names = args.variants.split(",")
@@ -234,6 +275,9 @@ def main() -> None:
     if not args.no_ndcg:
         print(f"quality: {len(data[0])} documents, {len(data[2])} queries", flush=True)
         result["quality"] = quality(encoders, data, batch_size=args.batch_size)
+    if args.gate:
+        print("platform: an onnx-int8 embed job and its quality gate", flush=True)
+        result["platform_gate"] = platform_gate(args.data)
     result["load_at_end"] = os.getloadavg()
     OUT.mkdir(exist_ok=True)
     (OUT / "result.json").write_text(json.dumps(result, indent=2))
