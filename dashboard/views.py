@@ -42,7 +42,7 @@ def _safe_next(request: HttpRequest, fallback: str) -> str:
 @login_required
 @require_GET
 def overview(request: HttpRequest) -> HttpResponse:
-    jobs = job_selectors.job_list(user=request.user)
+    jobs = job_selectors.job_list(user=request.user, filters={"parent__isnull": True})
     active = jobs.filter(status__in=[Job.Status.QUEUED, Job.Status.RUNNING])
     versions = _version_list(request.user)
     corpora = _corpus_list(request.user)
@@ -73,7 +73,7 @@ def health(request: HttpRequest) -> JsonResponse:
 @login_required
 @require_GET
 def job_list(request: HttpRequest) -> HttpResponse:
-    filters = {}
+    filters: dict = {"parent__isnull": True}  # shards are listed on their job's page
     chosen = {key: request.GET.get(key, "") for key in ("kind", "status", "corpus")}
     if chosen["kind"] in Job.Kind.values:
         filters["kind"] = chosen["kind"]
@@ -106,6 +106,7 @@ def job_detail(request: HttpRequest, job_id: int) -> HttpResponse:
         "section": "jobs",
         "job": job,
         "events": job.events.all()[:500],
+        "shards": job.shards.order_by("pk"),
         "loss_curve": _finetune_loss_curve(job, request.user),
     }
     return render(request, "dashboard/job_detail.html", context)

@@ -35,11 +35,13 @@ FAST_REAPER = {
 
 
 def _embed(user, corpus, model_version, batch_size=16):
+    # One job, unsharded: these tests pin the single-job path (test_sharding.py the other).
     params = {
         "corpus": corpus.pk,
         "model_version": model_version.pk,
         "encoder": "fake:32",
         "batch_size": batch_size,
+        "shard_size": 0,
     }
     return job_submit_checked(user=user, kind="embed", params=params)[0]
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
+import time
 from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
@@ -361,13 +363,29 @@ def _fake_vectors(texts: Sequence[str], *, dimension: int) -> np.ndarray:
     return vectors
 
 
+# "fake", "fake:<dim>", "fake:<dim>@<ms>ms": the latency form sleeps that long per batch
+# (using no CPU), standing in for an accelerator in worker-scaling benchmarks.
+FAKE_NAME = re.compile(r"fake(?::(?P<dim>\d{1,6}))?(?:@(?P<ms>\d{1,5})ms)?")
+
+
+def fake_encoder_parse(name: str) -> tuple[int, float] | None:
+    """(dimension, seconds of latency per batch) for a fake encoder name, else None."""
+    match = FAKE_NAME.fullmatch(name)
+    if match is None:
+        return None
+    return int(match["dim"] or 384), int(match["ms"] or 0) / 1000
+
+
 class FakeEncoder:
     """Deterministic hash vectors with the Encoder interface: tests job mechanics, benchmarks
     platform overhead. Tokens are whitespace words; batches come out in input order."""
 
-    def __init__(self, dimension: int = 384, *, max_tokens: int = 256) -> None:
+    def __init__(
+        self, dimension: int = 384, *, max_tokens: int = 256, latency_s: float = 0.0
+    ) -> None:
         self.spec = ModelSpec(path=f"fake:{dimension}", dimension=dimension, max_tokens=max_tokens)
         self.dimension = dimension
+        self.latency_s = latency_s
         self.device = torch.device("cpu")
         self.tokenizer = None
         self.model = None
@@ -413,6 +431,8 @@ class FakeEncoder:
                         capped.append((k, dropped))
             n_tokens = sum(len(t.split()) for t in texts)
             vectors = self.encode(texts, kind=kind)
+            if self.latency_s:
+                time.sleep(self.latency_s)  # the "accelerator" is busy; this core is free
             yield EncodedBatch(keys=keys, vectors=vectors, n_tokens=n_tokens, capped=capped)
 
 
@@ -449,13 +469,13 @@ def _download(repo_id: str) -> str:
 def load_encoder(
     name_or_path: str | None = None, *, device: str | None = None
 ) -> Encoder | FakeEncoder:
-    """None -> the bundled all-MiniLM-L6-v2; "fake" / "fake:DIM" -> FakeEncoder;
-    a local directory -> that model; anything else -> a Hugging Face hub id."""
+    """None -> the bundled all-MiniLM-L6-v2; "fake" / "fake:DIM" / "fake:DIM@MSms" ->
+    FakeEncoder; a local directory -> that model; anything else -> a Hugging Face hub id."""
     if name_or_path is None:
         return Encoder(read_model_spec(default_model_path()), device=device)
-    if name_or_path == "fake" or name_or_path.startswith("fake:"):
-        _, _, dim = name_or_path.partition(":")
-        return FakeEncoder(dimension=int(dim) if dim else 384)
+    fake = fake_encoder_parse(name_or_path)
+    if fake is not None:
+        return FakeEncoder(dimension=fake[0], latency_s=fake[1])
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         return Encoder(read_model_spec(path), device=device)

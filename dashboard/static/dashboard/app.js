@@ -179,9 +179,21 @@
         el("job-result").hidden = false;
         el("job-result-text").textContent = JSON.stringify(job.result, null, 2);
       }
+      renderShards(job.shards || []);
       root.dataset.status = job.status;
       root.dataset.polls = Number(root.dataset.polls || 0) + 1;
       if (config.kind === "finetune") updateLoss(job);
+    }
+
+    function renderShards(shards) {
+      if (!shards.length) return;
+      el("shards-card").hidden = false;
+      el("shard-rows").innerHTML = shards.map(function (s) {
+        const done = s.progress_done.toLocaleString() + (s.progress_total ? " / " + s.progress_total.toLocaleString() : "");
+        return "<tr data-shard-id='" + s.id + "'><td><a href='/jobs/" + s.id + "/'>#" + s.id + "</a></td>" +
+          "<td><span class='badge " + EH.esc(s.status) + "'>" + EH.esc(s.status) + "</span></td>" +
+          "<td>" + done + "</td><td>" + s.attempts + "</td><td class='mono small'>" + EH.esc(s.worker || "—") + "</td></tr>";
+      }).join("");
     }
 
     function renderEvents(events) {

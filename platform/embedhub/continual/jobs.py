@@ -299,6 +299,7 @@ def reindex_prepare(*, user, params: dict) -> tuple[dict, Corpus]:
         else None,
         "batch_size": params.get("batch_size"),
         "force": params.get("force", False),
+        "shard_size": params.get("shard_size"),
     }
     return prepared, corpus
 

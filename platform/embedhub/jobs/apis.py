@@ -1,6 +1,6 @@
 from django.urls import reverse
 from django_filters import rest_framework as filters
-from drf_spectacular.utils import PolymorphicProxySerializer, extend_schema
+from drf_spectacular.utils import PolymorphicProxySerializer, extend_schema, extend_schema_field
 from rest_framework import serializers, status
 from rest_framework.generics import ListAPIView
 from rest_framework.response import Response
@@ -13,9 +13,34 @@ from embedhub.jobs.params import params_error
 from embedhub.jobs.submission import job_submit_checked
 
 
+class ShardOutput(serializers.ModelSerializer):
+    percent = serializers.FloatField(read_only=True, allow_null=True)
+
+    class Meta:
+        model = Job
+        fields = [
+            "id",
+            "status",
+            "progress_done",
+            "progress_total",
+            "percent",
+            "attempts",
+            "worker",
+            "heartbeat_at",
+            "error",
+        ]
+
+
 class JobOutput(serializers.ModelSerializer):
     percent = serializers.FloatField(read_only=True, allow_null=True)
     corpus = serializers.PrimaryKeyRelatedField(read_only=True)
+    parent = serializers.PrimaryKeyRelatedField(
+        read_only=True, help_text="the sharded job this one is a shard of (null otherwise)"
+    )
+    shards = serializers.SerializerMethodField(
+        help_text="a sharded job's shard jobs in order (document-id ranges run by any "
+        "worker); the job's progress is their sum"
+    )
     error_detail = serializers.SerializerMethodField(
         help_text="the traceback of an unexpected failure: staff only (null for others)"
     )
@@ -29,6 +54,8 @@ class JobOutput(serializers.ModelSerializer):
             "queue",
             "params",
             "corpus",
+            "parent",
+            "shards",
             "progress_done",
             "progress_total",
             "progress_unit",
@@ -50,6 +77,10 @@ class JobOutput(serializers.ModelSerializer):
             "finished_at",
         ]
 
+    @extend_schema_field(ShardOutput(many=True))
+    def get_shards(self, job: Job) -> list:
+        return ShardOutput(sorted(job.shards.all(), key=lambda shard: shard.pk), many=True).data
+
     def get_error_detail(self, job: Job) -> str | None:
         request = self.context.get("request")
         return job.error_detail if request and request.user.is_staff else None
@@ -64,7 +95,7 @@ class JobEventOutput(serializers.ModelSerializer):
 class JobFilter(filters.FilterSet):
     class Meta:
         model = Job
-        fields = ["kind", "status", "corpus"]
+        fields = ["kind", "status", "corpus", "parent"]
 
 
 def _submission_schema(kind: JobKind) -> type[serializers.Serializer]:
@@ -101,7 +132,9 @@ class JobListCreateApi(ListAPIView):
         return super().get_throttles() if self.request.method == "POST" else []
 
     def get_queryset(self):
-        return selectors.job_list(user=self.request.user)
+        # Shards are listed under their job (and with ?parent=<id>), not beside it.
+        jobs = selectors.job_list(user=self.request.user).prefetch_related("shards")
+        return jobs if "parent" in self.request.query_params else jobs.filter(parent__isnull=True)
 
     @extend_schema(request=JOB_SUBMISSION, responses={200: JobOutput, 202: JobOutput})
     def post(self, request):

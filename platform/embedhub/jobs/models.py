@@ -36,6 +36,11 @@ class Job(BaseModel):
     corpus = models.ForeignKey(
         "corpora.Corpus", null=True, blank=True, on_delete=models.CASCADE, related_name="jobs"
     )
+    # A shard of a sharded job: a job of its own (claim, heartbeat, checkpoint, crash
+    # policy), over a slice of its parent's work; the parent sums their progress.
+    parent = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.CASCADE, related_name="shards"
+    )
     progress_done = models.BigIntegerField(default=0)
     progress_total = models.BigIntegerField(null=True, blank=True)
     progress_unit = models.CharField(max_length=32, default="items")

@@ -9,7 +9,7 @@ import time
 import traceback
 
 from django.conf import settings
-from django.db import close_old_connections, connection
+from django.db import close_old_connections, connection, transaction
 
 from embedhub.core.errors import ApplicationError
 from embedhub.jobs import services
@@ -39,6 +39,7 @@ class JobContext:
         unit: str | None = None,
         note: str | None = None,
         checkpoint: dict | None = None,
+        at_least: bool = False,
     ) -> None:
         # Rate counts only this attempt's work, so a resumed job does not report a fake burst.
         if self._done_at_start is None:
@@ -53,7 +54,12 @@ class JobContext:
             note=note,
             checkpoint=checkpoint,
             rate=rate,
+            at_least=at_least,
         )
+        if self.job.parent_id:
+            # After the commit: the parent must never count rows that could still roll back.
+            parent_id = self.job.parent_id
+            transaction.on_commit(lambda: services.job_shards_roll_up(parent_id=parent_id))
         # Kept in step with the row: a later report of "the same" progress must not write an
         # older number back.
         self.job.progress_done = done
@@ -98,6 +104,12 @@ class Heartbeat:
 def job_execute(*, job_id: int, worker: str) -> str:
     """Claim and run a job. Returns the outcome; a duplicate delivery returns "skipped"."""
     close_old_connections()
+    return job_claim_and_run(job_id=job_id, worker=worker)
+
+
+def job_claim_and_run(*, job_id: int, worker: str) -> str:
+    """job_execute on the caller's connection: a sharded job runs its shards in its own
+    worker this way, keeping the session (and the advisory locks) it holds."""
     job = services.job_claim(job_id=job_id, worker=worker)
     if job is None:
         return "skipped"

@@ -13,7 +13,8 @@ from datetime import timedelta
 import redis
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
-from django.db.models import F, Q
+from django.db.models import F, OuterRef, Q, Subquery, Sum
+from django.db.models.functions import Coalesce, Greatest
 from django.utils import timezone
 
 from embedhub.celery import app
@@ -49,6 +50,7 @@ def job_submit(
     params: dict,
     corpus=None,
     idempotency_key: str | None = None,
+    parent: Job | None = None,
 ) -> tuple[Job, bool]:
     """Create a queued job and send it to its queue once the transaction commits.
 
@@ -68,6 +70,7 @@ def job_submit(
                 corpus=corpus,
                 queue=job_kind_get(kind).queue,
                 idempotency_key=idempotency_key or None,
+                parent=parent,
             )
             job_event_add(job=job, kind="submitted", data={"params": params})
     except IntegrityError:
@@ -129,14 +132,20 @@ def job_claim(*, job_id: int, worker: str) -> Job | None:
 def _owner_at_limit(job: Job) -> str:
     """Why the job must wait for its owner's other jobs, or "" if it may run now."""
     limit = int(_conf("MAX_RUNNING_PER_USER"))
-    if limit <= 0:
+    if limit <= 0 or job.parent_id:  # a shard runs within its parent's slot
         return ""
     with connection.cursor() as cur:  # one claim per owner at a time: the count stays true
         cur.execute("SELECT pg_advisory_xact_lock(7202, %s)", [job.owner_id])
-    running = Job.objects.filter(owner_id=job.owner_id, status=Job.Status.RUNNING).count()
+    running = _running_top_level(owner_id=job.owner_id)
     if running < limit:
         return ""
     return f"waiting: {running} of your jobs are running (at most {limit} at once)"
+
+
+def _running_top_level(*, owner_id: int) -> int:
+    return Job.objects.filter(
+        owner_id=owner_id, status=Job.Status.RUNNING, parent__isnull=True
+    ).count()
 
 
 def _job_wait(*, job: Job, reason: str) -> None:
@@ -193,9 +202,13 @@ def job_progress(
     note: str | None = None,
     checkpoint: dict | None = None,
     rate: float | None = None,
+    at_least: bool = False,
 ) -> None:
-    """Record progress (and a checkpoint) atomically; raise if cancelled or no longer ours."""
-    fields: dict = {"progress_done": done}
+    """Record progress (and a checkpoint) atomically; raise if cancelled or no longer ours.
+
+    `at_least`: never lower the stored count (a sharded job, whose shards also roll their
+    progress up into it, may read an older sum than one a shard just wrote)."""
+    fields: dict = {"progress_done": Greatest(F("progress_done"), done) if at_least else done}
     if done > (job.progress_done or 0) or checkpoint is not None:
         fields["progressed_at"] = timezone.now()  # this attempt is not a stalled one
     if total is not None:
@@ -220,6 +233,23 @@ def job_check_in(*, job: Job, **fields) -> None:
         raise JobLost(f"job {job.pk} is no longer owned by {job.worker}")
     if Job.objects.filter(pk=job.pk, cancel_requested=True).exists():
         raise JobCancelled()
+
+
+def job_shards_roll_up(*, parent_id: int) -> None:
+    """The parent's progress becomes the sum of its shards' (never lower: a shard's report
+    may be read before another's commit)."""
+    total = (
+        Job.objects.filter(parent_id=OuterRef("pk"))
+        .values("parent_id")
+        .annotate(done=Sum("progress_done"))
+        .values("done")
+    )
+    # A queued parent too: its worker was lost, yet its shards go on in other workers.
+    active = (Job.Status.RUNNING, Job.Status.QUEUED)
+    Job.objects.filter(pk=parent_id, status__in=active).update(
+        progress_done=Greatest(F("progress_done"), Coalesce(Subquery(total), 0)),
+        progressed_at=timezone.now(),
+    )
 
 
 def _finish(job: Job, status: str, **fields) -> bool:
@@ -268,8 +298,18 @@ def job_cancel(*, job: Job) -> Job:
     else:
         Job.objects.filter(pk=job.pk, status=Job.Status.RUNNING).update(cancel_requested=True)
         job_event_add(job=job, kind="cancel_requested")
+    _shards_cancel(parent=job, now=now)
     job.refresh_from_db()
     return job
+
+
+def _shards_cancel(*, parent: Job, now) -> None:
+    """Cancel stops every shard: waiting ones at once, running ones at their next report."""
+    shards = Job.objects.filter(parent=parent)
+    shards.filter(status=Job.Status.QUEUED).update(
+        status=Job.Status.CANCELLED, cancel_requested=True, finished_at=now
+    )
+    shards.filter(status=Job.Status.RUNNING).update(cancel_requested=True)
 
 
 def job_retry(*, job: Job) -> Job:
@@ -405,8 +445,7 @@ def _waiting_wake() -> None:
         .distinct()
     )
     for owner_id in owners:
-        running = Job.objects.filter(owner_id=owner_id, status=Job.Status.RUNNING).count()
-        if running < int(_conf("MAX_RUNNING_PER_USER")):
+        if _running_top_level(owner_id=owner_id) < int(_conf("MAX_RUNNING_PER_USER")):
             _owner_wake(owner_id=owner_id)
 
 

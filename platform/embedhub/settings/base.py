@@ -192,6 +192,9 @@ EMBEDHUB = {
     "BACKOFF_MAX_SECONDS": float(os.environ.get("EMBEDHUB_BACKOFF_MAX_SECONDS", 3600)),
     # Jobs of one user running at once (0: no limit); further ones wait in "queued".
     "MAX_RUNNING_PER_USER": int(os.environ.get("EMBEDHUB_MAX_RUNNING_PER_USER", 2)),
+    # An embed or reindex build with more documents pending than this splits into shards
+    # of this many documents, which any number of workers claim at once (0: never).
+    "SHARD_SIZE": int(os.environ.get("EMBEDHUB_SHARD_SIZE", 50_000)),
     "DEFAULT_ENCODER": os.environ.get("EMBEDHUB_DEFAULT_ENCODER", ""),
     "INDEX_RETENTION_DAYS": int(os.environ.get("EMBEDHUB_INDEX_RETENTION_DAYS", 7)),
     # The "fake" / "fake:N" encoder override exists for job-mechanics tests and benchmarks;

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import re
 
 from django.conf import settings
 from rest_framework import serializers
@@ -26,10 +25,11 @@ from embedhub.registry.services import model_version_default
 from embedhub.vectors import selectors, services
 from embedhub.vectors.models import VectorIndex
 from embedhub.vectors.quality import QUALITY_MAX_LOSS_POINTS
+from workers.ml.encoder import fake_encoder_parse
 
-# "fake" / "fake:<dim>": the deterministic test encoder. HNSW indexes hold at most 2,000
-# dimensions of `vector` in pgvector, so larger fakes could never be searched.
-FAKE_ENCODER = re.compile(r"fake(?::(?P<dim>\d{1,6}))?")
+# "fake" / "fake:<dim>" / "fake:<dim>@<ms>ms": the deterministic test encoder (the last
+# sleeps per batch, an accelerator stand-in). HNSW indexes hold at most 2,000 dimensions of
+# `vector` in pgvector, so larger fakes could never be searched.
 MAX_DIMENSION = 2000
 MIN_CHUNK_WINDOW = 16
 
@@ -53,12 +53,13 @@ FAKE_REFUSED = (
 
 
 def encoder_validate(value: str) -> str:
-    match = FAKE_ENCODER.fullmatch(value)
-    if value and match is None:
+    fake = fake_encoder_parse(value) if value else None
+    if value and fake is None:
         raise serializers.ValidationError(
-            'only "fake" or "fake:<dim>" may override the model version (job-mechanics tests)'
+            'only "fake", "fake:<dim>" or "fake:<dim>@<ms>ms" may override the model version '
+            "(job-mechanics tests and benchmarks)"
         )
-    if match and match["dim"] and not 1 <= int(match["dim"]) <= MAX_DIMENSION:
+    if fake and not 1 <= fake[0] <= MAX_DIMENSION:
         raise serializers.ValidationError(f"fake dimension must be 1..{MAX_DIMENSION}")
     if value and not settings.EMBEDHUB["ALLOW_FAKE_ENCODER"]:
         raise serializers.ValidationError(FAKE_REFUSED)
@@ -106,8 +107,9 @@ class IndexOptionsParams(ParamsSerializer):
         allow_blank=True,
         max_length=16,
         validators=[encoder_validate],
-        help_text='"" = the model version; "fake" / "fake:<dim>" for job-mechanics tests '
-        "(only where the server allows it: EMBEDHUB_ALLOW_FAKE_ENCODER)",
+        help_text='"" = the model version; "fake" / "fake:<dim>" for job-mechanics tests, '
+        '"fake:<dim>@<ms>ms" sleeps per batch like an accelerator (only where the server '
+        "allows it: EMBEDHUB_ALLOW_FAKE_ENCODER)",
     )
     batch_size = StrictIntegerField(
         required=False,
@@ -123,6 +125,15 @@ class IndexOptionsParams(ParamsSerializer):
         "on CPU, fp16/bf16 on GPU), onnx (ONNX Runtime fp32 on CPU, same vectors as torch) or "
         "onnx-int8 (per-channel int8 on CPU: faster, slightly different vectors; a quality "
         "gate measures the loss against fp32 and refuses more than 0.5 nDCG@10 points)",
+    )
+    shard_size = StrictIntegerField(
+        required=False,
+        allow_null=True,
+        min_value=0,
+        max_value=10_000_000,
+        help_text="split the build into shard jobs of this many documents, which any number of "
+        "workers run at once, when more than this many are pending (default "
+        "EMBEDHUB_SHARD_SIZE, 50,000; 0 never shards)",
     )
     force = StrictBooleanField(
         required=False,
@@ -240,6 +251,7 @@ def embed_prepare(*, user, params: dict) -> tuple[dict, Corpus]:
         "batch_size": params.get("batch_size"),
         "activate": params.get("activate"),
         "force": params.get("force", False),
+        "shard_size": params.get("shard_size"),
     }
     return prepared, corpus
 
@@ -269,12 +281,22 @@ def embed_run(*, job, ctx) -> dict:
     index = VectorIndex.objects.select_related("corpus", "model_version").get(
         pk=job.params["index"]
     )
+    shard = job.params.get("shard")
+    if shard is not None:  # one shard of a sharded embed or reindex (see jobs/sharding.py)
+        return services.index_shard_embed(
+            index=index,
+            ctx=ctx,
+            lo=shard["lo"],
+            hi=shard["hi"],
+            batch_size=job.params.get("batch_size"),
+        )
     return services.index_build(
         index=index,
         ctx=ctx,
         batch_size=job.params.get("batch_size"),
         activate=job.params.get("activate"),
         force=job.params.get("force", False),
+        shard_size=job.params.get("shard_size"),
     )
 
 
@@ -286,7 +308,8 @@ EMBED = job_kind_register(
         prepare=embed_prepare,
         run=embed_run,
         description="Embed every document of a corpus whose vector is missing or stale into "
-        "a pgvector index, then build its HNSW graph.",
+        "a pgvector index, then build its HNSW graph. A large build splits into shard jobs "
+        "(document-id ranges, listed under the job) that any number of workers run at once.",
     )
 )
 

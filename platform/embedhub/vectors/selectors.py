@@ -63,39 +63,72 @@ def index_matching(
     return qs.order_by("-created_at").first()
 
 
-def corpus_document_count(*, corpus_id: int) -> int:
-    return Document.objects.filter(corpus_id=corpus_id).count()
+# A slice of a corpus by document id, lo <= id < hi (hi None: to the end): one shard's work.
+IdRange = tuple[int, int | None]
+ALL_IDS: IdRange = (0, None)
+
+
+def _id_range_sql(ids: IdRange, column: str = "id") -> tuple[str, list[int]]:
+    lo, hi = ids
+    if hi is None:
+        return f" AND {column} >= %s", [lo]
+    return f" AND {column} >= %s AND {column} < %s", [lo, hi]
+
+
+def corpus_document_count(*, corpus_id: int, ids: IdRange = ALL_IDS) -> int:
+    lo, hi = ids
+    qs = Document.objects.filter(corpus_id=corpus_id, id__gte=lo)
+    return (qs.filter(id__lt=hi) if hi is not None else qs).count()
+
+
+def corpus_id_boundaries(*, corpus_id: int, size: int) -> list[int]:
+    """The first document id of every `size` documents in id order: shard i covers ids from
+    boundary i up to boundary i+1, so shards hold equal document counts whatever the ids."""
+    with connection.cursor() as cur:
+        cur.execute(
+            "SELECT id FROM (SELECT id, row_number() OVER (ORDER BY id) AS n"
+            " FROM corpora_document WHERE corpus_id = %s) d WHERE (n - 1) %% %s = 0 ORDER BY id",
+            [corpus_id, size],
+        )
+        return [row[0] for row in cur.fetchall()]
 
 
 _PENDING = (
-    "FROM corpora_document d WHERE d.corpus_id = %s AND NOT EXISTS "
+    "FROM corpora_document d WHERE d.corpus_id = %s{ids} AND NOT EXISTS "
     "(SELECT 1 FROM {table} v WHERE v.document_id = d.id AND v.content_hash = d.content_hash)"
 )
 
 
-def index_pending_count(*, index: VectorIndex) -> int:
+def index_pending_count(*, index: VectorIndex, ids: IdRange = ALL_IDS) -> int:
+    where, args = _id_range_sql(ids, "d.id")
     with connection.cursor() as cur:
-        cur.execute("SELECT count(*) " + _PENDING.format(table=index.table_name), [index.corpus_id])
+        cur.execute(
+            "SELECT count(*) " + _PENDING.format(table=index.table_name, ids=where),
+            [index.corpus_id, *args],
+        )
         return cur.fetchone()[0]
 
 
-def index_pending_pages(*, index: VectorIndex, page_size: int) -> Iterator[list[tuple]]:
+def index_pending_pages(
+    *, index: VectorIndex, page_size: int, ids: IdRange = ALL_IDS
+) -> Iterator[list[tuple]]:
     """Documents needing (re-)embedding in id order, a page at a time.
 
     Keyset pagination over the corpus, then one primary-key probe per candidate: written as
     a plain anti-join, the planner may hash the whole (growing, unanalysed) vector table for
     every page, which turns a large build quadratic.
     """
-    last_id = 0
+    last_id = ids[0] - 1
+    upper, args = ("", []) if ids[1] is None else (" AND id < %s", [ids[1]])
     sql = (
         f"SELECT p.id, p.title, p.text, p.content_hash, EXISTS (SELECT 1 FROM {index.table_name} v "
         "WHERE v.document_id = p.id AND v.content_hash = p.content_hash) AS done "
         "FROM (SELECT id, title, text, content_hash FROM corpora_document "
-        "WHERE corpus_id = %s AND id > %s ORDER BY id LIMIT %s) p ORDER BY p.id"
+        f"WHERE corpus_id = %s AND id > %s{upper} ORDER BY id LIMIT %s) p ORDER BY p.id"
     )
     while True:
         with connection.cursor() as cur:
-            cur.execute(sql, [index.corpus_id, last_id, page_size])
+            cur.execute(sql, [index.corpus_id, last_id, *args, page_size])
             rows = cur.fetchall()
         if not rows:
             return

@@ -13,12 +13,13 @@ from django.utils import timezone
 
 from embedhub.core.errors import Conflict
 from embedhub.corpora.models import Corpus
+from embedhub.jobs.sharding import job_shards_ensure, job_shards_wait
 from embedhub.registry.encoders import encoder_for
 from embedhub.registry.models import ModelVersion
 from embedhub.vectors import hnsw, selectors, tables
 from embedhub.vectors.models import VectorIndex
 from embedhub.vectors.quality import index_quality_gate
-from workers.ml.encoder import Chunking
+from workers.ml.encoder import Chunking, fake_encoder_parse
 
 PAGE_SIZE = 2048  # documents fetched from Postgres per query while streaming
 
@@ -56,10 +57,8 @@ def index_create(
 
 
 def _dimension(model_version: ModelVersion, encoder: str) -> int:
-    if encoder.startswith("fake"):
-        _, _, dim = encoder.partition(":")
-        return int(dim) if dim else 384
-    return model_version.dimension
+    fake = fake_encoder_parse(encoder) if encoder else None
+    return fake[0] if fake else model_version.dimension
 
 
 @contextmanager
@@ -118,9 +117,14 @@ def index_build(
     batch_size: int | None = None,
     activate=None,
     force: bool = False,
+    shard_size: int | None = None,
 ) -> dict:
     """Embed every document whose vector is missing or stale, pass the runtime's quality
     gate (int8 only; `force` keeps an index it refuses), then build HNSW and mark ready.
+
+    More than `shard_size` pending documents (default EMBEDHUB_SHARD_SIZE) are embedded by
+    shard jobs over document-id ranges, which any number of workers run at once; HNSW is
+    built here, once, after the last shard.
 
     Resuming after a crash is the same call: "pending" is computed from the table itself,
     and each batch's vectors commit together with the job's progress.
@@ -141,9 +145,16 @@ def index_build(
         pending = selectors.index_pending_count(index=index)
         done = total - pending
         ctx.progress(done, total=total, unit="docs", note="embedding")
-        embedded, chunk_stats = _embed_pending(
-            index=index, encoder=encoder, ctx=ctx, done=done, total=total, batch_size=batch_size
-        )
+        size = settings.EMBEDHUB["SHARD_SIZE"] if shard_size is None else shard_size
+        if _sharded(ctx=ctx, size=size, pending=pending):
+            embedded, chunk_stats, shards = _embed_sharded(
+                index=index, ctx=ctx, total=total, size=size, batch_size=batch_size
+            )
+        else:
+            embedded, chunk_stats = _embed_pending(
+                index=index, encoder=encoder, ctx=ctx, done=done, total=total, batch_size=batch_size
+            )
+            shards = 0
         embed_seconds = time.monotonic() - started
         quality = index_quality_gate(
             index=index, ctx=ctx, force=force, embedded=embedded, total=total
@@ -165,6 +176,76 @@ def index_build(
         "finalise_seconds": round(seconds - embed_seconds, 3),
         "docs_per_second": round(embedded / max(embed_seconds, 1e-9), 1),
         "hnsw": stats["hnsw"],
+        "shards": shards,
+        **chunk_stats,
+    }
+
+
+def _sharded(*, ctx, size: int, pending: int) -> bool:
+    """Shard when more is pending than one shard holds, or when an earlier attempt did (its
+    shards may still be running). Only a job can shard: a build run in-process outside one
+    (a benchmark, a test) has no workers to spread over."""
+    job = getattr(ctx, "job", None)
+    if job is None:
+        return False
+    return 0 < size < pending or job.shards.exists()
+
+
+def _embed_sharded(*, index, ctx, total: int, size: int, batch_size) -> tuple[int, dict, int]:
+    """Shards over the whole corpus (so their totals sum to the job's), created once."""
+    boundaries = selectors.corpus_id_boundaries(corpus_id=index.corpus_id, size=size)
+    ends = [*boundaries[1:], None]
+    params = [
+        {
+            "index": index.pk,
+            "batch_size": batch_size,
+            "shard": {"lo": lo, "hi": hi, "number": number, "of": len(boundaries)},
+        }
+        for number, (lo, hi) in enumerate(zip(boundaries, ends, strict=True), start=1)
+    ]
+    job_shards_ensure(parent=ctx.job, kind="embed", shard_params=params)
+    shards = job_shards_wait(ctx=ctx, unit="docs", total=total, label="embedding")
+    cut = {"chunks_dropped": 0, "documents_capped": 0}
+    for shard in shards:
+        for key in cut:
+            cut[key] += shard.result.get(key, 0)
+    embedded = sum(shard.result.get("embedded", 0) for shard in shards)
+    chunk_stats = cut if index.chunking == VectorIndex.Chunking.CHUNK else {}
+    return embedded, chunk_stats, len(shards)
+
+
+def index_shard_embed(*, index: VectorIndex, ctx, lo: int, hi: int | None, batch_size) -> dict:
+    """One shard of a sharded build: embed the pending documents with lo <= id < hi.
+
+    No index lock: the parent holds it, and shards write disjoint documents. Exactly once
+    as in a whole build: pending comes from the table, each batch commits with progress."""
+    if index.state == VectorIndex.State.DROPPED:
+        raise Conflict(f"index {index.pk} was dropped")
+    ids = (lo, hi)
+    encoder = encoder_for(
+        model_version=index.model_version, override=index.encoder, runtime=index.runtime
+    )
+    total = selectors.corpus_document_count(corpus_id=index.corpus_id, ids=ids)
+    done = total - selectors.index_pending_count(index=index, ids=ids)
+    ctx.progress(done, total=total, unit="docs", note=f"embedding ids {lo}..{hi or 'end'}")
+    started = time.monotonic()
+    embedded, chunk_stats = _embed_pending(
+        index=index,
+        encoder=encoder,
+        ctx=ctx,
+        done=done,
+        total=total,
+        batch_size=batch_size,
+        ids=ids,
+    )
+    seconds = time.monotonic() - started
+    return {
+        "index": index.pk,
+        "ids": [lo, hi],
+        "embedded": embedded,
+        "skipped_unchanged": done,
+        "embed_seconds": round(seconds, 3),
+        "docs_per_second": round(embedded / max(seconds, 1e-9), 1),
         **chunk_stats,
     }
 
@@ -185,17 +266,21 @@ class _index_lock:
             cur.execute("SELECT pg_advisory_unlock(7201, %s)", [self.key])
 
 
-def _pending_items(index: VectorIndex, hashes: dict) -> Iterator[tuple[int, str]]:
-    for page in selectors.index_pending_pages(index=index, page_size=PAGE_SIZE):
+def _pending_items(
+    index: VectorIndex, hashes: dict, ids: selectors.IdRange
+) -> Iterator[tuple[int, str]]:
+    for page in selectors.index_pending_pages(index=index, page_size=PAGE_SIZE, ids=ids):
         for doc_id, title, text, content_hash in page:
             hashes[doc_id] = content_hash
             yield doc_id, selectors.document_text(title, text)
 
 
-def _embed_pending(*, index, encoder, ctx, done: int, total: int, batch_size) -> tuple[int, dict]:
+def _embed_pending(
+    *, index, encoder, ctx, done: int, total: int, batch_size, ids=selectors.ALL_IDS
+) -> tuple[int, dict]:
     """Documents embedded, and for a chunked index what the chunk cap dropped."""
     hashes: dict[int, str] = {}
-    items = _pending_items(index, hashes)
+    items = _pending_items(index, hashes, ids)
     if index.chunking == VectorIndex.Chunking.CHUNK:
         cap = settings.EMBEDHUB["MAX_CHUNKS_PER_DOCUMENT"]
         return _embed_chunked(
@@ -206,6 +291,7 @@ def _embed_pending(*, index, encoder, ctx, done: int, total: int, batch_size) ->
             total=total,
             batch_size=batch_size,
             chunking=Chunking(index.chunk_window, index.chunk_overlap, max_chunks=cap),
+            ids=ids,
         )
     embedded = 0
     for batch in encoder.iter_encode(items, kind="document", batch_size=batch_size):
@@ -224,7 +310,9 @@ def _embed_pending(*, index, encoder, ctx, done: int, total: int, batch_size) ->
     return embedded, {}
 
 
-def _embed_chunked(*, index, encoder, ctx, done, total, batch_size, chunking) -> tuple[int, dict]:
+def _embed_chunked(
+    *, index, encoder, ctx, done, total, batch_size, chunking, ids
+) -> tuple[int, dict]:
     """Chunks of one document may span batches, so whole pages are written at once: a
     document is never left with some of its chunks.
 
@@ -232,7 +320,7 @@ def _embed_chunked(*, index, encoder, ctx, done, total, batch_size, chunking) ->
     checkpoint with each page, so a resumed job still reports the earlier attempts' cuts."""
     embedded = 0
     cut = {key: ctx.checkpoint.get(key, 0) for key in ("chunks_dropped", "documents_capped")}
-    for page in selectors.index_pending_pages(index=index, page_size=PAGE_SIZE // 4):
+    for page in selectors.index_pending_pages(index=index, page_size=PAGE_SIZE // 4, ids=ids):
         items = [(doc_id, selectors.document_text(title, text)) for doc_id, title, text, _ in page]
         hashes = {doc_id: content_hash for doc_id, _, _, content_hash in page}
         keys, vectors, capped = [], [], []

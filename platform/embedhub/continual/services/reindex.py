@@ -111,6 +111,7 @@ def reindex_job_run(*, job, ctx) -> dict:
             batch_size=job.params.get("batch_size"),
             activate=False,
             force=job.params.get("force", False),
+            shard_size=job.params.get("shard_size"),
         )
     except (JobCancelled, JobLost):
         raise  # the shadow stays "building": a retry or the reaper resumes it
