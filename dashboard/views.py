@@ -16,6 +16,7 @@ from dashboard import selectors as dash_selectors
 from embedhub.audits import selectors as audit_selectors
 from embedhub.continual import selectors as continual_selectors
 from embedhub.core.errors import ApplicationError, NotFound
+from embedhub.corpora import screening as corpus_screening
 from embedhub.corpora import selectors as corpus_selectors
 from embedhub.evaluation import selectors as evaluation_selectors
 from embedhub.jobs import selectors as job_selectors
@@ -92,7 +93,7 @@ def job_list(request: HttpRequest) -> HttpResponse:
         "kinds": Job.Kind.choices,
         "statuses": Job.Status.choices,
         "corpora": _corpus_list(request.user),
-        "filtered": bool(filters),
+        "filtered": any(chosen.values()),
         "query": query.urlencode(),
     }
     return render(request, "dashboard/job_list.html", context)
@@ -269,8 +270,21 @@ def corpus_detail(request: HttpRequest, corpus_id: int) -> HttpResponse:
         "default_version": _default_version(),
         "active_jobs": jobs.filter(status__in=[Job.Status.QUEUED, Job.Status.RUNNING]).exists(),
         "job_form": _job_form_pop(request),
+        **_serving_context(corpus),
     }
     return render(request, "dashboard/corpus_detail.html", context)
+
+
+def _serving_context(corpus) -> dict:
+    """The corpus's serving policy: what answers its queries now, and the candidates of the
+    last decision with their numbers (bars scaled to the best one)."""
+    policy = vector_selectors.serving_policy_of(corpus=corpus)
+    serving = vector_selectors.serving_resolve(corpus=corpus) if corpus.active_index_id else None
+    candidates = list((policy.decision or {}).get("candidates", [])) if policy else []
+    best = max((c.get("metric") or 0 for c in candidates), default=0) or 1
+    for candidate in candidates:
+        candidate["bar"] = round(100 * (candidate.get("metric") or 0) / best)
+    return {"policy": policy, "serving": serving, "policy_candidates": candidates}
 
 
 @login_required
@@ -287,6 +301,64 @@ def index_activate(request: HttpRequest, index_id: int) -> HttpResponse:
     except ApplicationError as exc:
         messages.error(request, exc.message)
     return redirect(_safe_next(request, reverse("dashboard:corpus-detail", args=[index.corpus_id])))
+
+
+# ------------------------------------------------------------------ quarantine
+
+
+@login_required
+@require_GET
+def corpus_quarantine(request: HttpRequest, corpus_id: int) -> HttpResponse:
+    """Documents the ingest screen held back, with their scores, to approve or reject."""
+    corpus = _corpus_get(request.user, corpus_id)
+    context = {
+        "section": "corpora",
+        "corpus": corpus,
+        "screen": corpus_selectors.corpus_screen_get(corpus=corpus),
+        "documents": corpus_selectors.quarantine_list(corpus=corpus)[:500],
+        "decisions": corpus_selectors.quarantine_decisions(corpus=corpus)[:100],
+    }
+    return render(request, "dashboard/corpus_quarantine.html", context)
+
+
+@login_required
+@require_POST
+def quarantine_decide(request: HttpRequest, corpus_id: int, document_id: int) -> HttpResponse:
+    corpus = _corpus_get(request.user, corpus_id)
+    document = _or_404(
+        corpus_selectors.quarantined_document_get, corpus=corpus, document_id=document_id
+    )
+    action = request.POST.get("action")
+    if action == "approve":
+        corpus_screening.document_quarantine_approve(document=document, user=request.user)
+        messages.success(request, f"Approved {document.external_id}: it is searchable now.")
+    elif action == "reject":
+        corpus_screening.document_quarantine_reject(document=document, user=request.user)
+        messages.success(request, f"Rejected {document.external_id}: deleted, and recorded.")
+    else:
+        messages.error(request, "Choose approve or reject.")
+    return redirect("dashboard:corpus-quarantine", corpus_id=corpus.pk)
+
+
+@login_required
+@require_POST
+def corpus_screening_settings(request: HttpRequest, corpus_id: int) -> HttpResponse:
+    corpus = _corpus_get(request.user, corpus_id)
+    try:
+        fpr = float(request.POST.get("fpr") or corpus.screening_fpr)
+    except ValueError:
+        fpr = -1.0
+    if not 0.001 <= fpr <= 0.5:
+        messages.error(request, "The false-positive rate must be a number from 0.001 to 0.5.")
+        return redirect("dashboard:corpus-quarantine", corpus_id=corpus.pk)
+    enabled = request.POST.get("enabled") == "on"
+    corpus = corpus_screening.corpus_screening_update(corpus=corpus, enabled=enabled, fpr=fpr)
+    refit = enabled and request.POST.get("refit") == "on"
+    if refit and corpus_screening.corpus_screen_fit(corpus=corpus) is None:
+        messages.error(request, "Too few clean documents to calibrate a screen on yet.")
+    state = f"on at {fpr:.1%} false positives" if enabled else "off"
+    messages.success(request, f"Screening is {state}.")
+    return redirect("dashboard:corpus-quarantine", corpus_id=corpus.pk)
 
 
 # ------------------------------------------------------------------ models
@@ -347,18 +419,40 @@ def evaluation_list(request: HttpRequest) -> HttpResponse:
     context = {
         "section": "evaluations",
         "runs": runs[:200],
-        "chart": _evaluation_chart(evaluation_selectors.eval_run_table(user=request.user), labels),
+        "charts": _evaluation_charts(
+            evaluation_selectors.eval_run_table(user=request.user), labels
+        ),
     }
     return render(request, "dashboard/evaluation_list.html", context)
+
+
+def _evaluation_charts(rows: list[dict], version_labels: dict[int, str]) -> list[dict]:
+    """One chart per corpus × query set (query sets of different corpora share names such
+    as "test", and their numbers are not comparable), oldest group first."""
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        groups.setdefault((row["corpus_name"], row["query_set_name"], row["query_set"]), []).append(
+            row
+        )
+    return [
+        {
+            "id": f"qs-{query_set}",
+            "corpus": corpus,
+            "query_set": name,
+            **_evaluation_chart(group, version_labels),
+        }
+        for (corpus, name, query_set), group in groups.items()
+    ]
 
 
 CHART_METRICS = ("ndcg@10", "recall@100")  # names as workers.ml.metrics writes them
 
 
 def _evaluation_chart(rows: list[dict], version_labels: dict[int, str]) -> dict:
-    """Grouped bars: x = query encoder (and the index's version when it differs, which is
-    where compensation matters), one series per query set × compensation, so "none" and
-    "qdc" stand side by side. Each bar is the latest run of its kind."""
+    """Grouped bars for the runs of one query set: x = query encoder (and the index's
+    version when it differs, which is where compensation matters), one series per
+    compensation, so "none" and "qdc" stand side by side. Each bar is the latest run of its
+    kind."""
     latest: dict[tuple, dict] = {}
     for row in rows:  # oldest first, so later runs overwrite earlier ones
         x = version_labels.get(row["model_version"], row["model_version_label"])
@@ -372,7 +466,7 @@ def _evaluation_chart(rows: list[dict], version_labels: dict[int, str]) -> dict:
     datasets = [
         {
             "metric": metric,
-            "label": f"{query_set} · {compensation}",
+            "label": compensation,
             "compensation": compensation,
             "data": [(latest.get((x, query_set, compensation)) or {}).get(metric) for x in xs],
         }
@@ -380,6 +474,35 @@ def _evaluation_chart(rows: list[dict], version_labels: dict[int, str]) -> dict:
         for query_set, compensation in series
     ]
     return {"labels": xs, "datasets": datasets}
+
+
+# ------------------------------------------------------------------ the forgetting matrix
+
+
+@login_required
+@require_GET
+def forgetting_matrix(request: HttpRequest) -> HttpResponse:
+    """A lineage v0 → … → leaf: each task's metric for each version × serving option, read
+    from the user's EvalRuns, the cells a policy job chose marked."""
+    versions = _version_list(request.user)
+    children = versions.filter(parent__isnull=False).order_by("-created_at", "-pk")
+    chosen = request.GET.get("version", "")
+    leaf = versions.filter(pk=int(chosen)).first() if chosen.isdigit() else children.first()
+    if chosen and leaf is None:
+        raise Http404(f"model version {chosen} not found")
+    metric = request.GET.get("metric", "ndcg@10")
+    if metric not in CHART_METRICS + ("recall@10", "mrr@10", "map@100"):
+        metric = "ndcg@10"
+    matrix = continual_selectors.forgetting_matrix(user=request.user, leaf=leaf) if leaf else None
+    context = {
+        "section": "evaluations",
+        "leaves": children,
+        "leaf": leaf,
+        "metric": metric,
+        "metrics": ("ndcg@10", "recall@10", "recall@100", "mrr@10", "map@100"),
+        "matrix": matrix,
+    }
+    return render(request, "dashboard/forgetting.html", context)
 
 
 # ------------------------------------------------------------------ audits

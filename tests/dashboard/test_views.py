@@ -258,12 +258,13 @@ def test_another_user_cannot_activate_an_index(client_for, other_user, lineage):
 
 def test_evaluation_chart_puts_none_and_qdc_side_by_side(client_for, user, lineage):
     response = client_for(user).get("/evaluations/")
-    chart = response.context["chart"]
+    [chart] = response.context["charts"]
+    assert (chart["corpus"], chart["query_set"]) == ("lineage-corpus", "dev")
     child, base = lineage["child"], lineage["base"]
     label = f"{child.model.name} v{child.version} → index of {base.model.name} v{base.version}"
     assert chart["labels"] == [label]
     ndcg = {d["label"]: d["data"] for d in chart["datasets"] if d["metric"] == "ndcg@10"}
-    assert ndcg == {"dev · none": [0.41], "dev · qdc": [0.52]}
+    assert ndcg == {"none": [0.41], "qdc": [0.52]}
     assert 'id="eval-chart-data"' in response.content.decode()
 
 

@@ -43,6 +43,7 @@ def test_model_kinds_go_to_the_gpu_queue_and_the_rest_to_cpu():
         "finetune": "gpu",
         "reindex": "gpu",
         "audit": "gpu",
+        "policy": "gpu",  # it may build a shadow index
     }
 
 

@@ -62,6 +62,7 @@ def world(user, other_user):
         "embed": {"corpus": corpus.pk, "encoder": "fake:8"},
         "evaluate": {"index": index.pk, "query_set": query_set.pk},
         "finetune": {"parent": version.pk, "query_set": query_set.pk, "config": {"max_steps": 1}},
+        "policy": {"corpus": corpus.pk, "model_version": child.pk, "allow_reindex": False},
         "reindex": {"corpus": corpus.pk, "model_version": child.pk},
         "audit": {
             "index": real.pk,
@@ -134,6 +135,9 @@ KNOWN = [
     ("finetune", {"config": {"warp": 9}}, "params.config.warp"),
     ("finetune", {"config": "s"}, "params.config"),
     ("finetune", {"training_set": "abc"}, "params"),
+    ("policy", {"tolerance": 2}, "params.tolerance"),
+    ("policy", {"metric": "bleu"}, "params.metric"),
+    ("policy", {"corpus": None, "query_set": 1}, "params.query_set"),
     ("reindex", {"gate": {"query_set": "x"}}, "params.gate.query_set"),
     ("reindex", {"gate": {"tolerance": 5}}, "params.gate"),
     ("reindex", {"gate": "strict"}, "params.gate"),
@@ -152,7 +156,9 @@ def test_known_malformed_params_are_refused_naming_the_field(api, world, kind, o
     assert (Job.objects.count(), VectorIndex.objects.count(), _tables()) == before
 
 
-@pytest.mark.parametrize("kind", ["ingest", "embed", "evaluate", "finetune", "reindex", "audit"])
+@pytest.mark.parametrize(
+    "kind", ["ingest", "embed", "evaluate", "finetune", "policy", "reindex", "audit"]
+)
 @pytest.mark.parametrize("params", [[], "s", 5, None, [{"corpus": 1}]])
 def test_params_that_are_not_an_object_are_refused(api, world, kind, params):
     _assert_refused(_submit(api, kind, params), "params", statuses=(400,))
@@ -183,7 +189,7 @@ def _wrong_values(field: serializers.Field) -> list:
 
 
 def _cases():
-    for kind in ["ingest", "embed", "evaluate", "finetune", "reindex", "audit"]:
+    for kind in ["ingest", "embed", "evaluate", "finetune", "policy", "reindex", "audit"]:
         fields = job_kind_get(kind).params().fields
         for name, field in fields.items():
             yield kind, name, field
@@ -216,6 +222,7 @@ def test_every_field_of_every_kind_refuses_wrong_types(api, world, kind, name, f
         ("finetune", "corpus"),
         ("evaluate", "corpus"),
         ("audit", "corpus"),
+        ("policy", "corpus"),
     ],
 )
 def test_another_users_corpus_is_not_found(api, world, kind, field):

@@ -83,7 +83,7 @@ def _run_and_check(user, history, kind: str, params: dict, *, min_steps: int = 2
 
 
 def test_every_kind_is_covered_here():
-    covered = {"ingest", "embed", "evaluate", "finetune", "reindex", "audit"}
+    covered = {"ingest", "embed", "evaluate", "finetune", "reindex", "audit", "policy"}
     assert {kind.name for kind in job_kinds()} == covered == set(Job.Kind.values)
 
 
@@ -177,6 +177,24 @@ def test_reindex_progress_stays_at_the_total_through_the_gate(user, progress_his
         },
     )
     assert job.result["gate"] is not None and job.progress_done == 120
+
+
+def test_policy_progress_rises_through_candidates_and_the_shadow_build(user, progress_history):
+    corpus = CorpusFactory(owner=user)
+    add_documents(corpus, numbered_texts(120))
+    old = ModelVersionFactory()
+    new = ModelVersionFactory(model=old.model, parent=old)
+    active = build_index(owner=user, corpus=corpus, model_version=old, encoder="fake:8")
+    corpus.active_index = active
+    corpus.save(update_fields=["active_index"])
+    query_set = QuerySet.objects.create(owner=user, corpus=corpus, name="test")
+    Query.objects.create(query_set=query_set, external_id="q1", text="w7")
+    Qrel.objects.create(query_set=query_set, query_external_id="q1", document_external_id="d1")
+    job = _run_and_check(
+        user, progress_history, "policy", {"corpus": corpus.pk, "batch_size": 16}, min_steps=5
+    )
+    assert job.progress_unit == "steps" and job.params["corpora"][0]["model_version"] == new.pk
+    assert job.result["corpora"][0]["candidates"]
 
 
 @pytest.mark.slow

@@ -14,7 +14,7 @@ from django.test import override_settings
 
 from embedhub.jobs.models import Job
 from embedhub.jobs.runner import job_execute
-from embedhub.jobs.services import job_cancel, jobs_reap
+from embedhub.jobs.services import job_cancel, job_retry, jobs_reap
 from embedhub.jobs.submission import job_submit_checked
 from embedhub.vectors import tables
 from embedhub.vectors.models import VectorIndex
@@ -179,3 +179,27 @@ def test_cancelling_a_sharded_job_stops_every_shard(user, model_version, start_w
     assert job.shards.filter(status="cancelled").exists()
     index = VectorIndex.objects.get(pk=job.params["index"])
     assert not tables.hnsw_exists(table=index.table_name)  # no graph over a partial table
+
+
+def test_a_shard_cancelled_alone_fails_its_job_whose_retry_resumes_only_that_shard(
+    user, model_version, start_worker
+):
+    corpus = _corpus(user, 900)
+    start_worker("a")
+    start_worker("b")
+    job = _embed(user, corpus, model_version, encoder="fake:16@60ms", shard_size=300)
+    victim = wait_until(
+        lambda: job.shards.filter(status="running", progress_done__gt=30).first(),
+        timeout=120,
+        what="a running shard",
+    )
+    job_cancel(job=victim)
+    job = wait_for_job(job.pk, timeout=120)
+    assert job.status == "failed" and f"shard job {victim.pk} cancelled" in job.error
+    job_retry(job=job)
+    job = wait_for_job(job.pk, timeout=180)
+    assert job.status == "succeeded", job.error
+    victim.refresh_from_db()
+    assert victim.status == "succeeded" and victim.result["skipped_unchanged"] > 0
+    assert job.shards.count() == 3  # the same shards, none created twice
+    _assert_exactly_once(job, corpus, "fake:16@60ms")

@@ -3,6 +3,7 @@ import pytest
 from django.db import connection
 
 from embedhub.corpora.models import Document
+from embedhub.evaluation.models import QuerySet
 from embedhub.jobs.models import Job
 from embedhub.jobs.runner import job_execute
 from embedhub.jobs.submission import job_submit_checked
@@ -112,6 +113,27 @@ def test_encoder_overrides_are_refused_where_the_setting_is_off(
     assert error["details"]["field"] == "params.index" and "test encoder" in error["message"]
     assert not Job.objects.exists()
     assert list(VectorIndex.objects.values_list("pk", flat=True)) == [fake_index.pk]
+
+
+def test_a_fake_index_is_not_searched_or_evaluated_where_the_setting_is_off(
+    api, user, corpus, model_version, settings
+):
+    make_documents(corpus, 5)
+    index = services.index_create(
+        owner=user, corpus=corpus, model_version=model_version, encoder="fake:8"
+    )
+    VectorIndex.objects.filter(pk=index.pk).update(state=VectorIndex.State.READY)
+    settings.EMBEDHUB = {**settings.EMBEDHUB, "ALLOW_FAKE_ENCODER": False}
+    response = api.post("/api/v1/search/", {"index": index.pk, "query": "w1"}, format="json")
+    assert response.status_code == 400
+    assert "EMBEDHUB_ALLOW_FAKE_ENCODER" in response.json()["error"]["message"]
+    query_set = QuerySet.objects.create(owner=user, corpus=corpus, name="test")
+    params = {"index": index.pk, "query_set": query_set.pk}
+    response = api.post("/api/v1/jobs/", {"kind": "evaluate", "params": params}, format="json")
+    assert response.status_code == 400, response.json()
+    error = response.json()["error"]
+    assert error["details"]["field"] == "params.index" and "test encoder" in error["message"]
+    assert not Job.objects.exists()
 
 
 def test_chunk_stride_must_be_at_least_a_quarter_of_the_window(api, corpus, model_version):

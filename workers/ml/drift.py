@@ -37,6 +37,16 @@ def drift_vector(
     return (total / len(queries)).astype(np.float32)
 
 
+def drift_vector_of(*, child_vecs: np.ndarray, parent_vecs: np.ndarray) -> np.ndarray:
+    """Δ from embeddings already computed (row i of both is the same query), for callers
+    that need the parent's query vectors for more than Δ and encode them once."""
+    child = np.asarray(child_vecs, dtype=np.float64)
+    parent = np.asarray(parent_vecs, dtype=np.float64)
+    if child.shape != parent.shape or len(child) == 0:
+        raise ValueError("drift_vector_of needs two (n, d) matrices of the same n >= 1 queries")
+    return (child - parent).mean(axis=0).astype(np.float32)
+
+
 def compensate(query_vecs: np.ndarray, deltas: Sequence[np.ndarray]) -> np.ndarray:
     """normalize(q − ΣΔ) row-wise; Δ's of successive versions telescope to f_new − f_old.
 

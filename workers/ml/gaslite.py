@@ -45,6 +45,9 @@ class AttackConfig:
     # a language model; we have none on the box, and repeating keeps the passage on topic and
     # starts from a higher cosine than a dummy token). "dummy": trigger_len copies of "!".
     init: str = "message"
+    # Adaptive attacker (against the ingest screen): candidates are scored by cosine minus
+    # naturalness_weight x the detector's penalty of the decoded passage. 0: plain GASLITE.
+    naturalness_weight: float = 0.0
 
 
 @dataclass
@@ -57,6 +60,7 @@ class AttackResult:
     iterations_run: int
     seconds: float
     trigger_ids: list[int] = field(default_factory=list)
+    best_objective: float | None = None  # cosine minus the naturalness term, when adaptive
 
 
 def split_held_in_out(ids: Sequence, *, held_in: float = 0.5, seed: int = 0) -> tuple[list, list]:
@@ -133,6 +137,16 @@ class Attacker:
         self.embedding_matrix = self.model.get_input_embeddings().weight  # (vocab, dim)
         self.allowed = _allowed_mask(tokenizer, allow_continuations=allow_continuations).to(device)
         self._allowed_ids = torch.nonzero(self.allowed).squeeze(-1)
+
+    def vocabulary_mask(self, keep: Callable[[str], bool]) -> torch.Tensor:
+        """The allowed tokens that `keep` accepts (e.g. words the corpus itself uses)."""
+        vocab = self.tokenizer.convert_ids_to_tokens(self._allowed_ids.tolist())
+        mask = torch.zeros_like(self.allowed)
+        kept = [
+            int(i) for i, tok in zip(self._allowed_ids.tolist(), vocab, strict=True) if keep(tok)
+        ]
+        mask[torch.tensor(kept, dtype=torch.long, device=mask.device)] = True
+        return mask
 
     @classmethod
     def from_path(cls, path: str | Path, *, device: str | None = None, **kwargs) -> Attacker:
@@ -222,13 +236,14 @@ class Attacker:
         return f"{message}. {self._decode(trigger)}"
 
     def _trigger_gradient(
-        self, seq: torch.Tensor, sl: slice, target: torch.Tensor, config: AttackConfig, rng
+        self, seq: torch.Tensor, sl: slice, target: torch.Tensor, config: AttackConfig, rng, search
     ) -> torch.Tensor:
         """Averaged, row-normalised d(cosine)/d(one-hot trigger), shape (trigger_len, vocab)."""
         copies = seq.repeat(config.grad_copies, 1)
+        ids = search.allowed_ids
         for c in range(1, config.grad_copies):  # copy 0 is the passage itself
             pos = sl.start + int(rng.integers(config.trigger_len))
-            copies[c, pos] = self._allowed_ids[int(rng.integers(len(self._allowed_ids)))]
+            copies[c, pos] = ids[int(rng.integers(len(ids)))]
         weights = self.embedding_matrix
         one_hot = F.one_hot(copies[:, sl], num_classes=weights.shape[0]).to(weights.dtype)
         one_hot.requires_grad_(True)
@@ -255,7 +270,13 @@ class Attacker:
         return [t for t in dict.fromkeys(tokens) if t != current]
 
     def _greedy_position(
-        self, seq: torch.Tensor, sl: slice, pos: int, tokens: list[int], target: torch.Tensor
+        self,
+        seq: torch.Tensor,
+        sl: slice,
+        pos: int,
+        tokens: list[int],
+        target: torch.Tensor,
+        search,
     ) -> tuple[torch.Tensor, float]:
         """Try every candidate token at one position; the current passage is candidate 0."""
         cands = seq.repeat(len(tokens) + 1, 1)
@@ -263,7 +284,7 @@ class Attacker:
         ok = self._round_trips([c[sl].tolist() for c in cands])
         ok[0] = True  # the current passage already round-trips
         cands = cands[torch.tensor(ok, device=seq.device)]
-        scores = self._cosines(cands, target)
+        scores = search.objective(self, cands, sl, target)
         best = int(torch.argmax(scores))
         return cands[best : best + 1].clone(), float(scores[best])
 
@@ -275,9 +296,24 @@ class Attacker:
         config: AttackConfig | None = None,
         on_iteration: Callable[[int, float], None] | None = None,
         should_stop: Callable[[], bool] | None = None,
+        penalty: Callable[[list[str]], np.ndarray] | None = None,
+        vocabulary: torch.Tensor | None = None,
     ) -> AttackResult:
-        """Optimise one passage toward `target` (a query-space direction; normalised here)."""
+        """Optimise one passage toward `target` (a query-space direction; normalised here).
+
+        Adaptive (against a detector): `penalty` scores decoded passages (higher = more
+        detectable) and is subtracted, times config.naturalness_weight, from the cosine;
+        `vocabulary` (a mask from vocabulary_mask) restricts the tokens the search may place.
+        """
         config = config or AttackConfig()
+        allowed = self.allowed if vocabulary is None else self.allowed & vocabulary
+        search = _Search(
+            allowed=allowed,
+            allowed_ids=torch.nonzero(allowed).squeeze(-1),
+            message=message,
+            penalty=penalty if config.naturalness_weight else None,
+            weight=config.naturalness_weight,
+        )
         started = time.monotonic()
         rng = np.random.default_rng(config.seed)
         torch.manual_seed(config.seed)
@@ -295,7 +331,7 @@ class Attacker:
         sl = slice(len(head), len(head) + config.trigger_len)
         seq = torch.tensor([ids], device=self.device)
         initial = float(self._cosines(seq, tgt)[0])
-        best_seq, best = seq.clone(), initial
+        best_seq, best = seq.clone(), float(search.objective(self, seq, sl, tgt)[0])
         curve: list[float] = []
 
         def out_of_time() -> bool:
@@ -308,7 +344,7 @@ class Attacker:
             if out_of_time():
                 break
             seq, best_seq, best = self._iteration(
-                seq, sl, tgt, config, rng, best_seq, best, out_of_time
+                seq, sl, tgt, config, rng, best_seq, best, out_of_time, search
             )
             curve.append(best)
             if on_iteration is not None:
@@ -320,32 +356,53 @@ class Attacker:
         assert self._encode(self.spec.document_prefix + text) == token_ids, (
             "passage must round-trip"
         )
+        best_cosine = best if search.penalty is None else float(self._cosines(best_seq, tgt)[0])
         return AttackResult(
             text=text,
             token_ids=token_ids,
             objective_curve=curve,
             initial_cosine=initial,
-            best_cosine=best,
+            best_cosine=best_cosine,
+            best_objective=None if search.penalty is None else best,
             iterations_run=len(curve),
             seconds=time.monotonic() - started,
             trigger_ids=trigger_ids,
         )
 
-    def _iteration(self, seq, sl, tgt, config, rng, best_seq, best, out_of_time):
+    def _iteration(self, seq, sl, tgt, config, rng, best_seq, best, out_of_time, search):
         """One gradient step plus a multi-position greedy sweep; returns the new state."""
-        grad = self._trigger_gradient(seq, sl, tgt, config, rng)
-        grad[:, ~self.allowed] = -torch.inf
-        top = grad.topk(min(config.candidates_top, int(self.allowed.sum())), dim=-1).indices
+        grad = self._trigger_gradient(seq, sl, tgt, config, rng, search)
+        grad[:, ~search.allowed] = -torch.inf
+        top = grad.topk(min(config.candidates_top, int(search.allowed.sum())), dim=-1).indices
         n_pos = min(config.positions_per_iter, config.trigger_len)
         for pos in rng.choice(config.trigger_len, size=n_pos, replace=False):
             pos = int(pos)
             tokens = self._candidate_tokens(top[pos], int(seq[0, sl.start + pos]), config, rng)
-            seq, score = self._greedy_position(seq, sl, pos, tokens, tgt)
+            seq, score = self._greedy_position(seq, sl, pos, tokens, tgt, search)
             if score > best:
                 best_seq, best = seq.clone(), score
             if out_of_time():
                 break
         return seq, best_seq, best
+
+
+@dataclass
+class _Search:
+    """What one attack may place and what it maximises."""
+
+    allowed: torch.Tensor
+    allowed_ids: torch.Tensor
+    message: str
+    penalty: Callable[[list[str]], np.ndarray] | None = None
+    weight: float = 0.0
+
+    def objective(self, attacker: Attacker, seqs: torch.Tensor, sl: slice, target) -> torch.Tensor:
+        scores = attacker._cosines(seqs, target)
+        if self.penalty is None:
+            return scores
+        texts = [attacker._passage_text(self.message, s[sl].tolist()) for s in seqs]
+        cost = torch.as_tensor(self.penalty(texts), dtype=scores.dtype, device=scores.device)
+        return scores - self.weight * cost
 
 
 def evaluate_passages(

@@ -5,6 +5,11 @@ query to the batch's documents (its positive, its hard negatives and everyone el
 negatives) at a fixed logit scale, plus embedding distillation against a frozen copy of the parent
 so that the child stays close enough for an old index to remain usable.
 
+The distillation targets (the parent's embeddings) are computed once, not every step: the
+caller may hand in the ones it already has (the document vectors of the parent's index), the
+rest are encoded by the parent in one pass before the first step, and the parent model is
+then freed. `parent_forward_each_step` restores the old per-step forward pass (benchmarks).
+
 The run is a resumable unit of work: every `checkpoint_every` steps the model, optimizer,
 scheduler, RNG states and loss curve go to `checkpoint_dir`, and a later call with the same
 arguments continues from there, so a killed or cancelled worker loses at most a few steps.
@@ -57,6 +62,11 @@ class FinetuneConfig:
     grad_clip: float = 1.0
     checkpoint_every: int = 50
     negatives_per_query: int = 3  # METHODS uses 7; 3 keeps a CPU step affordable
+    # Hard-negative mining (by the caller) skips this many of the parent's top non-positive
+    # documents: on sparse qrels they are often unjudged positives.
+    negatives_skip_top: int = 3
+    # Today's cost model before issue 11: a frozen parent copy runs on every batch.
+    parent_forward_each_step: bool = False
 
 
 @dataclass
@@ -64,6 +74,14 @@ class TrainPair:
     query: str
     positive: str
     negatives: list[str] = field(default_factory=list)
+
+
+@dataclass
+class DistillTargets:
+    """The parent's unit embeddings by raw text (no prefix), for queries and documents."""
+
+    queries: dict[str, np.ndarray] = field(default_factory=dict)
+    documents: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -178,6 +196,8 @@ class _Batch:
     documents: list[str]  # deduplicated: positives, hard negatives, all shared in-batch
     targets: list[int]  # index of each query's positive in documents
     mask: torch.Tensor  # (q, d) True where a document must not count as a negative
+    query_keys: list[str] = field(default_factory=list)  # the texts without prefixes
+    document_keys: list[str] = field(default_factory=list)
 
 
 def _assemble(pairs: Sequence[TrainPair], *, negatives_per_query: int, spec: ModelSpec) -> _Batch:
@@ -203,6 +223,8 @@ def _assemble(pairs: Sequence[TrainPair], *, negatives_per_query: int, spec: Mod
         documents=documents,
         targets=targets,
         mask=mask,
+        query_keys=[p.query for p in pairs],
+        document_keys=list(doc_index),
     )
 
 
@@ -211,6 +233,16 @@ def _assemble(pairs: Sequence[TrainPair], *, negatives_per_query: int, spec: Mod
 
 def _device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _uses_bf16(device: torch.device) -> bool:
+    """bf16 autocast on a CUDA GPU (about twice the step rate there); never on the CPU,
+    where bf16 matmuls are slower than fp32 and the numbers must stay as they were."""
+    return device.type == "cuda"
+
+
+def _autocast(device: torch.device):
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=_uses_bf16(device))
 
 
 def _load(path: str | Path, device: torch.device) -> torch.nn.Module:
@@ -227,7 +259,7 @@ def _embed(
     enc = tokenizer(
         texts, padding=True, truncation=True, max_length=max_tokens, return_tensors="pt"
     ).to(device)
-    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+    with _autocast(device):
         hidden = model(**enc).last_hidden_state
     # Cosine geometry for the loss regardless of the spec's normalize flag.
     return embed_hidden(hidden, enc["attention_mask"], mode=spec.pooling, normalize=True)
@@ -256,6 +288,7 @@ def _step_loss(
     batch: _Batch,
     spec: ModelSpec,
     config: FinetuneConfig,
+    cached: DistillTargets | None = None,
 ) -> tuple[torch.Tensor, float, float]:
     q = _embed(model, tokenizer, batch.queries, spec=spec, max_tokens=config.max_tokens)
     d = _embed(model, tokenizer, batch.documents, spec=spec, max_tokens=config.max_tokens)
@@ -264,19 +297,89 @@ def _step_loss(
     targets = torch.tensor(batch.targets, device=logits.device)
     infonce = F.cross_entropy(logits, targets)
     distill = torch.zeros((), device=logits.device)
-    if parent is not None and config.distill_weight > 0:
-        with torch.no_grad():
-            q_old = _embed(
-                parent, tokenizer, batch.queries, spec=spec, max_tokens=config.max_tokens
-            )
-            d_old = _embed(
-                parent, tokenizer, batch.documents, spec=spec, max_tokens=config.max_tokens
-            )
-        distill = (1 - F.cosine_similarity(q, q_old, dim=-1)).mean() + (
-            1 - F.cosine_similarity(d, d_old, dim=-1)
+    old = _parent_embeddings(
+        parent=parent, targets=cached, tokenizer=tokenizer, batch=batch, spec=spec, config=config
+    )
+    if old is not None:
+        q_old, d_old = old
+        distill = (1 - F.cosine_similarity(q, q_old.to(q.dtype), dim=-1)).mean() + (
+            1 - F.cosine_similarity(d, d_old.to(d.dtype), dim=-1)
         ).mean()
     loss = infonce + config.distill_weight * distill
     return loss, float(infonce.detach()), float(distill.detach())
+
+
+def _parent_embeddings(
+    *,
+    parent: torch.nn.Module | None,
+    targets: DistillTargets | None,
+    tokenizer,
+    batch: _Batch,
+    spec: ModelSpec,
+    config: FinetuneConfig,
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The batch's distillation targets: looked up when precomputed, else a parent pass."""
+    if config.distill_weight <= 0:
+        return None
+    device = _device()
+    if targets is not None:
+        q_old = np.stack([targets.queries[t] for t in batch.query_keys])
+        d_old = np.stack([targets.documents[t] for t in batch.document_keys])
+        return torch.from_numpy(q_old).to(device), torch.from_numpy(d_old).to(device)
+    if parent is None:
+        return None
+    with torch.no_grad():
+        q_old = _embed(parent, tokenizer, batch.queries, spec=spec, max_tokens=config.max_tokens)
+        d_old = _embed(parent, tokenizer, batch.documents, spec=spec, max_tokens=config.max_tokens)
+    return q_old, d_old
+
+
+def distill_targets_complete(
+    *,
+    parent_path: str | Path,
+    pairs: Sequence[TrainPair],
+    config: FinetuneConfig,
+    given: DistillTargets | None = None,
+    batch_size: int = 64,
+) -> DistillTargets:
+    """Every query and document text of `pairs` with its parent embedding: those in `given`
+    (e.g. read from the parent's index) as they are, the rest encoded by the parent once,
+    as the training step embeds them (same prefixes, token limit and pooling)."""
+    from transformers import AutoTokenizer
+
+    given = given or DistillTargets()
+    queries = {k: _unit(v) for k, v in given.queries.items()}
+    documents = {k: _unit(v) for k, v in given.documents.items()}
+    want_q = [t for t in dict.fromkeys(p.query for p in pairs) if t not in queries]
+    docs = (t for p in pairs for t in [p.positive, *p.negatives[: config.negatives_per_query]])
+    want_d = [t for t in dict.fromkeys(docs) if t not in documents]
+    if want_q or want_d:
+        spec = read_model_spec(parent_path)
+        parent = _load(parent_path, _device()).eval().requires_grad_(False)
+        tokenizer = AutoTokenizer.from_pretrained(str(parent_path))
+        for todo, prefix, out in (
+            (want_q, spec.query_prefix, queries),
+            (want_d, spec.document_prefix, documents),
+        ):
+            for start in range(0, len(todo), batch_size):
+                chunk = todo[start : start + batch_size]
+                with torch.no_grad():
+                    vecs = _embed(
+                        parent,
+                        tokenizer,
+                        [prefix + t for t in chunk],
+                        spec=spec,
+                        max_tokens=config.max_tokens,
+                    )
+                out.update(zip(chunk, vecs.float().cpu().numpy(), strict=True))
+        del parent
+    return DistillTargets(queries=queries, documents=documents)
+
+
+def _unit(vector: np.ndarray) -> np.ndarray:
+    v = np.asarray(vector, dtype=np.float32)
+    norm = float(np.linalg.norm(v))
+    return v / norm if norm > 0 else v
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -364,6 +467,7 @@ class _Run:
     spec: ModelSpec
     step: int
     loss_curve: list[dict]
+    targets: DistillTargets | None = None
 
 
 def _start(*, parent_path: str, config: FinetuneConfig, total: int, resume: dict | None) -> _Run:
@@ -373,7 +477,7 @@ def _start(*, parent_path: str, config: FinetuneConfig, total: int, resume: dict
     device = _device()
     model = _load(parent_path, device)
     parent = None
-    if config.distill_weight > 0:
+    if config.distill_weight > 0 and config.parent_forward_each_step:
         parent = _load(parent_path, device).eval().requires_grad_(False)
     optimizer = _optimizer(model, config)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -427,6 +531,7 @@ def _train_step(
         batch=batch,
         spec=run.spec,
         config=config,
+        cached=run.targets,
     )
     run.optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -455,8 +560,12 @@ def finetune(
     checkpoint_dir: str | Path | None = None,
     on_step: Callable[[StepInfo], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    targets: DistillTargets | None = None,
 ) -> FinetuneResult:
     """Fine-tune a child of the model at `parent_path` and write it to `out_dir`.
+
+    `targets` are parent embeddings the caller already has (the parent index's document
+    vectors); the missing ones are encoded once before the first step.
 
     Resumes from `checkpoint_dir` when it holds a checkpoint of this same run. `should_stop`
     is polled between steps; when it returns True the run checkpoints and returns with
@@ -475,6 +584,10 @@ def finetune(
         total=total,
         resume=_load_checkpoint(ckpt_dir, fingerprint),
     )
+    if config.distill_weight > 0 and not config.parent_forward_each_step and run.step < total:
+        run.targets = distill_targets_complete(
+            parent_path=parent_path, pairs=pairs, config=config, given=targets
+        )
     while run.step < total:
         if should_stop is not None and should_stop():
             _checkpoint(run, ckpt_dir, fingerprint)

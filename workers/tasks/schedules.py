@@ -10,6 +10,9 @@ migration 0002 adds disabled examples; copy one, set its kwargs (JSON), enable i
     {"corpus_id": 12, "model_version": 7}      exactly version id 7
     add "gate": {"query_set": 3, "tolerance": 0.01} to swap only if nDCG@10 holds up.
 - embedhub.reindex_stale_corpora, kwargs: {} or {"only_gated": true}
+- embedhub.serving_policy_corpora, kwargs: {"owner": "ann"} (each of ann's corpora with a
+  judged query set; without owner, every account's), optional "corpus_id": 12 and
+  "allow_reindex": false. One policy job per corpus, as its owner, never two at once.
 - embedhub.drop_expired_indexes, no kwargs (retention: EMBEDHUB_INDEX_RETENTION_DAYS).
 
 Both reindex tasks take "owner": "<username>" to act for one account: then they only
@@ -23,7 +26,12 @@ run does nothing. Corpora of deactivated accounts are left alone.
 
 from celery import shared_task
 
-from embedhub.continual.selectors import corpora_manageable, corpora_stale
+from embedhub.continual.selectors import (
+    corpora_manageable,
+    corpora_stale,
+    corpora_with_judgements,
+)
+from embedhub.continual.services.policy import policy_schedule_submit
 from embedhub.continual.services.reindex import indexes_drop_expired, reindex_schedule_submit
 
 
@@ -65,3 +73,20 @@ def reindex_stale_corpora(only_gated: bool = False, owner: str | None = None) ->
 def drop_expired_indexes() -> list[int]:
     """Drop retired indexes whose rollback window (INDEX_RETENTION_DAYS) is over."""
     return indexes_drop_expired()
+
+
+@shared_task(name="embedhub.serving_policy_corpora")
+def serving_policy_corpora(
+    owner: str | None = None, corpus_id: int | None = None, allow_reindex: bool | None = None
+) -> list[dict]:
+    """Submit a policy job for each manageable corpus that has something to decide on."""
+    corpora = corpora_manageable(owner=owner).filter(active_index__isnull=False)
+    if corpus_id is not None:
+        corpora = corpora.filter(pk=corpus_id)
+    results = []
+    for corpus in corpora.order_by("pk"):
+        if not corpora_with_judgements(user=corpus.owner).filter(pk=corpus.pk).exists():
+            continue
+        job, outcome = policy_schedule_submit(corpus=corpus, allow_reindex=allow_reindex)
+        results.append({"corpus": corpus.pk, "job": job.pk if job else None, "outcome": outcome})
+    return results

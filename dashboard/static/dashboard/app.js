@@ -460,9 +460,11 @@
       const body = {
         query: document.getElementById("s-query").value,
         k: parseInt(document.getElementById("s-k").value || "10", 10),
-        compensation: document.getElementById("s-comp").value,
         exact: document.getElementById("s-exact").checked,
       };
+      // Left out, a corpus's search follows its serving policy.
+      const compensation = document.getElementById("s-comp").value;
+      if (compensation) body.compensation = compensation;
       body[what] = parseInt(id, 10);
       const version = document.getElementById("s-version").value;
       if (version) body.model_version = parseInt(version, 10);
@@ -486,7 +488,8 @@
         });
         const encoder = (config.versionLabels || {})[res.model_version] || "version #" + res.model_version;
         meta.textContent = "index #" + res.index + " · queries by " + encoder +
-          " · compensation " + res.compensation + (res.exact ? " · exact" : " · HNSW") + " · " + Math.round(ms) + " ms";
+          " · compensation " + res.compensation + (res.policy ? " · serving policy" : "") +
+          (res.exact ? " · exact" : " · HNSW") + " · " + Math.round(ms) + " ms";
       } catch (e) {
         EH.showErrors(error, e.message, e.body && e.body.error && e.body.error.details);
       } finally {

@@ -96,6 +96,15 @@ class AuditDetailApi(APIView):
 
 class AuditComparisonOutput(serializers.Serializer):
     concept = serializers.CharField()
+    corpus = serializers.IntegerField()
+    corpus_name = serializers.CharField()
+    adaptive = serializers.BooleanField()
+    gaslite_recall_at_1pct = serializers.FloatField(source="gaslite_recall@1%", allow_null=True)
+    gaslite_screened = serializers.FloatField(
+        source="gaslite_appeared@10_screened",
+        allow_null=True,
+        help_text="held-out appeared@10 with the combined screen at 1 % on",
+    )
     model_version = serializers.IntegerField()
     model_version_label = serializers.CharField()
     audit = serializers.IntegerField()

@@ -104,6 +104,17 @@ class AuditParams(SearchTargetParams):
         max_value=0.9,
         help_text="share of the concept's queries attacked; the rest judge the attack",
     )
+    adaptive = StrictBooleanField(
+        default=False,
+        help_text="optimise against the detector too: place only words the corpus uses and "
+        "subtract naturalness_weight x the screen's naturalness penalty from the objective",
+    )
+    naturalness_weight = StrictFloatField(
+        default=0.05,
+        min_value=0.0,
+        max_value=10.0,
+        help_text="with adaptive: cosine given up per robust-z unit of detectability",
+    )
     time_limit_s = StrictFloatField(
         required=False,
         allow_null=True,
@@ -246,6 +257,8 @@ def audit_prepare(*, user, params: dict) -> tuple[dict, Corpus]:
         "seed": params["seed"],
         "held_in": params["held_in"],
         "time_limit_s": params.get("time_limit_s"),
+        "adaptive": params["adaptive"],
+        "naturalness_weight": params["naturalness_weight"],
     }
     return prepared, index.corpus
 

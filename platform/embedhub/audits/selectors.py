@@ -134,6 +134,19 @@ def non_concept_queries(
     return texts, source
 
 
+def defence_headline(results: dict) -> dict:
+    """The defence's headline figures for the GASLITE passages: the combined detector's
+    recall at 1 % false positives and held-out appeared@10 with the screens on."""
+    attack = ((results or {}).get("defence") or {}).get("attacks", {}).get("gaslite") or {}
+    recall = attack.get("recall", {}).get("0.01", {}).get("combined", {}).get("recall")
+    screened = attack.get("appeared@10_screened") or {}
+    return {
+        "gaslite_recall@1%": recall,
+        "gaslite_appeared@10_screened": screened.get("combined"),
+        "gaslite_appeared@10_text_screened": screened.get("text"),
+    }
+
+
 def audit_comparison(*, user, concept: str | None = None) -> list[dict]:
     """appeared@10 on held-out queries per (concept, model version), from the latest complete
     audit of each pair, with the message-only floor, the centroid ceiling and the spill-over
@@ -141,15 +154,26 @@ def audit_comparison(*, user, concept: str | None = None) -> list[dict]:
     qs = audit_list(user=user).filter(state=RobustnessAudit.State.COMPLETE)
     if concept:
         qs = qs.filter(concept=concept)
-    latest: dict[tuple[str, int], RobustnessAudit] = {}
+    # Versions are compared on the same concept and corpus, plain and adaptive apart.
+    latest: dict[tuple, RobustnessAudit] = {}
     for audit in qs.order_by("-created_at"):
-        latest.setdefault((audit.concept, audit.model_version_id), audit)
+        key = (
+            audit.concept,
+            audit.index.corpus_id,
+            bool(audit.params.get("adaptive")),
+            audit.model_version_id,
+        )
+        latest.setdefault(key, audit)
     rows = []
-    for (name, version_id), audit in sorted(latest.items(), key=lambda kv: (kv[0][0], kv[0][1])):
+    for (name, corpus_id, adaptive, version_id), audit in sorted(latest.items()):
         results = audit.results or {}
         rows.append(
             {
                 "concept": name,
+                "corpus": corpus_id,
+                "corpus_name": audit.index.corpus.name,
+                "adaptive": adaptive,
+                **defence_headline(results),
                 "model_version": version_id,
                 "model_version_label": str(audit.model_version),
                 "audit": audit.pk,

@@ -18,7 +18,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 from transformers import AutoTokenizer
 
-from embedhub.audits import selectors
+from embedhub.audits import defence, selectors
 from embedhub.audits.models import RobustnessAudit
 from embedhub.core.errors import ApplicationError
 from embedhub.jobs.services import JobCancelled, JobLost, job_heartbeat
@@ -84,8 +84,11 @@ def audit_job_run(*, job, ctx) -> dict:
             note="embedding the concept's queries and choosing targets",
         )
         audit = audit_targets_set(audit=audit, index=index, queries=params["queries"])
+    adaptive = _adaptive(index=index, attacker=attacker, params=params)
     for i in range(len(audit.passages), params["budget"]):
-        audit = audit_passage_attack(audit=audit, attacker=attacker, i=i, ctx=ctx)
+        audit = audit_passage_attack(
+            audit=audit, attacker=attacker, i=i, ctx=ctx, adaptive=adaptive
+        )
     ctx.progress(
         params["budget"],
         total=params["budget"],
@@ -94,6 +97,19 @@ def audit_job_run(*, job, ctx) -> dict:
     )
     audit = audit_evaluate(audit=audit, attacker=attacker, index=index, load_seconds=load_seconds)
     return audit_summary(audit=audit)
+
+
+def _adaptive(*, index: VectorIndex, attacker, params: dict) -> dict:
+    """For an adaptive audit, what the attack is given against the screen: its naturalness
+    penalty and the tokens that are words of the corpus (no symbols, no fragments)."""
+    if not params.get("adaptive"):
+        return {}
+    screen = defence.attacker_screen(index=index, seed=params["seed"])
+    knows = screen.language.knows
+    return {
+        "penalty": screen.naturalness_penalty,
+        "vocabulary": attacker.vocabulary_mask(lambda tok: tok.isalnum() and knows(tok)),
+    }
 
 
 def audit_for_job(*, job, index: VectorIndex) -> RobustnessAudit:
@@ -138,7 +154,7 @@ def audit_targets_set(
     return audit
 
 
-def _attack_config(params: dict, *, i: int, spent: float):
+def _attack_config(params: dict, *, i: int, spent: float) -> AttackConfig:
     limit = params.get("time_limit_s")
     remaining = params["budget"] - i
     return AttackConfig(
@@ -150,6 +166,7 @@ def _attack_config(params: dict, *, i: int, spent: float):
         # The total limit is shared by the passages still to do, whatever earlier ones used.
         time_limit_s=None if limit is None else max(limit - spent, 0.0) / remaining,
         seed=params["seed"] + i,  # distinct passages differ in their random choices too
+        naturalness_weight=params["naturalness_weight"] if params.get("adaptive") else 0.0,
     )
 
 
@@ -170,7 +187,9 @@ class _CancelWatch:
         return self.stopped
 
 
-def audit_passage_attack(*, audit: RobustnessAudit, attacker, i: int, ctx) -> RobustnessAudit:
+def audit_passage_attack(
+    *, audit: RobustnessAudit, attacker, i: int, ctx, adaptive: dict | None = None
+) -> RobustnessAudit:
     """Optimise passage i and store it; a cancel mid-passage discards the unfinished one."""
     params = audit.params
     n = params["budget"]
@@ -192,6 +211,7 @@ def audit_passage_attack(*, audit: RobustnessAudit, attacker, i: int, ctx) -> Ro
         config=_attack_config(params, i=i, spent=spent),
         on_iteration=on_iteration,
         should_stop=watch,
+        **(adaptive or {}),
     )
     if watch.stopped:
         ctx.check_cancel()  # raises JobCancelled / JobLost: the partial passage is not kept
@@ -228,6 +248,7 @@ def _passage_record(result, *, i: int) -> dict:
         "trigger_ids": result.trigger_ids,
         "initial_cosine": result.initial_cosine,
         "best_cosine": result.best_cosine,
+        "best_objective": result.best_objective,
         "objective_curve": result.objective_curve,
         "iterations_run": result.iterations_run,
         "seconds": result.seconds,
@@ -305,6 +326,9 @@ def audit_evaluate(
         "non_concept": _non_concept(queries=queries, topk=topk, refs=refs, source=source),
         "depth": int(topk["held_out"].shape[1]),
     }
+    audit.results["defence"] = _defence(
+        audit=audit, index=index, refs=refs, queries=queries, topk=topk
+    )
     audit.geometry = _geometry(
         geometry=geometry, queries=queries["held_out"], topk=topk["held_out"], chunk0=chunk0
     )
@@ -314,6 +338,29 @@ def audit_evaluate(
         evaluate=time.monotonic() - started,
         device=str(attacker.device),
     )
+
+
+def _defence(*, audit: RobustnessAudit, index: VectorIndex, refs: dict, queries, topk) -> dict:
+    """The detectors' side (audits/defence.py): the defender knows every query but the
+    held-out ones."""
+    known = [name for name in ("held_in", "non_concept") if name in queries]
+    return defence.audit_defence(
+        index=index,
+        seed=audit.params["seed"],
+        refs={"gaslite": refs["gaslite"], "message_only": refs["message_only"]},
+        texts={"gaslite": [p["text"] for p in audit.passages], "message_only": [audit.message]},
+        known=(
+            np.concatenate([queries[n] for n in known]),
+            np.concatenate([_depth(topk[n], 10) for n in known]),
+        ),
+        held_out=(queries["held_out"], topk["held_out"]),
+    )
+
+
+def _depth(topk: np.ndarray, k: int) -> np.ndarray:
+    # Query groups may have been read to different depths; the defence needs the first k.
+    k = min(k, topk.shape[1])
+    return np.asarray(topk)[:, :k]
 
 
 def _geometry(*, geometry: DocGeometry, queries, topk: np.ndarray, chunk0: dict) -> dict:
@@ -387,5 +434,6 @@ def audit_summary(*, audit: RobustnessAudit) -> dict:
             f"{ref}_{selectors.HEADLINE}": (results.get(ref) or {}).get(selectors.HEADLINE)
             for ref in selectors.REFERENCES
         },
+        **selectors.defence_headline(results),
         "seconds": audit.seconds,
     }

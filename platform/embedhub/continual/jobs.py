@@ -8,7 +8,7 @@ from pathlib import Path
 from rest_framework import serializers
 
 from embedhub.continual import selectors
-from embedhub.continual.services import finetune, reindex
+from embedhub.continual.services import finetune, policy, reindex
 from embedhub.core.errors import ApplicationError, Conflict
 from embedhub.corpora.models import Corpus
 from embedhub.evaluation.jobs import query_set_lookup
@@ -18,6 +18,7 @@ from embedhub.jobs.params import (
     ParamsSerializer,
     StrictBooleanField,
     StrictCharField,
+    StrictChoiceField,
     StrictFloatField,
     integer,
     number,
@@ -25,13 +26,15 @@ from embedhub.jobs.params import (
     params_field,
 )
 from embedhub.registry import training_sets
+from embedhub.vectors import selectors as vector_selectors
 from embedhub.vectors.jobs import (
     IndexOptionsParams,
     corpus_lookup,
     index_options_resolve,
     version_lookup,
 )
-from embedhub.vectors.models import VectorIndex
+from embedhub.vectors.models import ServingPolicy, VectorIndex
+from workers.ml.metrics import METRICS
 from workers.ml.training import FinetuneConfig
 
 MAX_PAIRS = 2_000_000
@@ -65,6 +68,19 @@ class FinetuneConfigParams(ParamsSerializer):
     max_tokens = integer(8, 512, "tokens kept per text while training")
     distill_weight = number(0.0, 100.0, "weight of the embedding-distillation term")
     negatives_per_query = integer(0, 64, "hard negatives mined from the parent's index")
+    negatives_skip_top = integer(
+        0,
+        100,
+        "skip the parent's top non-positive documents when mining (often unjudged "
+        "positives; default 3)",
+    )
+    adapter_documents = integer(
+        0,
+        100_000,
+        "documents sampled from your corpora indexed by the parent to fit the compensation "
+        "adapter on, besides the training queries (default 1000; their parent vectors come "
+        "from the index, only the child encodes them)",
+    )
     checkpoint_every = integer(1, MAX_STEPS, "steps between resumable checkpoints")
     warmup_steps = integer(0, MAX_STEPS, "linear learning-rate warm-up")
 
@@ -98,6 +114,11 @@ class FinetuneParams(ParamsSerializer):
         optional=True,
     )
     config = FinetuneConfigParams(required=False, help_text="training settings")
+    then_policy = StrictBooleanField(
+        default=False,
+        help_text="when the child is registered, submit a policy job for it over your corpora "
+        "that have a query set (its id is in this job's result)",
+    )
 
     def validate(self, attrs: dict) -> dict:
         attrs = super().validate(attrs)
@@ -174,8 +195,17 @@ def finetune_prepare(*, user, params: dict) -> tuple[dict, Corpus | None]:
         **source,
         "corpus": corpus.pk if corpus else None,
         "config": config,
+        "then_policy": params.get("then_policy", False),
     }
     return prepared, corpus
+
+
+def finetune_run(*, job, ctx) -> dict:
+    """The fine-tune, then (when asked) the policy job that decides whether to serve it."""
+    result = finetune.finetune_job_run(job=job, ctx=ctx)
+    if job.params.get("then_policy"):
+        result = {**result, **policy.policy_after_finetune(job=job, result=result)}
+    return result
 
 
 FINETUNE = job_kind_register(
@@ -184,7 +214,7 @@ FINETUNE = job_kind_register(
         queue="gpu",
         params=FinetuneParams,
         prepare=finetune_prepare,
-        run=finetune.finetune_job_run,
+        run=finetune_run,
         description="Fine-tune a child model version from its parent on (query, positive) "
         "pairs with embedding distillation; registers it with its lineage and drift vector.",
     )
@@ -313,5 +343,159 @@ REINDEX = job_kind_register(
         run=reindex.reindex_job_run,
         description="Build a shadow index of a corpus with a newer model version, optionally "
         "gate it on nDCG@10, then swap it in atomically (the old index is kept for rollback).",
+    )
+)
+
+
+# ------------------------------------------------------------------ policy
+
+POLICY_MAX_TOLERANCE = 1.0  # a metric in [0, 1]: 1 keeps the current policy whatever happens
+
+
+class PolicyParams(ParamsSerializer):
+    """The params of a policy job; unset settings are each corpus's (its ServingPolicy)."""
+
+    corpus = owned(
+        corpus_lookup,
+        "corpus",
+        "decide for this corpus (default: each of your corpora with an active index and a "
+        "judged query set)",
+        optional=True,
+    )
+    query_set = owned(
+        query_set_lookup,
+        "query set",
+        'measure on this query set of the corpus (default: the one named "test", else the '
+        'newest not named "train"); only with corpus',
+        optional=True,
+    )
+    model_version = owned(
+        version_lookup,
+        "model version",
+        "the candidate version (default: the newest ready version you may see that descends "
+        "from the version serving the corpus)",
+        optional=True,
+    )
+    allow_reindex = StrictBooleanField(
+        required=False,
+        allow_null=True,
+        help_text="also build a shadow index with the candidate version and measure it (a "
+        "full re-embed; default: the corpus's setting, true unless turned off)",
+    )
+    metric = StrictChoiceField(
+        choices=METRICS,
+        required=False,
+        allow_null=True,
+        help_text="what decides (default: the corpus's setting, ndcg@10)",
+    )
+    tolerance = StrictFloatField(
+        required=False,
+        allow_null=True,
+        min_value=0.0,
+        max_value=POLICY_MAX_TOLERANCE,
+        help_text="keep the current policy unless a candidate beats it by more than this "
+        "(default: the corpus's setting, 0.01)",
+    )
+    apply = StrictBooleanField(
+        default=True, help_text="false: measure and report only, change nothing"
+    )
+    batch_size = integer(1, 4096, "documents per forward pass of the shadow build")
+
+    def validate(self, attrs: dict) -> dict:
+        attrs = super().validate(attrs)
+        corpus, query_set = attrs.get("corpus"), attrs.get("query_set")
+        if query_set is not None and corpus is None:
+            raise serializers.ValidationError({"query_set": "give corpus with query_set"})
+        if query_set is not None and query_set.corpus_id != corpus.pk:
+            raise serializers.ValidationError(
+                {"query_set": f"query set {query_set.pk} belongs to corpus {query_set.corpus_id}"}
+            )
+        if query_set is not None and not Qrel.objects.filter(query_set=query_set).exists():
+            raise serializers.ValidationError(
+                {"query_set": f"query set {query_set.pk} has no judgements"}
+            )
+        return attrs
+
+
+def _policy_problem(*, corpus: Corpus, query_set, serving, version) -> tuple[str, str] | None:
+    """(field, why) when there is nothing to decide for this corpus."""
+    if serving is None:
+        return "corpus", f"corpus {corpus.pk} has no active index yet"
+    if query_set is None:
+        return "corpus", f'corpus {corpus.pk} has no judged query set (other than "train")'
+    if version is None:
+        return "model_version", (
+            f"no ready version descends from {serving.model_version}, which serves corpus "
+            f"{corpus.pk}"
+        )
+    return None
+
+
+def _policy_plan(*, user, corpus: Corpus, params: dict, named: bool) -> dict:
+    """What the job does for one corpus, fixed at submission; a corpus the job was asked
+    about by name gets an error instead of a skip."""
+    plan = {"corpus": corpus.pk}
+    query_set = params.get("query_set") or selectors.policy_query_set(corpus=corpus)
+    serving = vector_selectors.serving_resolve(corpus=corpus) if corpus.active_index_id else None
+    version = params.get("model_version")
+    if serving is not None and version is None:
+        version = selectors.version_newest_descendant(user=user, ancestor=serving.model_version)
+    problem = _policy_problem(corpus=corpus, query_set=query_set, serving=serving, version=version)
+    if problem and named:
+        raise serializers.ValidationError({problem[0]: problem[1]})
+    if problem:
+        return {**plan, "skip": problem[1]}
+    running = selectors.policy_running(corpus=corpus)
+    if running is not None:
+        raise Conflict(
+            f"policy job {running.pk} for corpus {corpus.pk} is already {running.status}",
+            code="policy_running",
+        )
+    settings_row = vector_selectors.serving_policy_of(corpus=corpus)
+    defaults = settings_row or ServingPolicy()
+
+    def given(key: str):
+        return params[key] if params.get(key) is not None else getattr(defaults, key)
+
+    return {
+        **plan,
+        "query_set": query_set.pk,
+        "model_version": version.pk,
+        "metric": given("metric"),
+        "tolerance": given("tolerance"),
+        "allow_reindex": given("allow_reindex"),
+        "documents": corpus.documents.count(),
+        "apply": params["apply"],
+        "batch_size": params.get("batch_size"),
+    }
+
+
+def policy_prepare(*, user, params: dict) -> tuple[dict, Corpus | None]:
+    named = params.get("corpus")
+    # Locked in submission's transaction: two submissions for one corpus see each other.
+    wanted = [named.pk] if named else selectors.corpora_with_judgements(user=user).values("pk")
+    corpora = list(Corpus.objects.filter(pk__in=wanted).select_for_update().order_by("pk"))
+    if not corpora:
+        raise serializers.ValidationError(
+            {"corpus": "none of your corpora has an active index and a judged query set"}
+        )
+    plans = [
+        _policy_plan(user=user, corpus=corpus, params=params, named=bool(named))
+        for corpus in corpora
+    ]
+    return {"corpora": plans}, named
+
+
+POLICY = job_kind_register(
+    JobKind(
+        name="policy",
+        queue="gpu",
+        params=PolicyParams,
+        prepare=policy_prepare,
+        run=policy.policy_job_run,
+        description="Decide each corpus's serving policy: evaluate the current one, the "
+        "candidate version's queries on the current index (compensation none, qdc, adapter) "
+        "and, where allowed, a shadow reindex; apply the best by the corpus's metric when it "
+        "beats the current one by more than the tolerance. Every candidate is an EvalRun.",
     )
 )

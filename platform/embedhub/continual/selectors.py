@@ -12,9 +12,12 @@ from embedhub.continual.models import GateResult
 from embedhub.core.errors import ApplicationError
 from embedhub.core.selectors import owned_by
 from embedhub.corpora.models import Corpus
+from embedhub.evaluation.models import EvalRun
+from embedhub.evaluation.models import QuerySet as QuerySetModel
 from embedhub.jobs.models import Job
 from embedhub.registry.models import ModelVersion
 from embedhub.registry.selectors import model_version_visible
+from embedhub.vectors import selectors as vector_selectors
 from embedhub.vectors.models import VectorIndex
 
 ACTIVE_JOB = (Job.Status.QUEUED, Job.Status.RUNNING)
@@ -107,3 +110,122 @@ def gate_result_list(*, user) -> QuerySet[GateResult]:
     """Gate results on the corpora `user` owns (staff: all)."""
     qs = GateResult.objects.select_related("corpus", "query_set", "model_version")
     return owned_by(qs, user=user, field="corpus__owner")
+
+
+def version_newest_descendant(*, user, ancestor: ModelVersion) -> ModelVersion | None:
+    """The newest ready version `user` may see that descends from `ancestor` (not
+    `ancestor` itself): what a policy job tries by default."""
+    visible = model_version_visible(user=user).filter(status=ModelVersion.Status.READY)
+    for version in visible.exclude(pk=ancestor.pk).order_by("-created_at", "-pk"):
+        if vector_selectors.version_descends(version=version, ancestor=ancestor):
+            return version
+    return None
+
+
+def policy_running(*, corpus: Corpus) -> Job | None:
+    """A queued or running policy job that will decide for this corpus."""
+    return Job.objects.filter(
+        kind=Job.Kind.POLICY,
+        status__in=ACTIVE_JOB,
+        params__corpora__contains=[{"corpus": corpus.pk}],
+    ).first()
+
+
+def corpora_with_judgements(*, user) -> QuerySet[Corpus]:
+    """`user`'s corpora (staff: theirs only, a policy job is about one account) with an
+    active index and a query set holding judgements."""
+    return (
+        Corpus.objects.filter(
+            owner=user, active_index__isnull=False, query_sets__qrels__isnull=False
+        )
+        .distinct()
+        .order_by("pk")
+    )
+
+
+def policy_query_set(*, corpus: Corpus) -> QuerySetModel | None:
+    """The query set a policy job measures a corpus on by default: the one named "test"
+    (BEIR's held-out split), else the newest with judgements that is not named "train"
+    (a version fine-tuned on those queries would always look best on them)."""
+    judged = QuerySetModel.objects.filter(corpus=corpus, qrels__isnull=False).distinct()
+    return (
+        judged.filter(name="test").first()
+        or judged.exclude(name="train").order_by("-created_at", "-pk").first()
+    )
+
+
+# ------------------------------------------------------------------ the forgetting matrix
+
+MATRIX_OPTIONS = ("old_index_none", "old_index_qdc", "old_index_adapter", "reindexed")
+
+
+def version_chain(*, leaf: ModelVersion) -> list[ModelVersion]:
+    """`leaf` and its ancestors, root first: v0 → v1 → ... → leaf."""
+    chain, current = [], leaf
+    while current is not None:
+        chain.append(current)
+        current = current.parent
+    return chain[::-1]
+
+
+def policy_chosen_eval_runs(*, user) -> set[int]:
+    """EvalRun ids of the candidates that `user`'s policy jobs chose."""
+    chosen = set()
+    jobs = Job.objects.filter(owner=user, kind=Job.Kind.POLICY, status=Job.Status.SUCCEEDED)
+    for result in jobs.values_list("result", flat=True):
+        for corpus in (result or {}).get("corpora", []):
+            for candidate in corpus.get("candidates", []):
+                if candidate.get("chosen") and candidate.get("eval_run"):
+                    chosen.add(candidate["eval_run"])
+    return chosen
+
+
+def _matrix_key(run: EvalRun, root_id: int) -> tuple[int, str] | None:
+    """(query version, option) an exact EvalRun stands for in the matrix, if any."""
+    index_version, version = run.index.model_version_id, run.model_version_id
+    if index_version == version:
+        return version, "old_index_none" if version == root_id else "reindexed"
+    if index_version == root_id:
+        return version, f"old_index_{run.compensation}"
+    return None
+
+
+def forgetting_matrix(*, user, leaf: ModelVersion) -> dict:
+    """Each task's (query set's) metric for each version of leaf's lineage × serving option:
+    the root's index searched by the version's queries with none / qdc / adapter, or an
+    index the version built itself ("reindexed"). The latest exact EvalRun of `user` fills
+    a cell; cells a policy job chose are marked."""
+    chain = version_chain(leaf=leaf)
+    root = chain[0]
+    runs = (
+        owned_by(EvalRun.objects.all(), user=user)
+        .filter(mode=EvalRun.Mode.EXACT, model_version__in=chain)
+        .select_related("index", "query_set__corpus")
+        .defer("per_query")
+        .order_by("created_at", "pk")
+    )
+    cells: dict[tuple, EvalRun] = {}
+    tasks: dict[int, QuerySetModel] = {}
+    for run in runs:
+        key = _matrix_key(run, root.pk)
+        if key is not None and key[1] in MATRIX_OPTIONS:
+            cells[(run.query_set_id, *key)] = run  # later runs replace earlier ones
+            tasks[run.query_set_id] = run.query_set
+    chosen = policy_chosen_eval_runs(user=user)
+    ordered = sorted(tasks.values(), key=lambda qs: (qs.corpus.name, qs.name))
+    rows = []
+    for version in chain:
+        options = ("old_index_none",) if version.pk == root.pk else MATRIX_OPTIONS
+        for option in options:
+            row = []
+            for task in ordered:
+                run = cells.get((task.pk, version.pk, option))
+                row.append(
+                    {
+                        "eval_run": run.pk if run else None,
+                        "metrics": run.metrics if run else {},
+                        "chosen": bool(run and run.pk in chosen),
+                    }
+                )
+            rows.append({"version": version, "option": option, "cells": row})
+    return {"chain": chain, "root": root, "tasks": ordered, "rows": rows}

@@ -9,7 +9,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from embedhub.core.uploads import UploadLimit, upload_declared_check, upload_size_check
-from embedhub.corpora import parsing, selectors, services
+from embedhub.corpora import parsing, screening, selectors, services
 from embedhub.corpora.models import Corpus, Document
 from embedhub.jobs.apis import JobOutput
 
@@ -32,6 +32,8 @@ class CorpusOutput(serializers.ModelSerializer):
             "owner",
             "document_count",
             "active_index",
+            "screening_enabled",
+            "screening_fpr",
             "created_at",
             "updated_at",
         ]
@@ -200,3 +202,108 @@ class DocumentDetailApi(APIView):
         return Response(
             DocumentOutput(selectors.document_get(corpus=corpus, external_id=external_id)).data
         )
+
+
+class QuarantinedDocumentOutput(serializers.ModelSerializer):
+    class Meta:
+        model = Document
+        fields = ["id", "external_id", "title", "text", "screen_score", "screen_features"]
+
+
+class QuarantineDecisionOutput(serializers.Serializer):
+    external_id = serializers.CharField()
+    decision = serializers.CharField()
+    score = serializers.FloatField(allow_null=True)
+    excerpt = serializers.CharField()
+    decided_by = serializers.CharField(source="decided_by.username", allow_null=True)
+    decided_at = serializers.DateTimeField()
+
+
+class CorpusScreeningApi(APIView):
+    """The corpus's ingest screening: on/off, its false-positive rate, the fitted screen."""
+
+    class InputSerializer(serializers.Serializer):
+        enabled = serializers.BooleanField()
+        fpr = serializers.FloatField(required=False, min_value=0.001, max_value=0.5)
+        refit = serializers.BooleanField(
+            required=False, default=False, help_text="refit the screen from the corpus now"
+        )
+
+    class OutputSerializer(serializers.Serializer):
+        enabled = serializers.BooleanField()
+        fpr = serializers.FloatField()
+        screen = serializers.DictField(allow_null=True)
+        quarantined = serializers.IntegerField()
+
+    def _output(self, corpus: Corpus) -> dict:
+        row = selectors.corpus_screen_get(corpus=corpus)
+        screen = None
+        if row is not None:
+            screen = {
+                "fpr": row.fpr,
+                "threshold": row.threshold,
+                "features": row.features,
+                "n_documents": row.n_documents,
+                "fitted_at": row.updated_at.isoformat(),
+            }
+        return self.OutputSerializer(
+            {
+                "enabled": corpus.screening_enabled,
+                "fpr": corpus.screening_fpr,
+                "screen": screen,
+                "quarantined": selectors.quarantine_list(corpus=corpus).count(),
+            }
+        ).data
+
+    @extend_schema(responses=OutputSerializer)
+    def get(self, request, corpus_id: int):
+        return Response(self._output(selectors.corpus_get(user=request.user, corpus_id=corpus_id)))
+
+    @extend_schema(request=InputSerializer, responses=OutputSerializer)
+    def patch(self, request, corpus_id: int):
+        corpus = selectors.corpus_get(user=request.user, corpus_id=corpus_id)
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        values = data.validated_data
+        corpus = screening.corpus_screening_update(
+            corpus=corpus, enabled=values["enabled"], fpr=values.get("fpr")
+        )
+        if values["refit"] and corpus.screening_enabled:
+            screening.corpus_screen_fit(corpus=corpus)
+        return Response(self._output(corpus))
+
+
+class QuarantineListApi(APIView):
+    """Documents the ingest screen held back (most suspicious first), and past decisions."""
+
+    class OutputSerializer(serializers.Serializer):
+        documents = QuarantinedDocumentOutput(many=True)
+        decisions = QuarantineDecisionOutput(many=True)
+
+    @extend_schema(responses=OutputSerializer)
+    def get(self, request, corpus_id: int):
+        corpus = selectors.corpus_get(user=request.user, corpus_id=corpus_id)
+        return Response(
+            self.OutputSerializer(
+                {
+                    "documents": selectors.quarantine_list(corpus=corpus)[:500],
+                    "decisions": selectors.quarantine_decisions(corpus=corpus)[:200],
+                }
+            ).data
+        )
+
+
+class QuarantineDecideApi(APIView):
+    """approve: the document becomes searchable; reject: it is deleted (and recorded)."""
+
+    @extend_schema(request=None, responses={200: QuarantineDecisionOutput})
+    def post(self, request, corpus_id: int, document_id: int, action: str):
+        corpus = selectors.corpus_get(user=request.user, corpus_id=corpus_id)
+        document = selectors.quarantined_document_get(corpus=corpus, document_id=document_id)
+        decide = (
+            screening.document_quarantine_approve
+            if action == "approve"
+            else screening.document_quarantine_reject
+        )
+        decision = decide(document=document, user=request.user)
+        return Response(QuarantineDecisionOutput(decision).data)

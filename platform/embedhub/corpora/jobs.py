@@ -7,7 +7,7 @@ import shutil
 from rest_framework import serializers
 
 from embedhub.core.errors import ApplicationError
-from embedhub.corpora import parsing, selectors, services
+from embedhub.corpora import parsing, screening, selectors, services
 from embedhub.corpora.models import Corpus
 from embedhub.jobs.kinds import JobKind, job_kind_register
 from embedhub.jobs.params import (
@@ -108,6 +108,9 @@ def ingest_run(*, job, ctx) -> dict:
         progress=report,
     )
     ctx.progress(total, total=total, unit="bytes", note="imported")
+    refit = screening.corpus_screen_refresh(corpus_id=params["corpus"])
+    if refit is not None:
+        result.setdefault("screening", {"enabled": True})["screen"] = refit
     shutil.rmtree(path.parent, ignore_errors=True)  # kept on failure so a retry can reread it
     return result
 

@@ -177,14 +177,22 @@ def documents_load(
     skip_invalid: bool,
     skipped: Skipped,
     progress: Throttled,
+    screen=None,
 ) -> dict:
-    """Stage, validate and upsert one file's documents on `cur` (inside the caller's transaction)."""
+    """Stage, validate and upsert one file's documents on `cur` (inside the caller's transaction).
+
+    `screen` (corpora.screening.IngestScreen) scores the new and changed staged documents
+    before the upsert and quarantines the flagged ones after it, in the same transaction."""
     staged = _stage(cur, records, progress)
     if staged == 0 and skipped.total == 0:
         raise file_error(file, "the file holds no documents (it is empty or only blank lines)")
     duplicates = _duplicates(cur, file=file, skip_invalid=skip_invalid, skipped=skipped)
     _lock_corpus(cur, corpus_id)
     counts = _counts(cur, corpus_id)
+    if screen is not None:
+        screen.stage(cur, corpus_id=corpus_id)
     _upsert(cur, corpus_id)
+    if screen is not None:
+        screen.apply(cur, corpus_id=corpus_id)
     cur.execute("DROP TABLE ingest_docs")
     return {"documents": staged - duplicates, **counts}

@@ -17,7 +17,7 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 
 from embedhub.core.errors import ApplicationError, Conflict
-from embedhub.corpora import archives, loading, parsing
+from embedhub.corpora import archives, loading, parsing, screening
 from embedhub.corpora.models import Corpus
 from embedhub.jobs.models import Job
 from embedhub.jobs.submission import job_submit_checked
@@ -146,6 +146,7 @@ def corpus_ingest_file(
         raise parsing.file_error(filename, "the file is empty")
     skipped = parsing.Skipped()
     throttled = loading.Throttled(progress)
+    screen = screening.ingest_screen_prepare(corpus_id=corpus_id)
     if fmt == "zip":
         if owner_id is None:
             owner_id = Corpus.objects.values_list("owner_id", flat=True).get(pk=corpus_id)
@@ -157,6 +158,7 @@ def corpus_ingest_file(
             skip_invalid=skip_invalid,
             skipped=skipped,
             progress=throttled,
+            screen=screen,
         )
     else:
         with open(path, "rb") as stream, loading.import_cursor() as cur:
@@ -175,7 +177,10 @@ def corpus_ingest_file(
                 skip_invalid=skip_invalid,
                 skipped=skipped,
                 progress=throttled,
+                screen=screen,
             )
+    if screen is not None:
+        result["screening"] = screen.result()
     return {"format": fmt, "file": filename, **result, **skipped.as_result()}
 
 
@@ -188,7 +193,9 @@ def _on_invalid(skip_invalid: bool, skipped: parsing.Skipped):
     return handle
 
 
-def _ingest_zip(*, corpus_id, owner_id, path, filename, skip_invalid, skipped, progress) -> dict:
+def _ingest_zip(
+    *, corpus_id, owner_id, path, filename, skip_invalid, skipped, progress, screen
+) -> dict:
     archive = archives.open_beir(path, name=filename)
     with archive.zip, loading.import_cursor() as cur:
         label = archive.label(archive.corpus)
@@ -204,6 +211,7 @@ def _ingest_zip(*, corpus_id, owner_id, path, filename, skip_invalid, skipped, p
                 skip_invalid=skip_invalid,
                 skipped=skipped,
                 progress=progress,
+                screen=screen,
             )
         result["query_sets"] = []
         for qrels, importer in itertools.product(archive.qrels, archives.query_set_importers()):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from rest_framework import serializers
 
 from embedhub.core.errors import ApplicationError
@@ -18,8 +20,10 @@ from embedhub.jobs.params import (
 )
 from embedhub.registry.models import ModelVersion
 from embedhub.vectors import compensation as qdc
+from embedhub.vectors import selectors as vector_selectors
 from embedhub.vectors.jobs import SearchTargetParams, version_lookup
 from embedhub.vectors.models import VectorIndex
+from embedhub.vectors.selectors import Serving
 
 MAX_K = services.MAX_K
 
@@ -40,8 +44,12 @@ class EvaluateParams(SearchTargetParams):
     )
     compensation = StrictChoiceField(
         choices=qdc.COMPENSATIONS,
-        default="auto",
-        help_text="auto: QDC when the query version differs from the index's; qdc; none",
+        required=False,
+        allow_null=True,
+        help_text="auto: QDC when the query version differs from the index's; qdc; adapter "
+        "(the learned compensation adapters of the versions in between); none. "
+        "Default: the corpus's serving policy when evaluating a corpus (without "
+        "model_version), else auto",
     )
     mode = StrictChoiceField(
         choices=EvalRun.Mode.choices,
@@ -78,25 +86,45 @@ class EvaluateParams(SearchTargetParams):
         return attrs
 
 
-def evaluate_prepare(*, user, params: dict) -> tuple[dict, Corpus]:
+def _serving(params: dict) -> Serving:
+    """What the evaluation measures: a named index as asked; a corpus as it serves queries
+    (its serving policy), except for the version or compensation the params name."""
     index: VectorIndex = params["target"]
-    version: ModelVersion = params.get("model_version") or index.model_version
-    try:
-        services.compensation_check(
-            index=index, version=version, compensation=params["compensation"]
+    version: ModelVersion | None = params.get("model_version")
+    compensation = params.get("compensation")
+    if params.get("index") is not None:
+        return Serving(
+            index=index,
+            model_version=version or index.model_version,
+            compensation=compensation or "auto",
         )
+    serving = vector_selectors.serving_resolve(corpus=index.corpus)
+    if serving.policy is None:  # no policy: as before policies existed
+        serving = replace(serving, compensation="auto")
+    if version is not None:
+        return replace(serving, model_version=version, compensation=compensation or "auto")
+    return replace(serving, compensation=compensation) if compensation else serving
+
+
+def evaluate_prepare(*, user, params: dict) -> tuple[dict, Corpus]:
+    serving = _serving(params)
+    index, version = serving.index, serving.model_version
+    try:
+        services.compensation_check(index=index, version=version, compensation=serving.compensation)
     except ApplicationError as exc:
         raise params_field("model_version", exc) from None
     prepared = {
         "index": index.pk,
         "query_set": params["query_set"].pk,
         "model_version": version.pk,
-        "compensation": params["compensation"],
+        "compensation": serving.compensation,
         "mode": params["mode"],
         "ef_search": params.get("ef_search"),
         "k": params["k"],
         "exclude_self": params["exclude_self"],
     }
+    if serving.policy is not None:
+        prepared["policy"] = serving.policy.pk
     return prepared, index.corpus
 
 

@@ -89,7 +89,7 @@ def eval_run_get(*, user, eval_run_id, with_per_query: bool = False) -> EvalRun:
 def eval_run_table(*, user, query_set=None) -> list[dict]:
     """One row per evaluation run, oldest first, for a chart of nDCG@10 / Recall@100 per
     model version per query set (x: model version, series: query set × compensation)."""
-    qs = eval_run_list(user=user).order_by("created_at", "pk")
+    qs = eval_run_list(user=user).select_related("query_set__corpus").order_by("created_at", "pk")
     if query_set is not None:
         qs = qs.filter(query_set=query_set)
     return [
@@ -98,6 +98,8 @@ def eval_run_table(*, user, query_set=None) -> list[dict]:
             "created_at": run.created_at,
             "query_set": run.query_set_id,
             "query_set_name": run.query_set.name,
+            "corpus": run.query_set.corpus_id,
+            "corpus_name": run.query_set.corpus.name,
             "model_version": run.model_version_id,
             "model_version_label": str(run.model_version),
             "index": run.index_id,

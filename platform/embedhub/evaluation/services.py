@@ -73,15 +73,14 @@ def query_set_create(
 
 def compensation_check(*, index: VectorIndex, version: ModelVersion, compensation: str) -> None:
     # Fail at submission, not minutes later in the worker, when the versions are unrelated
-    # or QDC is asked for without the drift vectors it needs.
+    # or QDC / the adapter is asked for without the drift vectors / adapters it needs.
     if compensation not in qdc.COMPENSATIONS:
         raise ApplicationError(
             f"compensation: must be one of {list(qdc.COMPENSATIONS)}, not {compensation!r}",
             details={"field": "compensation"},
         )
     path = qdc.drift_path(query_version=version, index_version=index.model_version)
-    if path and compensation in ("auto", "qdc"):
-        qdc.drift_deltas(path)
+    qdc.compensation_path_check(path=path, compensation=compensation)
 
 
 def evaluate_job_run(*, job, ctx) -> dict:

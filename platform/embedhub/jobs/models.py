@@ -14,6 +14,7 @@ class Job(BaseModel):
         FINETUNE = "finetune"
         REINDEX = "reindex"
         AUDIT = "audit"
+        POLICY = "policy"
 
     class Status(models.TextChoices):
         QUEUED = "queued"

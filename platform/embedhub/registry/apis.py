@@ -25,8 +25,16 @@ class VersionSummaryOutput(serializers.ModelSerializer):
             "source",
             "dimension",
             "drift_norm",
+            "adapter",
             "created_at",
         ]
+
+    adapter = serializers.SerializerMethodField(
+        help_text="the compensation adapter's method and held-out numbers; null: none"
+    )
+
+    def get_adapter(self, version) -> dict | None:
+        return selectors.adapter_summary(version.adapter)
 
 
 class ModelOutput(serializers.ModelSerializer):
@@ -65,6 +73,7 @@ class VersionDetailOutput(serializers.ModelSerializer):
             "query_prefix",
             "document_prefix",
             "drift_norm",
+            "adapter",
             "training_params",
             "provenance",
             "loss_curve",

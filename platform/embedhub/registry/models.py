@@ -44,6 +44,11 @@ class ModelVersion(BaseModel):
     # QDC: mean over this version's training queries of f_self(q) - f_parent(q).
     drift = VectorField(null=True, blank=True)
     drift_norm = models.FloatField(null=True, blank=True)
+    # The learned compensation adapter (workers.ml.adapter): a map from this version's space
+    # to its parent's, in a file beside the weights; `adapter` holds how it was chosen
+    # (method, ridge lambda, held-out numbers, what it was fitted on). Empty: none fitted.
+    adapter_path = models.CharField(max_length=1024, blank=True, default="")
+    adapter = models.JSONField(default=dict, blank=True)
     training_params = models.JSONField(default=dict, blank=True)
     provenance = models.JSONField(default=dict, blank=True)
     loss_curve = models.JSONField(default=list, blank=True)

@@ -100,3 +100,11 @@ def registry_settings_get() -> RegistrySettings | None:
         .filter(pk=RegistrySettings.SINGLETON)
         .first()
     )
+
+
+def adapter_summary(adapter: dict) -> dict | None:
+    """A version's compensation adapter as shown in lists and job results: its method and
+    held-out numbers, without the per-candidate table; None when it has none."""
+    if not adapter:
+        return None
+    return {k: v for k, v in adapter.items() if k != "candidates"}

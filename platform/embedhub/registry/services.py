@@ -38,6 +38,8 @@ BASE_MODEL_NAME = "all-MiniLM-L6-v2"
 BASE_MODEL_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
 HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9_.-]+)?$")
 HUB_PROBE_SECONDS = 3.0
+# The compensation adapter's file inside a version's artifact directory.
+ADAPTER_FILE = "adapter.npz"
 # Fields a caller (fine-tuning, an admin) may set on a new version besides the spec.
 EXTRA_FIELDS = {
     "status",
@@ -46,6 +48,8 @@ EXTRA_FIELDS = {
     "loss_curve",
     "drift",
     "drift_norm",
+    "adapter",
+    "adapter_path",
 }
 
 
@@ -339,10 +343,14 @@ def model_version_register_child(
     loss_curve: list[dict],
     training_params: dict,
     provenance: dict,
+    adapter: dict | None = None,
 ) -> ModelVersion:
     """Move the child's weights to ARTIFACT_ROOT/models/<name>/v<N>/ and register it there
     (registry.services.model_version_register) with its drift vector, private to `owner`
     (the fine-tune job's owner).
+
+    `adapter` describes a compensation adapter saved as export_dir/ADAPTER_FILE; it moves
+    with the weights and the version points at it.
 
     The model row stays locked from choosing N to the commit, so two jobs finishing at
     once never pick the same folder (the registry numbers the version under the same lock).
@@ -357,6 +365,9 @@ def model_version_register_child(
             shutil.rmtree(final)
         final.parent.mkdir(parents=True, exist_ok=True)
         os.replace(export_dir, final)
+        adapter_extra = {}
+        if adapter is not None and (final / ADAPTER_FILE).exists():
+            adapter_extra = {"adapter": adapter, "adapter_path": str(final / ADAPTER_FILE)}
         child = model_version_register(
             source=str(final),
             name=model.name,
@@ -368,6 +379,7 @@ def model_version_register_child(
             training_params=training_params,
             provenance=provenance,
             loss_curve=loss_curve,
+            **adapter_extra,
         )
     if child.version != number:
         raise RuntimeError(f"registered {child} but its weights are in {final}")

@@ -1,6 +1,6 @@
 from django.contrib import admin
 
-from embedhub.vectors.models import VectorIndex
+from embedhub.vectors.models import ServingPolicy, VectorIndex
 
 
 @admin.register(VectorIndex)
@@ -16,3 +16,9 @@ class VectorIndexAdmin(admin.ModelAdmin):
         "built_at",
     ]
     list_filter = ["state", "runtime"]
+
+
+@admin.register(ServingPolicy)
+class ServingPolicyAdmin(admin.ModelAdmin):
+    list_display = ["corpus", "index", "query_version", "compensation", "metric", "decided_at"]
+    list_filter = ["compensation"]

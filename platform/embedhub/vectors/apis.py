@@ -7,7 +7,8 @@ from rest_framework.views import APIView
 
 from embedhub.registry.selectors import model_version_resolve
 from embedhub.vectors import compensation, selectors, services
-from embedhub.vectors.models import VectorIndex
+from embedhub.vectors.models import ServingPolicy, VectorIndex
+from workers.ml.metrics import METRICS
 
 
 class IndexOutput(serializers.ModelSerializer):
@@ -89,7 +90,12 @@ class SearchApi(APIView):
         exact = serializers.BooleanField(default=False)
         ef_search = serializers.IntegerField(required=False, min_value=1, max_value=1000)
         model_version = serializers.IntegerField(required=False)
-        compensation = serializers.ChoiceField(choices=compensation.COMPENSATIONS, default="auto")
+        compensation = serializers.ChoiceField(
+            choices=compensation.COMPENSATIONS,
+            required=False,
+            help_text="default: the corpus's serving policy when searching a corpus (without "
+            "model_version), else auto (QDC when the query version differs from the index's)",
+        )
 
         def validate(self, attrs):
             if not attrs.get("corpus") and not attrs.get("index"):
@@ -108,6 +114,9 @@ class SearchApi(APIView):
         compensation = serializers.CharField()
         runtime = serializers.CharField(help_text="what encoded the query: the index's runtime")
         exact = serializers.BooleanField()
+        policy = serializers.IntegerField(
+            allow_null=True, help_text="the serving policy followed (null: none)"
+        )
         results = HitSerializer(many=True)
 
     @extend_schema(request=InputSerializer, responses=OutputSerializer)
@@ -115,17 +124,22 @@ class SearchApi(APIView):
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         params = data.validated_data
-        index = selectors.index_for_search(
-            user=request.user, corpus_id=params.get("corpus"), index_id=params.get("index")
-        )
         version = None
         if params.get("model_version"):
             version = model_version_resolve(user=request.user, version_id=params["model_version"])
+        serving = selectors.serving_for_request(
+            user=request.user,
+            corpus_id=params.get("corpus"),
+            index_id=params.get("index"),
+            model_version=version,
+            compensation=params.get("compensation"),
+        )
+        index = serving.index
         vectors, info = compensation.query_vectors(
             index=index,
             texts=[params["query"]],
-            model_version=version,
-            compensation=params["compensation"],
+            model_version=serving.model_version,
+            compensation=serving.compensation,
         )
         hits = selectors.index_search(
             index=index,
@@ -134,5 +148,69 @@ class SearchApi(APIView):
             exact=params["exact"],
             ef_search=params.get("ef_search"),
         )[0]
-        body = {"index": index.pk, **info, "exact": params["exact"], "results": hits}
+        policy = serving.policy.pk if serving.policy else None
+        body = {
+            "index": index.pk,
+            **info,
+            "exact": params["exact"],
+            "policy": policy,
+            "results": hits,
+        }
         return Response(self.OutputSerializer(body).data)
+
+
+class ServingPolicyApi(APIView):
+    """A corpus's serving policy: what its queries use now, the numbers behind the last
+    decision (written by policy jobs), and the settings policy jobs decide with."""
+
+    class UpdateSerializer(serializers.Serializer):
+        metric = serializers.ChoiceField(choices=METRICS, required=False)
+        tolerance = serializers.FloatField(min_value=0.0, max_value=1.0, required=False)
+        allow_reindex = serializers.BooleanField(required=False)
+
+    class OutputSerializer(serializers.ModelSerializer):
+        serving = serializers.SerializerMethodField()
+
+        class Meta:
+            model = ServingPolicy
+            fields = [
+                "corpus",
+                "index",
+                "query_version",
+                "compensation",
+                "metric",
+                "tolerance",
+                "allow_reindex",
+                "decision",
+                "decided_by",
+                "decided_at",
+                "serving",
+            ]
+
+        def get_serving(self, policy) -> dict | None:
+            """What a search of the corpus uses now (null: no active index yet)."""
+            if policy.corpus.active_index_id is None:
+                return None
+            serving = selectors.serving_resolve(corpus=policy.corpus)
+            return {
+                "index": serving.index.pk,
+                "model_version": serving.model_version.pk,
+                "compensation": serving.compensation,
+                "note": serving.note,
+            }
+
+    def _policy(self, request, corpus_id: int) -> ServingPolicy:
+        corpus = selectors.corpus_for_user(user=request.user, corpus_id=corpus_id)
+        return selectors.serving_policy_of(corpus=corpus) or ServingPolicy(corpus=corpus)
+
+    @extend_schema(responses=OutputSerializer)
+    def get(self, request, corpus_id: int):
+        return Response(self.OutputSerializer(self._policy(request, corpus_id)).data)
+
+    @extend_schema(request=UpdateSerializer, responses=OutputSerializer)
+    def patch(self, request, corpus_id: int):
+        corpus = selectors.corpus_for_user(user=request.user, corpus_id=corpus_id)
+        data = self.UpdateSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        policy = services.serving_policy_settings_update(corpus=corpus, **data.validated_data)
+        return Response(self.OutputSerializer(policy).data)

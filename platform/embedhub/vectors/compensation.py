@@ -1,8 +1,14 @@
 """Query Drift Compensation (Goswami et al. 2025): a query encoded by version T searches an
 index built by its ancestor k as normalize(f_T(q) - sum of the drift vectors of versions
-k+1..T). Old indexes stay usable the moment a new version exists."""
+k+1..T). Old indexes stay usable the moment a new version exists.
+
+compensation "adapter" applies the learned adapters instead (workers.ml.adapter): each
+version's map to its parent's space, chained T → T−1 → … → k as one affine map."""
 
 from __future__ import annotations
+
+import functools
+from pathlib import Path
 
 import numpy as np
 
@@ -10,9 +16,10 @@ from embedhub.core.errors import ApplicationError
 from embedhub.registry.encoders import encoder_for
 from embedhub.registry.models import ModelVersion
 from embedhub.vectors.models import VectorIndex
+from workers.ml.adapter import Adapter, chain
 from workers.ml.drift import compensate
 
-COMPENSATIONS = ("auto", "qdc", "none")
+COMPENSATIONS = ("auto", "qdc", "adapter", "none")
 
 
 def drift_path(*, query_version: ModelVersion, index_version: ModelVersion) -> list[ModelVersion]:
@@ -42,6 +49,63 @@ def drift_deltas(path: list[ModelVersion]) -> list[np.ndarray]:
     return [np.asarray(v.drift, dtype=np.float32) for v in path]
 
 
+def adapter_chain(path: list[ModelVersion]) -> Adapter:
+    """The composed map of the versions on `path` (T first), each to its parent's space."""
+    missing = [str(v) for v in path if not v.adapter_path]
+    if missing:
+        raise ApplicationError(
+            f"no compensation adapter stored for {', '.join(missing)} (fine-tuned before "
+            'adapters existed, or its fit found no pairs); use compensation "qdc" or "none"',
+            code="no_adapter",
+        )
+    return chain([_adapter_load(v.adapter_path, _mtime(v.adapter_path)) for v in path])
+
+
+def _mtime(path: str) -> float:
+    try:
+        return Path(path).stat().st_mtime
+    except OSError:
+        raise ApplicationError(
+            f'the compensation adapter file {path} is missing; use compensation "qdc" or "none"',
+            code="no_adapter",
+        ) from None
+
+
+@functools.lru_cache(maxsize=64)
+def _adapter_load(path: str, mtime: float) -> Adapter:
+    # Keyed by mtime too: a file rewritten in place is read again, not served stale.
+    return Adapter.from_bytes(Path(path).read_bytes())
+
+
+def compensation_path_check(*, path: list[ModelVersion], compensation: str) -> None:
+    """Refuse up front what query_vectors would refuse for this path: a version without
+    the drift vector (QDC) or the adapter it needs."""
+    if not path:
+        return
+    if compensation in ("auto", "qdc"):
+        drift_deltas(path)
+    elif compensation == "adapter":
+        adapter_chain(path)
+
+
+def _applied(path: list, compensation: str) -> str:
+    if not path or compensation == "none":
+        return "none"
+    return "qdc" if compensation == "auto" else compensation
+
+
+def _adapt(vectors: np.ndarray, *, path: list[ModelVersion], index: VectorIndex) -> np.ndarray:
+    adapter = adapter_chain(path)
+    if adapter.dimension != vectors.shape[-1]:
+        raise ApplicationError(
+            f"index {index.pk} holds {vectors.shape[-1]}-dimensional vectors but the "
+            f"adapters of {path[0]} map {adapter.dimension}: the adapter cannot apply; "
+            'use compensation "none"',
+            code="incompatible_adapter",
+        )
+    return adapter.apply(vectors)
+
+
 def query_vectors(
     *,
     index: VectorIndex,
@@ -52,13 +116,14 @@ def query_vectors(
     """Encode queries with `model_version` (default: the index's) for this index, on the
     index's runtime (an int8 index is searched with int8 queries, as it was measured).
 
-    compensation "auto" means QDC when the versions differ, nothing otherwise.
+    compensation "auto" means QDC when the versions differ, nothing otherwise; "adapter"
+    the chained learned adapters.
     """
     if compensation not in COMPENSATIONS:
         raise ApplicationError(f"compensation: must be one of {list(COMPENSATIONS)}")
     version = model_version or index.model_version
     path = drift_path(query_version=version, index_version=index.model_version)
-    applied = "qdc" if path and compensation in ("auto", "qdc") else "none"
+    applied = _applied(path, compensation)
     encoder = encoder_for(model_version=version, override=index.encoder, runtime=index.runtime)
     vectors = encoder.encode(texts, kind="query")
     if applied == "qdc":
@@ -72,6 +137,8 @@ def query_vectors(
                 code="incompatible_drift",
             )
         vectors = compensate(vectors, deltas)
+    elif applied == "adapter":
+        vectors = _adapt(vectors, path=path, index=index)
     info = {
         "model_version": version.pk,
         "compensation": applied,

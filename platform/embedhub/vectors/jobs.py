@@ -350,4 +350,5 @@ def search_target_resolve(*, corpus: Corpus | None, index: VectorIndex | None) -
         raise serializers.ValidationError(
             {field: f"index {index.pk} is {index.state}, not searchable yet"}
         )
+    _fake_encoder_check(encoder=index.encoder, field=field, source=f"index {index.pk}")
     return index

@@ -63,3 +63,53 @@ class VectorIndex(BaseModel):
 
     def __str__(self) -> str:
         return f"index {self.pk} ({self.corpus} × {self.model_version})"
+
+
+class ServingPolicy(BaseModel):
+    """How a corpus answers queries: which index, which query-encoder version, which
+    compensation. No row (or empty fields) is the default: the active index, its own
+    version, no compensation. A `policy` job (continual app) measures the candidates and
+    writes the winner here with the numbers behind it (`decision`); search and evaluation
+    read it unless a request names the index, version or compensation itself."""
+
+    class Compensation(models.TextChoices):
+        NONE = "none"
+        QDC = "qdc"
+        ADAPTER = "adapter"
+
+    corpus = models.OneToOneField(
+        "corpora.Corpus", on_delete=models.CASCADE, related_name="serving_policy"
+    )
+    # None: the corpus's active index, whichever it is.
+    index = models.ForeignKey(
+        VectorIndex, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    # None: the index's own version.
+    query_version = models.ForeignKey(
+        "registry.ModelVersion",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="serving_policies",
+    )
+    compensation = models.CharField(
+        max_length=16, choices=Compensation.choices, default=Compensation.NONE
+    )
+    # The corpus's settings for the policy job.
+    metric = models.CharField(max_length=32, default="ndcg@10")
+    tolerance = models.FloatField(default=0.01)
+    # A reindex candidate re-embeds the whole corpus: off means "never spend that here".
+    allow_reindex = models.BooleanField(default=True)
+    # The last decision: candidates (EvalRun ids, metric values, skipped ones and why),
+    # the chosen one and the reason, as the policy job recorded them.
+    decision = models.JSONField(default=dict, blank=True)
+    decided_by = models.ForeignKey(
+        "jobs.Job", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    decided_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        verbose_name_plural = "serving policies"
+
+    def __str__(self) -> str:
+        return f"serving policy of corpus {self.corpus_id}"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from django.conf import settings
@@ -16,7 +16,7 @@ from embedhub.core.errors import ApplicationError, NotFound
 from embedhub.core.selectors import owned_by
 from embedhub.corpora.models import Corpus, Document
 from embedhub.vectors import tables
-from embedhub.vectors.models import VectorIndex
+from embedhub.vectors.models import ServingPolicy, VectorIndex
 
 
 def document_text(title: str, text: str) -> str:
@@ -146,7 +146,8 @@ def index_vectors(*, index: VectorIndex) -> tuple[list[int], list[str], np.ndarr
     with connection.cursor() as cur:
         cur.execute(
             f"SELECT v.document_id, d.external_id, v.embedding::vector FROM {index.table_name} v "
-            "JOIN corpora_document d ON d.id = v.document_id WHERE v.chunk = 0 ORDER BY v.document_id"
+            "JOIN corpora_document d ON d.id = v.document_id WHERE v.chunk = 0"
+            " AND NOT d.quarantined ORDER BY v.document_id"
         )
         rows = cur.fetchall()
     if not rows:
@@ -175,7 +176,7 @@ def index_vector_blocks(
         cur.execute(
             f"SELECT v.document_id, v.embedding::vector FROM {index.table_name} v "
             "JOIN corpora_document d ON d.id = v.document_id WHERE v.chunk = 0 "
-            "ORDER BY v.document_id"
+            "AND NOT d.quarantined ORDER BY v.document_id"
         )
         while rows := cur.fetchmany(size):
             ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
@@ -324,6 +325,7 @@ def search_sql(*, index: VectorIndex) -> str:
         "WITH candidates AS MATERIALIZED ("
         f" SELECT v.document_id, d.external_id, d.title, v.embedding <=> %s::{cast} AS distance,"
         f" v.chunk FROM {index.table_name} v JOIN corpora_document d ON d.id = v.document_id"
+        " WHERE NOT d.quarantined"  # held back by the ingest screen until approved
         f" ORDER BY v.embedding <=> %s::{cast} LIMIT %s) "
         "SELECT document_id, external_id, title, 1 - distance AS score, chunk FROM candidates "
         "ORDER BY distance + 0, document_id, chunk LIMIT %s"
@@ -353,8 +355,101 @@ def index_for_search(*, user, corpus_id=None, index_id=None) -> VectorIndex:
         raise ApplicationError("give either corpus or index")
     if index.state not in (VectorIndex.State.READY, VectorIndex.State.RETIRED):
         raise ApplicationError(f"index {index.pk} is {index.state}, not searchable yet")
+    if index.encoder and not settings.EMBEDHUB["ALLOW_FAKE_ENCODER"]:
+        # Built while the setting was on: its queries would need the fake encoder too.
+        raise ApplicationError(
+            f"index {index.pk} was built with the {index.encoder!r} test encoder, which this "
+            "server turns off (EMBEDHUB_ALLOW_FAKE_ENCODER): reindex it with its model version",
+            code="fake_encoder_off",
+        )
     return index
 
 
 def index_get_or_404(*, user, index_id: int) -> VectorIndex:
     return get_object_or_404(index_list(user=user), pk=index_id)
+
+
+# ------------------------------------------------------------------ serving policies
+
+SEARCHABLE = (VectorIndex.State.READY, VectorIndex.State.RETIRED)
+
+
+@dataclass(frozen=True)
+class Serving:
+    """What answers a corpus's queries: the index, the query encoder and the compensation
+    (a query-side option of compensation.query_vectors), and the policy they came from."""
+
+    index: VectorIndex
+    model_version: object  # registry.ModelVersion
+    compensation: str
+    policy: ServingPolicy | None = None
+    note: str = ""  # why a stored policy was not followed
+
+
+def version_descends(*, version, ancestor) -> bool:
+    """`version` is `ancestor` or one of its descendants (its queries can search an index
+    of `ancestor`, with or without compensation)."""
+    current = version
+    while current is not None:
+        if current.pk == ancestor.pk:
+            return True
+        current = current.parent
+    return False
+
+
+def serving_policy_list(*, user):
+    qs = ServingPolicy.objects.select_related("corpus", "index", "query_version__model")
+    return owned_by(qs, user=user, field="corpus__owner")
+
+
+def serving_policy_of(*, corpus: Corpus) -> ServingPolicy | None:
+    return (
+        ServingPolicy.objects.select_related("index__model_version", "query_version")
+        .filter(corpus=corpus)
+        .first()
+    )
+
+
+def serving_resolve(*, corpus: Corpus) -> Serving:
+    """The corpus's serving policy applied to its present state. Without a policy (or one
+    whose index is gone, or whose version can no longer search it), today's default: the
+    active index with its own version and no compensation."""
+    active = corpus.active_index
+    if active is None:
+        raise ApplicationError(
+            f"corpus {corpus.pk} has no active index yet: run an embed job first",
+            code="no_active_index",
+        )
+    default = Serving(index=active, model_version=active.model_version, compensation="none")
+    policy = serving_policy_of(corpus=corpus)
+    if policy is None:
+        return default
+    index = policy.index or active
+    if index.state not in SEARCHABLE:
+        return replace(default, note=f"policy index {index.pk} is {index.state}")
+    version = policy.query_version or index.model_version
+    if not version_descends(version=version, ancestor=index.model_version):
+        note = f"policy version {version.pk} does not descend from index {index.pk}'s"
+        return replace(default, note=note)
+    return Serving(
+        index=index, model_version=version, compensation=policy.compensation, policy=policy
+    )
+
+
+def serving_for_request(
+    *, user, corpus_id=None, index_id=None, model_version=None, compensation: str | None = None
+) -> Serving:
+    """Search's target: a named index is searched as asked (no policy); a corpus follows its
+    policy, field by field, except where the request names the version or the compensation
+    (an explicit version drops the policy's compensation, chosen for its own version)."""
+    if index_id:
+        index = index_for_search(user=user, index_id=index_id)
+        version = model_version or index.model_version
+        return Serving(index=index, model_version=version, compensation=compensation or "auto")
+    index_for_search(user=user, corpus_id=corpus_id)  # ownership, active index, state
+    serving = serving_resolve(corpus=corpus_for_user(user=user, corpus_id=corpus_id))
+    if model_version is not None:
+        return replace(serving, model_version=model_version, compensation=compensation or "auto")
+    if compensation:
+        return replace(serving, compensation=compensation)
+    return serving

@@ -17,7 +17,7 @@ from embedhub.jobs.sharding import job_shards_ensure, job_shards_wait
 from embedhub.registry.encoders import encoder_for
 from embedhub.registry.models import ModelVersion
 from embedhub.vectors import hnsw, selectors, tables
-from embedhub.vectors.models import VectorIndex
+from embedhub.vectors.models import ServingPolicy, VectorIndex
 from embedhub.vectors.quality import index_quality_gate
 from workers.ml.encoder import Chunking, fake_encoder_parse
 
@@ -85,6 +85,8 @@ def index_activate(*, index: VectorIndex) -> VectorIndex:
         previous = corpus.active_index_id
         corpus.active_index = index
         corpus.save(update_fields=["active_index", "updated_at"])
+        if previous != index.pk:
+            _serving_policy_follow_active(corpus=corpus, index=index)
         VectorIndex.objects.filter(pk=index.pk).update(
             state=VectorIndex.State.READY, retired_at=None
         )
@@ -369,3 +371,63 @@ def _finalise(*, index: VectorIndex, activate, ctx, done: int) -> dict:
     if activate or (activate is None and corpus.active_index_id is None):
         index_activate(index=index)
     return {"vectors": vectors, "documents": documents, "hnsw": build}
+
+
+# ------------------------------------------------------------------ serving policies
+
+
+def _serving_policy_follow_active(*, corpus: Corpus, index: VectorIndex) -> None:
+    """Activating an index (a reindex's swap, a rollback, a click) is a decision about
+    serving: the corpus's policy goes back to "the active index with its own version" and
+    keeps its settings; a policy job then writes its own choice over it."""
+    ServingPolicy.objects.filter(corpus=corpus).exclude(
+        index=None, query_version=None, compensation=ServingPolicy.Compensation.NONE
+    ).update(
+        index=None,
+        query_version=None,
+        compensation=ServingPolicy.Compensation.NONE,
+        updated_at=timezone.now(),
+    )
+
+
+def serving_policy_settings_update(
+    *,
+    corpus: Corpus,
+    metric: str | None = None,
+    tolerance: float | None = None,
+    allow_reindex: bool | None = None,
+) -> ServingPolicy:
+    """The corpus's settings for policy jobs (the serving choice itself is left alone)."""
+    given = {"metric": metric, "tolerance": tolerance, "allow_reindex": allow_reindex}
+    with transaction.atomic():
+        policy, _ = ServingPolicy.objects.select_for_update().get_or_create(corpus=corpus)
+        for field, value in given.items():
+            if value is not None:
+                setattr(policy, field, value)
+        policy.save()
+    return policy
+
+
+def serving_policy_apply(
+    *,
+    corpus: Corpus,
+    index: VectorIndex,
+    query_version: ModelVersion,
+    compensation: str,
+    decision: dict,
+    job=None,
+) -> ServingPolicy:
+    """Serve the corpus's queries from `index`, encoded by `query_version` with
+    `compensation`, and record why. Stored as the default where it is the default (the
+    active index, its own version), so a later activation moves it along."""
+    with transaction.atomic():
+        locked = Corpus.objects.select_for_update().get(pk=corpus.pk)
+        policy, _ = ServingPolicy.objects.select_for_update().get_or_create(corpus=locked)
+        policy.index = None if index.pk == locked.active_index_id else index
+        policy.query_version = None if query_version.pk == index.model_version_id else query_version
+        policy.compensation = compensation
+        policy.decision = decision
+        policy.decided_by = job
+        policy.decided_at = timezone.now()
+        policy.save()
+    return policy

@@ -9,4 +9,9 @@ urlpatterns = [
         "indexes/<int:index_id>/activate/", apis.IndexActivateApi.as_view(), name="index-activate"
     ),
     path("search/", apis.SearchApi.as_view(), name="search"),
+    path(
+        "corpora/<int:corpus_id>/policy/",
+        apis.ServingPolicyApi.as_view(),
+        name="corpus-serving-policy",
+    ),
 ]

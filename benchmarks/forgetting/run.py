@@ -1,0 +1,298 @@
+"""The forgetting matrix, produced by the platform's own jobs: v0 → v1 (task A) → v2 (task B).
+
+v0 = the bundled all-MiniLM-L6-v2 indexes both corpora. v1 is fine-tuned from v0 on task A's
+training judgements (SciFact train), v2 from v1 on task B's (NFCorpus train), each by a
+`finetune` job with `then_policy: true`, whose `policy` job then decides each corpus's
+serving (old index with none / qdc / adapter, or a shadow reindex). Then every missing cell
+of the matrix (each version's queries on v0's index with each compensation, and on the index
+the version built itself) is filled by `evaluate` jobs, and the matrix is read with the same
+selector the dashboard's page uses (continual.selectors.forgetting_matrix), policy choices
+marked. Every job runs in-process through job_execute, the worker's code path.
+
+CPU-sized by default: each corpus is cut to --max-docs documents (the test queries'
+judged documents first, then the training positives, then a random fill; judgements of
+documents left out are dropped), --test-queries test queries, --train-pairs training pairs,
+--steps fine-tune steps. The numbers are of that subset, not of the full BEIR tasks.
+
+    .venv/bin/python benchmarks/forgetting/run.py [--data ../shared/data] [--steps 8]
+        [--max-docs 600] [--test-queries 100] [--train-pairs 128] [--db embedhub_forgetting]
+
+Writes benchmarks/forgetting/out/results.json and results.md and prints the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from benchmarks._django import ROOT, bench_user, machine, setup  # noqa: E402
+
+OUT = Path(__file__).resolve().parent / "out"
+TASKS = (
+    ("A", "scifact", "qrels_test.tsv", "qrels_train.tsv"),
+    ("B", "nfcorpus", "qrels.tsv", "qrels_train.tsv"),
+)
+OPTIONS = ("old_index_none", "old_index_qdc", "old_index_adapter", "reindexed")
+
+
+# ------------------------------------------------------------------ data subsets
+
+
+def _qrels(path: Path) -> dict[str, dict[str, int]]:
+    out: dict[str, dict[str, int]] = defaultdict(dict)
+    for line in path.read_text().splitlines()[1:]:
+        qid, did, score = line.split("\t")[:3]
+        out[qid][did] = int(score)
+    return dict(out)
+
+
+def _subset(folder: Path, test_file: str, train_file: str, args, work: Path) -> dict:
+    """Write a corpus / test / train subset as BEIR files; returns their paths and sizes."""
+    rng = random.Random(13)
+    test, train = _qrels(folder / test_file), _qrels(folder / train_file)
+    test_q = sorted(test)
+    rng.shuffle(test_q)
+    test_q = test_q[: args.test_queries]
+    train_pairs = sorted((q, d) for q, docs in train.items() for d, r in docs.items() if r > 0)
+    rng.shuffle(train_pairs)
+    train_pairs = train_pairs[: args.train_pairs]
+    docs = [json.loads(line) for line in (folder / "corpus.jsonl").open()]
+    by_id = {d["_id"]: d for d in docs}
+    wanted = list(dict.fromkeys([d for q in test_q for d in test[q]] + [d for _, d in train_pairs]))
+    wanted = [d for d in wanted if d in by_id][: args.max_docs]
+    rest = [d for d in by_id if d not in set(wanted)]
+    rng.shuffle(rest)
+    keep = set(wanted + rest[: max(0, args.max_docs - len(wanted))])
+    queries = {q["_id"]: q for q in map(json.loads, (folder / "queries.jsonl").open())}
+    out = work / folder.name
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "corpus.jsonl").write_text("".join(json.dumps(by_id[d]) + "\n" for d in sorted(keep)))
+
+    def write(name: str, pairs: list[tuple[str, str, int]]) -> int:
+        qids = sorted({q for q, _, _ in pairs})
+        (out / f"{name}-queries.jsonl").write_text(
+            "".join(json.dumps(queries[q]) + "\n" for q in qids if q in queries)
+        )
+        (out / f"{name}-qrels.tsv").write_text(
+            "query-id\tcorpus-id\tscore\n" + "".join(f"{q}\t{d}\t{r}\n" for q, d, r in pairs)
+        )
+        return len(qids)
+
+    test_pairs = [(q, d, r) for q in test_q for d, r in test[q].items() if d in keep]
+    n_test = write("test", test_pairs)
+    n_train = write("train", [(q, d, 1) for q, d in train_pairs if d in keep])
+    return {"dir": out, "documents": len(keep), "test_queries": n_test, "train_queries": n_train}
+
+
+# ------------------------------------------------------------------ platform steps
+
+
+def _run(user, kind: str, params: dict):
+    from embedhub.jobs.models import Job
+    from embedhub.jobs.runner import job_execute
+    from embedhub.jobs.submission import job_submit_checked
+
+    job, _ = job_submit_checked(user=user, kind=kind, params=params)
+    started = time.monotonic()
+    outcome = job_execute(job_id=job.pk, worker="bench")
+    job = Job.objects.get(pk=job.pk)
+    print(f"  {kind} job {job.pk}: {outcome} in {time.monotonic() - started:.0f} s", flush=True)
+    if outcome != "succeeded":
+        raise SystemExit(f"{kind} job {job.pk} {outcome}: {job.error}")
+    return job
+
+
+def _load(user, name: str, subset: dict):
+    from embedhub.corpora.models import Corpus
+    from embedhub.corpora.services import corpus_create, corpus_delete, corpus_ingest_file
+    from embedhub.evaluation.services import query_set_create
+
+    for old in Corpus.objects.filter(owner=user, name=name):
+        corpus_delete(corpus=old)
+    corpus = corpus_create(owner=user, name=name)
+    corpus_ingest_file(
+        corpus_id=corpus.pk, path=subset["dir"] / "corpus.jsonl", fmt="jsonl", owner_id=user.pk
+    )
+    sets = {}
+    for split in ("test", "train"):
+        sets[split], _ = query_set_create(
+            owner=user,
+            corpus=corpus,
+            name=split,
+            queries_file=subset["dir"] / f"{split}-queries.jsonl",
+            qrels_file=subset["dir"] / f"{split}-qrels.tsv",
+        )
+    return corpus, sets
+
+
+def _finetune(user, parent, train_set, args):
+    config = {
+        "max_steps": args.steps,
+        "batch_size": args.batch_size,
+        "max_tokens": 128,
+        "lr": args.lr,
+        "negatives_per_query": 0,
+    }
+    job = _run(
+        user,
+        "finetune",
+        {"parent": parent.pk, "query_set": train_set.pk, "config": config, "then_policy": True},
+    )
+    from embedhub.registry.models import ModelVersion
+
+    return ModelVersion.objects.get(pk=job.result["model_version"]), job
+
+
+def _fill(user, corpora: dict, chain: list) -> list[dict]:
+    """Evaluate every (task, version, option) the policy jobs did not measure."""
+    from embedhub.continual.selectors import forgetting_matrix
+    from embedhub.vectors.models import VectorIndex
+
+    matrix = forgetting_matrix(user=user, leaf=chain[-1])
+    have = {
+        (row["version"].pk, row["option"], task.pk)
+        for row in matrix["rows"]
+        for task, cell in zip(matrix["tasks"], row["cells"], strict=True)
+        if cell["eval_run"]
+    }
+    missing = []
+    for corpus, sets in corpora.values():
+        old = VectorIndex.objects.filter(corpus=corpus, model_version=chain[0]).first()
+        for version in chain[1:]:
+            own = (
+                VectorIndex.objects.filter(corpus=corpus, model_version=version)
+                .exclude(state__in=["dropped", "failed", "building"])
+                .first()
+            )
+            for option in OPTIONS:
+                if (version.pk, option, sets["test"].pk) in have:
+                    continue
+                index = own if option == "reindexed" else old
+                if index is None:
+                    missing.append(
+                        {
+                            "corpus": corpus.name,
+                            "version": version.pk,
+                            "option": option,
+                            "why": "no index",
+                        }
+                    )
+                    continue
+                params = {
+                    "index": index.pk,
+                    "query_set": sets["test"].pk,
+                    "model_version": version.pk,
+                }
+                params["compensation"] = "none" if option == "reindexed" else option.split("_")[-1]
+                try:
+                    _run(user, "evaluate", params)
+                except Exception as exc:  # noqa: BLE001 - a cell that cannot apply is reported
+                    missing.append(
+                        {
+                            "corpus": corpus.name,
+                            "version": version.pk,
+                            "option": option,
+                            "why": str(exc),
+                        }
+                    )
+    return missing
+
+
+def _table(matrix: dict, metric: str = "ndcg@10") -> str:
+    head = (
+        "| version | serving | "
+        + " | ".join(f"{t.corpus.name} {t.name}" for t in matrix["tasks"])
+        + " |"
+    )
+    lines = [head, "|" + "---|" * (2 + len(matrix["tasks"]))]
+    for row in matrix["rows"]:
+        cells = []
+        for cell in row["cells"]:
+            value = cell["metrics"].get(metric)
+            text = "–" if value is None else f"{value:.4f}"
+            cells.append(f"**{text}** ✓" if cell["chosen"] else text)
+        label = f"v{row['version'].version}"
+        lines.append(f"| {label} | {row['option']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
+    parser.add_argument("--db", default="embedhub_forgetting")
+    parser.add_argument("--max-docs", type=int, default=600)
+    parser.add_argument("--test-queries", type=int, default=100)
+    parser.add_argument("--train-pairs", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--lr", type=float, default=5e-5)
+    args = parser.parse_args()
+    started = time.monotonic()
+    setup(args.db)
+    from embedhub.continual.selectors import forgetting_matrix
+    from embedhub.registry.services import model_version_default
+
+    user = bench_user("forgetting")
+    work = OUT / "work"
+    corpora, subsets = {}, {}
+    for task, name, test_file, train_file in TASKS:
+        subsets[task] = _subset(args.data / name, test_file, train_file, args, work)
+        corpora[task] = _load(user, f"{name}-{task}", subsets[task])
+        print(f"task {task}: {name}, {subsets[task]}", flush=True)
+    v0 = model_version_default()
+    for corpus, _ in corpora.values():
+        _run(user, "embed", {"corpus": corpus.pk, "model_version": v0.pk, "activate": True})
+    v1, ft1 = _finetune(user, v0, corpora["A"][1]["train"], args)
+    from embedhub.jobs.models import Job
+
+    policies = [_run_existing(Job.objects.get(pk=ft1.result["policy_job"]))]
+    v2, ft2 = _finetune(user, v1, corpora["B"][1]["train"], args)
+    policies.append(_run_existing(Job.objects.get(pk=ft2.result["policy_job"])))
+    missing = _fill(user, corpora, [v0, v1, v2])
+    matrix = forgetting_matrix(user=user, leaf=v2)
+    table = _table(matrix)
+    print("\n" + table)
+    result = {
+        "machine": machine(),
+        "args": {k: str(v) for k, v in vars(args).items()},
+        "subsets": {k: {**v, "dir": str(v["dir"])} for k, v in subsets.items()},
+        "versions": {"v0": v0.pk, "v1": v1.pk, "v2": v2.pk},
+        "finetune_seconds": [ft1.result.get("seconds"), ft2.result.get("seconds")],
+        "policy_decisions": [
+            {c["corpus_name"]: (c.get("chosen"), c.get("reason")) for c in p.result["corpora"]}
+            for p in policies
+        ],
+        "unmeasured": missing,
+        "table": table,
+        "seconds": round(time.monotonic() - started, 1),
+    }
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "results.json").write_text(json.dumps(result, indent=2, default=str))
+    (OUT / "results.md").write_text(table + "\n")
+    print(json.dumps(result["policy_decisions"], indent=2))
+    print(f"unmeasured: {missing}\n{result['seconds']} s on {result['machine']}")
+    return 0
+
+
+def _run_existing(job):
+    """Execute a job another job submitted (the finetune's policy job)."""
+    from embedhub.jobs.models import Job
+    from embedhub.jobs.runner import job_execute
+
+    started = time.monotonic()
+    outcome = job_execute(job_id=job.pk, worker="bench")
+    job = Job.objects.get(pk=job.pk)
+    print(f"  {job.kind} job {job.pk}: {outcome} in {time.monotonic() - started:.0f} s", flush=True)
+    if outcome != "succeeded":
+        raise SystemExit(f"{job.kind} job {job.pk} {outcome}: {job.error}")
+    return job
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,161 @@
+"""Dashboard pages of serving policies: a corpus's policy with the candidates behind it,
+evaluation charts per corpus and query set, and the forgetting matrix read from EvalRuns."""
+
+from __future__ import annotations
+
+import pytest
+
+from embedhub.evaluation.models import EvalRun, QuerySet
+from embedhub.jobs.models import Job
+from embedhub.vectors.models import ServingPolicy
+from tests.factories import CorpusFactory
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def client_for(client):
+    def login(user):
+        client.force_login(user)
+        return client
+
+    return login
+
+
+def _run(user, qs, index, version, compensation, score) -> EvalRun:
+    return EvalRun.objects.create(
+        owner=user,
+        query_set=qs,
+        index=index,
+        model_version=version,
+        compensation=compensation,
+        metrics={"ndcg@10": score, "recall@100": score + 0.1},
+        n_queries=5,
+    )
+
+
+def test_corpus_page_shows_the_policy_and_the_numbers_behind_it(client_for, user, lineage):
+    corpus, old, child = lineage["corpus"], lineage["old"], lineage["child"]
+    runs = lineage["runs"]
+    job = Job.objects.create(owner=user, kind="policy", status="succeeded")
+    candidates = [
+        {
+            "name": "current",
+            "status": "evaluated",
+            "index": old.pk,
+            "model_version": lineage["base"].pk,
+            "compensation": "none",
+            "eval_run": runs["none"].pk,
+            "metric": 0.41,
+            "chosen": False,
+        },
+        {
+            "name": "old_index_qdc",
+            "status": "evaluated",
+            "index": old.pk,
+            "model_version": child.pk,
+            "compensation": "qdc",
+            "eval_run": runs["qdc"].pk,
+            "metric": 0.52,
+            "chosen": True,
+        },
+        {"name": "reindex", "status": "skipped", "reason": "reindex not allowed", "chosen": False},
+    ]
+    ServingPolicy.objects.create(
+        corpus=corpus,
+        query_version=child,
+        compensation="qdc",
+        decided_by=job,
+        decision={
+            "candidates": candidates,
+            "chosen": "old_index_qdc",
+            "metric": "ndcg@10",
+            "reason": "old_index_qdc beats the current policy by +0.1100 > 0.01",
+        },
+    )
+    body = client_for(user).get(f"/corpora/{corpus.pk}/").content.decode()
+    assert 'id="serving-policy"' in body and 'id="policy-form"' in body
+    assert "beats the current policy by +0.1100" in body
+    assert "✓ old_index_qdc" in body and "skipped: reindex not allowed" in body
+    assert f"job #{job.pk}" in body
+
+
+def test_corpus_page_without_a_policy_says_it_serves_the_default(client_for, user, lineage):
+    body = client_for(user).get(f"/corpora/{lineage['corpus'].pk}/").content.decode()
+    assert "the default: the active index with its own version" in body
+
+
+def test_the_policy_form_submits_a_policy_job(client_for, user, lineage):
+    corpus = lineage["corpus"]
+    client = client_for(user)
+    page = f"/corpora/{corpus.pk}/"
+    response = client.post(
+        "/jobs/start/",
+        {"kind": "policy", "corpus": corpus.pk, "allow_reindex": "maybe", "next": page},
+    )
+    assert response["Location"] == page  # refused: the form shows why
+    assert "allow_reindex" in client.get(page).content.decode()
+    assert not Job.objects.filter(kind="policy").exists()
+
+
+def test_evaluation_charts_keep_same_named_query_sets_of_two_corpora_apart(
+    client_for, user, lineage
+):
+    other = CorpusFactory(owner=user, name="second-corpus")
+    for corpus in (lineage["corpus"], other):
+        qs = QuerySet.objects.create(owner=user, corpus=corpus, name="test")
+        _run(user, qs, lineage["old"], lineage["base"], "none", 0.3 if corpus == other else 0.6)
+    charts = client_for(user).get("/evaluations/").context["charts"]
+    groups = {(c["corpus"], c["query_set"]): c for c in charts}
+    assert set(groups) >= {("lineage-corpus", "test"), ("second-corpus", "test")}
+    first = groups[("lineage-corpus", "test")]["datasets"][0]["data"]
+    second = groups[("second-corpus", "test")]["datasets"][0]["data"]
+    assert first == [0.6] and second == [0.3]
+
+
+def test_forgetting_matrix_renders_each_version_and_option_with_the_choice_marked(
+    client_for, user, other_user, lineage
+):
+    base, child, old, new = lineage["base"], lineage["child"], lineage["old"], lineage["new"]
+    qs = QuerySet.objects.create(owner=user, corpus=lineage["corpus"], name="test")
+    own = _run(user, qs, old, base, "none", 0.61)
+    qdc = _run(user, qs, old, child, "qdc", 0.63)
+    reindexed = _run(user, qs, new, child, "none", 0.66)
+    Job.objects.create(
+        owner=user,
+        kind="policy",
+        status="succeeded",
+        result={
+            "corpora": [
+                {
+                    "candidates": [
+                        {"eval_run": reindexed.pk, "chosen": True},
+                        {"eval_run": qdc.pk, "chosen": False},
+                    ]
+                }
+            ]
+        },
+    )
+    response = client_for(user).get(f"/evaluations/forgetting/?version={child.pk}")
+    matrix = response.context["matrix"]
+    cells = {(row["version"].pk, row["option"]): row["cells"] for row in matrix["rows"]}
+    column = [t.pk for t in matrix["tasks"]].index(qs.pk)
+    assert cells[(base.pk, "old_index_none")][column]["eval_run"] == own.pk
+    assert cells[(child.pk, "old_index_qdc")][column]["eval_run"] == qdc.pk
+    assert cells[(child.pk, "reindexed")][column] == {
+        "eval_run": reindexed.pk,
+        "metrics": reindexed.metrics,
+        "chosen": True,
+    }
+    assert cells[(child.pk, "old_index_adapter")][column]["eval_run"] is None
+    body = response.content.decode()
+    assert 'id="forgetting-table"' in body and "✓ 0.6600" in body
+    # Another account sees none of it.
+    response = client_for(other_user).get(f"/evaluations/forgetting/?version={child.pk}")
+    assert response.status_code == 200
+    assert response.context["matrix"]["tasks"] == []
+
+
+def test_forgetting_matrix_page_renders_empty(client_for, other_user):
+    response = client_for(other_user).get("/evaluations/forgetting/")
+    assert response.status_code == 200 and "No matrix yet" in response.content.decode()

@@ -1,0 +1,77 @@
+"""compensation="adapter" chains the stored adapters of every version between the query's
+and the index's (real all-MiniLM-L6-v2 encodes; the adapters are set by hand)."""
+
+import numpy as np
+import pytest
+
+from embedhub.core.errors import ApplicationError
+from embedhub.registry.services import ADAPTER_FILE
+from embedhub.vectors.compensation import COMPENSATIONS, query_vectors
+from embedhub.vectors.models import VectorIndex
+from tests.factories import ModelVersionFactory
+from workers.ml.adapter import Adapter, normalize
+
+QUERIES = ["does vitamin d prevent fractures", "what is zorbl?"]
+
+
+def _adapter(seed: int, d: int = 384) -> Adapter:
+    rng = np.random.default_rng(seed)
+    rotation, _ = np.linalg.qr(rng.normal(size=(d, d)))
+    return Adapter(
+        weight=rotation.astype(np.float32),
+        bias=(0.05 * rng.normal(size=d)).astype(np.float32),
+        method="ridge",
+    )
+
+
+def _child(parent, tmp_path, seed: int | None):
+    child = ModelVersionFactory(
+        model=parent.model,
+        version=parent.version + 1,
+        parent=parent,
+        drift=np.zeros(384, dtype=np.float32),
+    )
+    if seed is not None:
+        path = tmp_path / f"v{child.version}-{ADAPTER_FILE}"
+        path.write_bytes(_adapter(seed).to_bytes())
+        child.adapter_path = str(path)
+        child.adapter = {"method": "ridge"}
+        child.save()
+    return child
+
+
+@pytest.mark.django_db
+def test_adapter_chain_maps_the_newest_queries_back_to_the_index_version(user, corpus, tmp_path):
+    v0 = ModelVersionFactory()
+    v1 = _child(v0, tmp_path, seed=1)
+    v2 = _child(v1, tmp_path, seed=2)
+    index = VectorIndex.objects.create(owner=user, corpus=corpus, model_version=v0, dimension=384)
+    assert "adapter" in COMPENSATIONS
+
+    raw, info = query_vectors(index=index, texts=QUERIES, model_version=v2, compensation="none")
+    got, info = query_vectors(index=index, texts=QUERIES, model_version=v2, compensation="adapter")
+    assert info["compensation"] == "adapter" and info["drift_steps"] == 2
+    # v2's adapter first (v2 → v1), then v1's (v1 → v0).
+    expected = normalize(_adapter(1).map(_adapter(2).map(raw)))
+    assert np.allclose(got, expected, atol=1e-5)
+    assert not np.allclose(got, normalize(_adapter(2).map(_adapter(1).map(raw))), atol=1e-3)
+    # One step: the child's adapter alone; the index's own version: nothing to apply.
+    one, _ = query_vectors(index=index, texts=QUERIES, model_version=v1, compensation="adapter")
+    raw1, _ = query_vectors(index=index, texts=QUERIES, model_version=v1, compensation="none")
+    assert np.allclose(one, _adapter(1).apply(raw1), atol=1e-5)
+    same, info = query_vectors(index=index, texts=QUERIES, compensation="adapter")
+    assert info["compensation"] == "none"
+
+
+@pytest.mark.django_db
+def test_a_version_without_an_adapter_on_the_path_is_refused(user, corpus, tmp_path):
+    v0 = ModelVersionFactory()
+    v1 = _child(v0, tmp_path, seed=None)  # fine-tuned before adapters existed
+    v2 = _child(v1, tmp_path, seed=2)
+    index = VectorIndex.objects.create(owner=user, corpus=corpus, model_version=v0, dimension=384)
+    with pytest.raises(ApplicationError) as refused:
+        query_vectors(index=index, texts=QUERIES, model_version=v2, compensation="adapter")
+    assert refused.value.code == "no_adapter" and str(v1) in str(refused.value)
+    # QDC still works on the same path: the refusal is the adapter's alone.
+    _, info = query_vectors(index=index, texts=QUERIES, model_version=v2, compensation="qdc")
+    assert info["compensation"] == "qdc"
