@@ -110,9 +110,11 @@ def test_new_user_uploads_embeds_evaluates_and_searches(page, screenshot, user, 
     assert 0 < ndcg <= 1 and run.n_queries == 12
     page.goto("/evaluations/")
     assert f"{ndcg:.3f}" in page.locator(".eval-table").inner_text()
+    # One chart pair per corpus x query set: this corpus's "test" set.
     drawn = page.evaluate(
-        "() => ['chart-ndcg', 'chart-recall'].map(id => {"
-        " const c = Chart.getChart(id); return c ? c.data.datasets[0].data : null; })"
+        "() => ['chart-ndcg-', 'chart-recall-'].map(prefix => {"
+        " const c = Chart.getChart(document.querySelector(`canvas[id^='${prefix}']`));"
+        " return c ? c.data.datasets[0].data : null; })"
     )
     assert drawn[0] == [pytest.approx(ndcg)]
     assert drawn[1] == [pytest.approx(run.metrics["recall@100"])]
@@ -277,9 +279,11 @@ def test_lineage_evaluation_and_audit_pages_draw_their_charts(page, screenshot, 
 
     page.goto("/evaluations/")
     series = page.evaluate(
-        "() => Chart.getChart('chart-ndcg').data.datasets.map(d => [d.label, d.data])"
+        "() => Chart.getChart(document.querySelector(\"canvas[id^='chart-ndcg-']\"))"
+        ".data.datasets.map(d => [d.label, d.data])"
     )
-    assert series == [["dev · none", [0.41]], ["dev · qdc", [0.52]]]
+    assert series == [["none", [0.41]], ["qdc", [0.52]]]
+    assert "lineage-corpus · dev" in page.locator(".card h2 small").first.inner_text()
     screenshot(page, "41-evaluations-none-vs-qdc")
 
     page.goto(f"/audits/{audit.pk}/")
