@@ -216,7 +216,8 @@ FINETUNE = job_kind_register(
         prepare=finetune_prepare,
         run=finetune_run,
         description="Fine-tune a child model version from its parent on (query, positive) "
-        "pairs with embedding distillation; registers it with its lineage and drift vector.",
+        "pairs with embedding distillation; registers it with its lineage, drift vector and "
+        "learned compensation adapter.",
     )
 )
 
