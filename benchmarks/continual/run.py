@@ -42,7 +42,7 @@ from workers.ml.training import (  # noqa: E402
     mine_hard_negatives,
 )
 
-DATA = Path("/work/shared/data")
+DATA = ROOT.parent / "shared" / "data"  # ../shared/data beside the repo; --data overrides
 OUT = Path(__file__).resolve().parent / "out"
 WORK = OUT / "work"
 
@@ -311,11 +311,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data", type=Path, default=DATA, help="folder holding scifact/ and nfcorpus/")
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> dict:
+    global DATA  # the loaders below read the chosen folder
     args = parse_args(argv)
+    DATA = args.data
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
     sci = load_beir("scifact")

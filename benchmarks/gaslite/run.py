@@ -38,7 +38,7 @@ from workers.ml.gaslite import (  # noqa: E402
 from workers.ml.geometry import geometry_report  # noqa: E402
 from workers.ml.spec import default_model_path  # noqa: E402
 
-DATA = Path("/work/shared/data/scifact")
+DATA = ROOT.parent / "shared" / "data" / "scifact"  # beside the repo; --data overrides
 OUT = Path(__file__).resolve().parent / "out"
 DEPTH = 100
 # Topic regexes over the query text (case-insensitive, word-start anchored). Counts on the
@@ -61,6 +61,7 @@ def parse_args() -> argparse.Namespace:
         help="names from the built-in list, or name=regex",
     )
     p.add_argument("--budget", type=int, default=10, help="passages per concept (k-means)")
+    p.add_argument("--data", type=Path, default=DATA, help="the SciFact folder (BEIR format)")
     p.add_argument("--message", default=MESSAGE)
     p.add_argument("--trigger-len", type=int, default=30)
     p.add_argument("--iterations", type=int, default=30)
@@ -237,7 +238,9 @@ def markdown(results: list[dict], meta: dict) -> str:
 
 
 def main() -> None:
+    global DATA  # the loaders below read the chosen folder
     args = parse_args()
+    DATA = args.data
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()

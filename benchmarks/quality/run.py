@@ -8,7 +8,7 @@ The check: exact-search nDCG@10 = 0.645 ± 0.003 (the published BEIR figure for
 all-MiniLM-L6-v2 at 256 tokens). ANN through HNSW is reported too, with its recall@10
 against exact search.
 
-    .venv/bin/python benchmarks/quality/run.py [--data /work/shared/data/scifact]
+    .venv/bin/python benchmarks/quality/run.py [--data ../shared/data/scifact]
         [--db embedhub_bench] [--reuse] [--no-ann]
 
 Runs against its own database (default embedhub_bench, created and migrated on first use),
@@ -113,7 +113,7 @@ def _table(rows: list[dict]) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, default=Path("/work/shared/data/scifact"))
+    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "scifact")
     parser.add_argument("--db", default="embedhub_bench")
     parser.add_argument(
         "--reuse",
