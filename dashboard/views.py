@@ -26,8 +26,21 @@ from embedhub.jobs.submission import job_submit_checked
 from embedhub.registry import selectors as registry_selectors
 from embedhub.vectors import selectors as vector_selectors
 from embedhub.vectors import services as vector_services
+from embedhub.vectors.compensation import COMPENSATIONS
 
 PAGE_SIZE = 50
+# What each compensation does, for the search and evaluate forms; one the server adds later
+# is still offered (under its bare name): the options come from COMPENSATIONS.
+COMPENSATION_LABELS = {
+    "auto": "auto (QDC if the encoder is newer)",
+    "qdc": "qdc (query drift vectors, always)",
+    "adapter": "adapter (the learned compensation adapters)",
+    "none": "none",
+}
+
+
+def _compensation_choices() -> list[tuple[str, str]]:
+    return [(name, COMPENSATION_LABELS.get(name, name)) for name in COMPENSATIONS]
 
 
 def _safe_next(request: HttpRequest, fallback: str) -> str:
@@ -270,6 +283,7 @@ def corpus_detail(request: HttpRequest, corpus_id: int) -> HttpResponse:
         "default_version": _default_version(),
         "active_jobs": jobs.filter(status__in=[Job.Status.QUEUED, Job.Status.RUNNING]).exists(),
         "job_form": _job_form_pop(request),
+        "compensations": _compensation_choices(),
         **_serving_context(corpus),
     }
     return render(request, "dashboard/corpus_detail.html", context)
@@ -311,11 +325,14 @@ def index_activate(request: HttpRequest, index_id: int) -> HttpResponse:
 def corpus_quarantine(request: HttpRequest, corpus_id: int) -> HttpResponse:
     """Documents the ingest screen held back, with their scores, to approve or reject."""
     corpus = _corpus_get(request.user, corpus_id)
+    documents = list(corpus_selectors.quarantine_list(corpus=corpus)[:500])
+    for document in documents:  # the features, without which-index bookkeeping
+        document.dash_features = corpus_screening.screen_features_shown(document.screen_features)
     context = {
         "section": "corpora",
         "corpus": corpus,
         "screen": corpus_selectors.corpus_screen_get(corpus=corpus),
-        "documents": corpus_selectors.quarantine_list(corpus=corpus)[:500],
+        "documents": documents,
         "decisions": corpus_selectors.quarantine_decisions(corpus=corpus)[:100],
     }
     return render(request, "dashboard/corpus_quarantine.html", context)
@@ -549,6 +566,7 @@ def search(request: HttpRequest) -> HttpResponse:
             v.pk: f"{v.model.name} v{v.version}" for v in _version_list(request.user)
         },
         "chosen_corpus": request.GET.get("corpus", ""),
+        "compensations": _compensation_choices(),
     }
     return render(request, "dashboard/search.html", context)
 

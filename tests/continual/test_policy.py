@@ -13,17 +13,22 @@ import hashlib
 
 import numpy as np
 import pytest
+from django.db import connection
 
 from embedhub.corpora.models import Document
 from embedhub.evaluation.models import EvalRun, Qrel, Query, QuerySet
 from embedhub.jobs.models import Job
 from embedhub.jobs.runner import job_execute
+from embedhub.jobs.services import job_cancel, job_retry
 from embedhub.jobs.submission import job_submit_checked
 from embedhub.vectors import compensation as qdc
 from embedhub.vectors import selectors as vector_selectors
+from embedhub.vectors import tables
 from embedhub.vectors.models import ServingPolicy, VectorIndex
+from tests.conftest import wait_for_job, wait_until
 from tests.evaluation.conftest import add_documents, build_index, numbered_texts
 from tests.factories import CorpusFactory, ModelVersionFactory
+from tests.jobs.test_progress import progress_history  # noqa: F401 - a fixture
 from workers.ml.drift import compensate
 from workers.ml.encoder import load_encoder
 
@@ -71,10 +76,10 @@ def _judge_nearest(owner, corpus, query_vectors: np.ndarray, doc_matrix, doc_ids
     return query_set
 
 
-def _corpus(owner, version, *, n_docs: int = 40):
+def _corpus(owner, version, *, n_docs: int = 40, encoder: str = f"fake:{DIM}"):
     corpus = CorpusFactory(owner=owner)
     add_documents(corpus, numbered_texts(n_docs))
-    index = build_index(owner=owner, corpus=corpus, model_version=version, encoder=f"fake:{DIM}")
+    index = build_index(owner=owner, corpus=corpus, model_version=version, encoder=encoder)
     corpus.active_index = index
     corpus.save(update_fields=["active_index"])
     return corpus, index
@@ -254,6 +259,54 @@ def test_a_second_policy_job_for_a_corpus_is_refused_while_one_is_queued(api, us
     assert f"job {first.pk}" in response.json()["error"]["message"]
 
 
+def _api_job(api, kind: str, **params):
+    return api.post("/api/v1/jobs/", {"kind": kind, "params": params}, format="json")
+
+
+def test_a_reindex_is_refused_while_a_policy_job_covering_its_corpus_is_queued(api, user, lineage):
+    corpus, _, _ = qdc_wins(user, lineage)
+    # Over all of the caller's corpora: the corpus is only in its plans, not its corpus.
+    policy, _ = job_submit_checked(user=user, kind="policy", params={})
+    assert policy.corpus_id is None
+    indexes = VectorIndex.objects.filter(corpus=corpus).count()
+    response = _api_job(api, "reindex", corpus=corpus.pk, model_version=lineage[1].pk)
+    assert response.status_code == 409, response.content
+    error = response.json()["error"]
+    assert error["code"] == "policy_running"
+    assert f"policy job {policy.pk} covering corpus {corpus.pk}" in error["message"]
+    assert not Job.objects.filter(kind="reindex").exists()
+    assert VectorIndex.objects.filter(corpus=corpus).count() == indexes  # no shadow left
+
+
+def test_a_policy_job_is_refused_while_a_reindex_of_one_of_its_corpora_is_queued(
+    api, user, lineage
+):
+    corpus, _, _ = qdc_wins(user, lineage)
+    params = {"corpus": corpus.pk, "model_version": lineage[1].pk}
+    reindex, _ = job_submit_checked(user=user, kind="reindex", params=params)
+    for params in ({"corpus": corpus.pk}, {}):  # named, and as one of all the caller's
+        response = _api_job(api, "policy", **params)
+        assert response.status_code == 409, response.content
+        error = response.json()["error"]
+        assert error["code"] == "reindex_running"
+        assert f"reindex job {reindex.pk} covering corpus {corpus.pk}" in error["message"]
+    assert not Job.objects.filter(kind="policy").exists()
+    Job.objects.filter(pk=reindex.pk).update(status=Job.Status.SUCCEEDED)
+    assert _api_job(api, "policy", corpus=corpus.pk).status_code == 202
+
+
+def test_a_shard_or_a_skipping_policy_job_never_blocks_a_corpus(api, user, lineage):
+    corpus, _ = _corpus(user, ModelVersionFactory())  # nothing descends: policy skips it
+    judged = QuerySet.objects.create(owner=user, corpus=corpus, name="test")
+    Qrel.objects.create(query_set=judged, query_external_id="q", document_external_id="d1")
+    policy, _ = job_submit_checked(user=user, kind="policy", params={})
+    assert policy.params["corpora"][0]["skip"]
+    parent = Job.objects.create(owner=user, kind="reindex", corpus=corpus, status="cancelled")
+    Job.objects.create(owner=user, kind="reindex", corpus=corpus, parent=parent, status="running")
+    response = _api_job(api, "reindex", corpus=corpus.pk, model_version=lineage[1].pk)
+    assert response.status_code == 202, response.content
+
+
 def test_a_corpus_with_nothing_newer_is_refused_by_name_and_skipped_otherwise(api, user):
     corpus, _ = _corpus(user, ModelVersionFactory())
     QuerySet.objects.create(owner=user, corpus=corpus, name="test")
@@ -318,6 +371,104 @@ def test_a_finetune_with_then_policy_submits_one_policy_job_for_the_child(user, 
     assert first["policy_job"] == again["policy_job"] is not None  # a retry submits no second
     policy_job = Job.objects.get(pk=first["policy_job"])
     assert policy_job.kind == "policy" and policy_job.params["corpora"][0]["model_version"] == v2.pk
+
+
+def _assert_exactly_once(index: VectorIndex, corpus, encoder: str) -> None:
+    """One row per document, each the encoder's own vector for that document's text."""
+    with connection.cursor() as cur:
+        cur.execute(
+            f"SELECT document_id, embedding::text FROM {index.table_name} ORDER BY document_id"
+        )
+        rows = cur.fetchall()
+    docs = list(corpus.documents.order_by("pk").values_list("pk", "text"))
+    assert [doc for doc, _ in rows] == [pk for pk, _ in docs]
+    expected = load_encoder(encoder).encode([text for _, text in docs], kind="document")
+    vectors = np.array([eval(text) for _, text in rows], dtype=np.float32)  # noqa: S307
+    np.testing.assert_allclose(vectors, expected, atol=1e-5)
+
+
+def test_a_policy_job_builds_each_corpus_shadow_through_shards_of_its_own(
+    user,
+    lineage,
+    progress_history,  # noqa: F811
+):
+    corpora = [qdc_wins(user, lineage)[0] for _ in range(2)]
+    # All of the user's corpora in one job: 40 documents each, in shards of 15.
+    job = _policy(user, shard_size=15, batch_size=8)
+    assert [plan["corpus"] for plan in job.params["corpora"]] == [c.pk for c in corpora]
+    assert job.shards.count() == 6
+    for corpus, report in zip(corpora, job.result["corpora"], strict=True):
+        reindex = report["candidates"][-1]
+        assert reindex["status"] == "evaluated", reindex
+        shadow = VectorIndex.objects.get(pk=reindex["index"])
+        shards = list(job.shards.filter(params__index=shadow.pk).order_by("pk"))
+        assert [s.params["shard"]["number"] for s in shards] == [1, 2, 3]
+        assert [s.progress_total for s in shards] == [15, 15, 10]
+        assert all(s.status == "succeeded" and s.corpus_id == corpus.pk for s in shards)
+        assert shadow.state == "retired" and shadow.vector_count == 40  # lost to qdc
+        assert tables.hnsw_exists(table=shadow.table_name)
+        _assert_exactly_once(shadow, corpus, f"fake:{DIM}")
+
+    # Steps only ever rise to the total; within each build (steps 4..44 of a corpus's 45)
+    # they are the shards' document sums mapped onto it, none rolled up as a raw count.
+    running = [done for status, done, _ in progress_history(job.pk) if status == "running"]
+    assert running == sorted(running) and job.progress_done == job.progress_total == 90
+    assert job.progress_unit == "steps"
+    for base in (0, 45):
+        in_build = sorted({done for done in running if base + 4 <= done <= base + 44})
+        assert in_build == [base + 4, base + 19, base + 34, base + 44], running
+
+
+def _judged_test_set(owner, corpus) -> QuerySet:
+    query_set = QuerySet.objects.create(owner=owner, corpus=corpus, name="test")
+    Query.objects.create(query_set=query_set, external_id="q1", text="w7")
+    Qrel.objects.create(query_set=query_set, query_external_id="q1", document_external_id="d1")
+    return query_set
+
+
+def test_cancelling_a_policy_job_stops_its_shards_and_a_retry_resumes_the_shadow_build(
+    user, lineage, start_worker
+):
+    v1, v2 = lineage
+    encoder = f"fake:{DIM}@60ms"  # sleeps per batch: the build takes long enough to stop
+    corpus, _ = _corpus(user, v1, n_docs=300, encoder=encoder)
+    _judged_test_set(user, corpus)
+    start_worker("policy")
+    params = {"corpus": corpus.pk, "shard_size": 100, "batch_size": 4}
+    job, _ = job_submit_checked(user=user, kind="policy", params=params)
+    wait_until(
+        lambda: (
+            job.shards.filter(status="succeeded").exists()
+            and job.shards.filter(status="running", progress_done__gt=0).exists()
+        ),
+        timeout=120,
+        what="a shard done and the next one midway",
+    )
+    job_cancel(job=Job.objects.get(pk=job.pk))
+    job = wait_for_job(job.pk, timeout=60)
+    assert job.status == "cancelled", job.error
+    wait_until(
+        lambda: not job.shards.filter(status__in=["queued", "running"]).exists(),
+        timeout=60,
+        what="every shard stopped",
+    )
+    finished = set(job.shards.filter(status="succeeded").values_list("pk", flat=True))
+    assert finished and job.shards.filter(status="cancelled").exists()
+    shadow = VectorIndex.objects.get(corpus=corpus, model_version=v2)
+    assert shadow.state == "building" and not tables.hnsw_exists(table=shadow.table_name)
+
+    job_retry(job=job)
+    job = wait_for_job(job.pk, timeout=180)
+    assert job.status == "succeeded", job.error
+    shards = list(job.shards.order_by("pk"))
+    assert len(shards) == 3 and all(s.status == "succeeded" for s in shards)  # none anew
+    assert all(s.attempts == 1 for s in shards if s.pk in finished)  # kept, not re-run
+    resumed = [s for s in shards if s.pk not in finished]
+    assert any(s.result["skipped_unchanged"] > 0 for s in resumed)  # the one cut midway
+    assert job.result["corpora"][0]["candidates"][-1]["index"] == shadow.pk
+    shadow.refresh_from_db()
+    assert shadow.vector_count == 300 and tables.hnsw_exists(table=shadow.table_name)
+    _assert_exactly_once(shadow, corpus, encoder)
 
 
 @pytest.mark.slow

@@ -3,11 +3,16 @@ evaluation charts per corpus and query set, and the forgetting matrix read from 
 
 from __future__ import annotations
 
+import re
+
 import pytest
+from django.urls import reverse
 
 from embedhub.evaluation.models import EvalRun, QuerySet
 from embedhub.jobs.models import Job
+from embedhub.vectors.compensation import COMPENSATIONS
 from embedhub.vectors.models import ServingPolicy
+from tests.dashboard.test_views import _form
 from tests.factories import CorpusFactory
 
 pytestmark = pytest.mark.django_db
@@ -159,3 +164,79 @@ def test_forgetting_matrix_renders_each_version_and_option_with_the_choice_marke
 def test_forgetting_matrix_page_renders_empty(client_for, other_user):
     response = client_for(other_user).get("/evaluations/forgetting/")
     assert response.status_code == 200 and "No matrix yet" in response.content.decode()
+
+
+# ------------------------------------------------------------------ search and evaluate follow it
+
+
+@pytest.fixture
+def qdc_policy(lineage):
+    """The lineage corpus served by the child's queries on the old index, with QDC."""
+    child = lineage["child"]
+    child.drift = [0.05] * 8  # the fake:8 indexes' width
+    child.save(update_fields=["drift"])
+    return ServingPolicy.objects.create(
+        corpus=lineage["corpus"], query_version=child, compensation="qdc"
+    )
+
+
+def _options(html: str, select_id: str) -> list[str]:
+    start = html.index(f'id="{select_id}"')
+    select = html[start : html.index("</select>", start)]
+    return re.findall(r'<option value="([^"]*)"', select)
+
+
+def test_search_page_offers_the_policy_and_every_compensation_of_the_server(
+    client_for, user, lineage
+):
+    body = client_for(user).get(f"/search/?corpus={lineage['corpus'].pk}").content.decode()
+    assert _options(body, "s-comp") == ["", *COMPENSATIONS]
+    assert "adapter" in COMPENSATIONS
+    assert ">follow the corpus's serving policy (an index: auto)</option>" in body
+
+
+def test_a_default_search_from_the_page_follows_the_policy_and_says_what_it_used(
+    client_for, user, lineage, qdc_policy
+):
+    client = client_for(user)
+    page = client.get("/search/").content.decode()
+    search_url = reverse("search")
+    assert f'searchUrl: "{search_url}"' in page  # the page posts to the API's search
+    corpus = lineage["corpus"]
+    # What the page's script posts with every choice left at its default.
+    query = {"corpus": corpus.pk, "query": "anything", "k": 3, "exact": True}
+    body = client.post(search_url, query, content_type="application/json").json()
+    used = (body["index"], body["model_version"], body["compensation"], body["policy"])
+    assert used == (lineage["old"].pk, lineage["child"].pk, "qdc", qdc_policy.pk)
+    # A compensation chosen on the page overrides the policy's, field by field.
+    body = client.post(
+        search_url, {**query, "compensation": "none"}, content_type="application/json"
+    ).json()
+    assert (body["model_version"], body["compensation"]) == (lineage["child"].pk, "none")
+
+
+def test_the_evaluate_form_follows_the_serving_policy_unless_overridden(
+    client_for, user, lineage, qdc_policy
+):
+    client = client_for(user)
+    corpus, old, new, child = lineage["corpus"], lineage["old"], lineage["new"], lineage["child"]
+    page = client.get(f"/corpora/{corpus.pk}/").content.decode()
+    assert _options(page, "eval-comp") == ["", *COMPENSATIONS]
+    assert _options(page, "eval-index")[0] == ""  # no index to name: the policy's
+    action, fields = _form(page, "evaluate-form")
+    assert (fields["corpus"], fields["index"], fields["model_version"]) == (str(corpus.pk), "", "")
+    assert fields["compensation"] == ""
+
+    client.post(action, fields)
+    job = Job.objects.get(kind="evaluate")
+    chosen = [job.params[key] for key in ("index", "model_version", "compensation", "policy")]
+    assert chosen == [old.pk, child.pk, "qdc", qdc_policy.pk]
+
+    client.post(action, {**fields, "index": new.pk, "compensation": "none"})
+    job = Job.objects.filter(kind="evaluate").exclude(pk=job.pk).get()
+    assert [job.params[key] for key in ("index", "model_version", "compensation")] == [
+        new.pk,
+        child.pk,  # the named index's own version
+        "none",
+    ]
+    assert "policy" not in job.params

@@ -59,6 +59,24 @@ def test_quarantine_page_lists_held_documents_with_scores(client, user, screened
     assert 'id="quarantine-link"' in detail and "(on)" in detail
 
 
+def test_a_document_held_back_by_hubness_shows_its_hubness_not_the_bookkeeping(
+    client, user, screened
+):
+    corpus, _ = screened
+    _doc(
+        corpus,
+        "hub",
+        "Visit BestShoes.com. Which planet is the largest? How do bees make honey?",
+        quarantined=True,
+        screen_score=9.0,
+        screen_features={"oov_share": 0.05, "hubness": 7.0, screening.HUBNESS_INDEX: 4321},
+    )
+    client.force_login(user)
+    html = client.get(reverse("dashboard:corpus-quarantine", args=[corpus.pk])).content.decode()
+    assert "hubness 7.000" in html and "top 10" in html
+    assert screening.HUBNESS_INDEX not in html and "4321" not in html
+
+
 def test_approve_and_reject_from_the_page(client, user, screened):
     corpus, (first, second) = screened
     client.force_login(user)

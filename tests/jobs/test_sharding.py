@@ -13,8 +13,8 @@ from django.db import connection
 from django.test import override_settings
 
 from embedhub.jobs.models import Job
-from embedhub.jobs.runner import job_execute
-from embedhub.jobs.services import job_cancel, job_retry, jobs_reap
+from embedhub.jobs.runner import JobContext, job_execute
+from embedhub.jobs.services import job_cancel, job_claim, job_retry, job_submit, jobs_reap
 from embedhub.jobs.submission import job_submit_checked
 from embedhub.vectors import tables
 from embedhub.vectors.models import VectorIndex
@@ -76,6 +76,19 @@ def test_a_large_embed_splits_into_shards_covering_the_corpus_once(user, model_v
     assert index.state == "ready" and tables.hnsw_exists(table=index.table_name)
     # HNSW once, by the parent: no shard reports a graph of its own.
     assert all("hnsw" not in s.result for s in shards) and job.result["hnsw"]["seconds"] >= 0
+
+
+def test_a_shard_rolls_its_progress_up_only_into_a_parent_counting_its_unit(user):
+    """A policy job counts steps: its shards' documents are its own to map, not to add."""
+    done = {}
+    for kind, unit in (("embed", "docs"), ("policy", "steps")):
+        parent = Job.objects.create(
+            owner=user, kind=kind, params={}, status="running", progress_unit=unit, progress_done=3
+        )
+        shard, _ = job_submit(owner=user, kind="embed", params={"index": 0}, parent=parent)
+        JobContext(job_claim(job_id=shard.pk, worker="t")).progress(40, total=50, unit="docs")
+        done[kind] = Job.objects.get(pk=parent.pk).progress_done
+    assert done == {"embed": 40, "policy": 3}
 
 
 def test_a_small_embed_is_not_sharded(user, model_version):

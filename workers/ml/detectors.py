@@ -209,6 +209,54 @@ def hubness(
     return hits.sum(axis=1).astype(np.float64)
 
 
+@dataclass
+class HubReference:
+    """What the clean vectors say about the known queries: each query's k-th best score
+    (-inf where fewer than k vectors), and each clean vector's own hubness (how many
+    queries hold it in their top k), in the order the vectors came."""
+
+    kth_scores: np.ndarray
+    clean_hubness: np.ndarray
+    k: int
+
+    @property
+    def n_clean(self) -> int:
+        return len(self.clean_hubness)
+
+
+def hub_reference(
+    query_vecs: np.ndarray, blocks: Iterable[np.ndarray], *, k: int = 10
+) -> HubReference:
+    """One exact pass over blocks of clean (unit) vectors, cosine = dot.
+
+    Memory holds queries x (k + block) scores, never queries x corpus: each query keeps
+    its k best scores so far and the rows they came from. Counting those rows at the end
+    gives every clean vector's in-index hubness with no second pass (a tie at the k-th
+    score counts once, where `hubness(in_index=True)` would count every tied vector).
+    Float32, like the search it stands for.
+    """
+    q = np.asarray(query_vecs, np.float32)
+    best = np.full((len(q), k), -np.inf, np.float32)
+    rows = np.full((len(q), k), -1, np.int64)
+    offset = 0
+    for block in blocks:
+        block = np.asarray(block, np.float32)
+        if not len(block):
+            continue
+        scores = q @ block.T
+        # Only the queries this block can change: late blocks rarely beat a settled k-th.
+        active = np.flatnonzero(scores.max(axis=1) > best.min(axis=1))
+        if len(active):
+            merged = np.concatenate([best[active], scores[active]], axis=1)
+            top = np.argpartition(merged, merged.shape[1] - k, axis=1)[:, -k:]
+            kept = np.take_along_axis(rows[active], np.minimum(top, k - 1), axis=1)
+            rows[active] = np.where(top < k, kept, offset + top - k)
+            best[active] = np.take_along_axis(merged, top, axis=1)
+        offset += len(block)
+    counts = np.bincount(rows[rows >= 0], minlength=offset).astype(np.float64)
+    return HubReference(kth_scores=best.min(axis=1), clean_hubness=counts, k=k)
+
+
 # ------------------------------------------------------------------ calibration
 
 
@@ -297,6 +345,39 @@ class Calibration:
         )
 
 
+@dataclass
+class HubBar:
+    """The hubness threshold of one corpus at `fpr`: flag strictly above `threshold`
+    hits; `z` puts hits on the robust-z scale of the other features."""
+
+    threshold: float
+    median: float
+    scale: float
+    fpr: float
+    n_clean: int
+
+    def flags(self, hits: np.ndarray) -> np.ndarray:
+        return np.asarray(hits, np.float64) > self.threshold
+
+    def z(self, hits: np.ndarray) -> np.ndarray:
+        return (np.asarray(hits, np.float64) - self.median) / self.scale
+
+
+def hub_bar(clean_hubness: np.ndarray, *, fpr: float, floor: float = 0.0) -> HubBar:
+    """Calibrated on clean documents' hubness at `fpr`, never below `floor`: with the
+    default 0 a passage that no known query ranks in its top k is never flagged, however
+    rarely clean documents are hit."""
+    clean = np.asarray(clean_hubness, np.float64)
+    cal = Calibration.fit({HUBNESS: clean}, fpr=fpr)
+    return HubBar(
+        threshold=max(threshold_at_fpr(clean, fpr), float(floor)),
+        median=cal.medians[HUBNESS],
+        scale=cal.scales[HUBNESS],
+        fpr=fpr,
+        n_clean=len(clean),
+    )
+
+
 def split_fit_calibrate(
     n: int, *, seed: int = 0, fit_share: float = 0.5, test_share: float = 0.0
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -318,7 +399,8 @@ def split_fit_calibrate(
 class Screen:
     """A calibrated text screen for one corpus: flag a passage when its combined score is
     above the threshold. Hubness, which needs vectors and queries, is added by callers that
-    have them (the audit) through `extra` features calibrated the same way."""
+    have them: through `extra` features calibrated the same way (the audit), or on its own
+    with `hub_reference` and `hub_bar` (the index build)."""
 
     language: CorpusLanguage
     calibration: Calibration

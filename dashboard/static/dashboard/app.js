@@ -486,9 +486,12 @@
             "<code class='muted'>" + EH.esc(hit.external_id) + "</code></span>";
           list.appendChild(li);
         });
+        // What answered, as the server resolved it: the policy, or what the form overrode.
         const encoder = (config.versionLabels || {})[res.model_version] || "version #" + res.model_version;
+        const policy = res.policy ? " · serving policy" :
+          res.note ? " · serving policy not followed: " + res.note : "";
         meta.textContent = "index #" + res.index + " · queries by " + encoder +
-          " · compensation " + res.compensation + (res.policy ? " · serving policy" : "") +
+          " · compensation " + res.compensation + policy +
           (res.exact ? " · exact" : " · HNSW") + " · " + Math.round(ms) + " ms";
       } catch (e) {
         EH.showErrors(error, e.message, e.body && e.body.error && e.body.error.details);

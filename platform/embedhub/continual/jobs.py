@@ -31,6 +31,7 @@ from embedhub.vectors.jobs import (
     IndexOptionsParams,
     corpus_lookup,
     index_options_resolve,
+    shard_size_field,
     version_lookup,
 )
 from embedhub.vectors.models import ServingPolicy, VectorIndex
@@ -281,6 +282,21 @@ class ReindexParams(IndexOptionsParams):
         return attrs
 
 
+def _index_swap_check(*, corpus: Corpus) -> None:
+    """Refuse a second job that may build a shadow index of `corpus` and swap it in: a
+    reindex and a policy job (or two of either) would race for the active index. Called
+    under the corpus's row lock, so of two simultaneous submissions the second sees the
+    first."""
+    blocker = selectors.index_swapper_active(corpus=corpus)
+    if blocker is not None:
+        raise Conflict(
+            f"{blocker.kind} job {blocker.pk} covering corpus {corpus.pk} is already "
+            f"{blocker.status}; it may build a shadow index and swap the active one, so "
+            "wait for it or cancel it",
+            code=f"{blocker.kind}_running",
+        )
+
+
 def _inherited(active: VectorIndex | None) -> dict:
     """A shadow is built like the active index unless the params say otherwise."""
     if active is None:
@@ -311,13 +327,7 @@ def reindex_prepare(*, user, params: dict) -> tuple[dict, Corpus]:
             f"corpus {corpus.pk} is already indexed with {version} (index {active.pk})",
             code="up_to_date",
         )
-    running = selectors.reindex_running(corpus=corpus)
-    if running is not None:
-        raise Conflict(
-            f"reindex job {running.pk} for corpus {corpus.pk} is already {running.status}; "
-            "wait for it or cancel it",
-            code="reindex_running",
-        )
+    _index_swap_check(corpus=corpus)
     gate = params.get("gate")
     shadow = reindex.reindex_shadow(user=user, corpus=corpus, version=version, options=options)
     prepared = {
@@ -401,6 +411,7 @@ class PolicyParams(ParamsSerializer):
         default=True, help_text="false: measure and report only, change nothing"
     )
     batch_size = integer(1, 4096, "documents per forward pass of the shadow build")
+    shard_size = shard_size_field("each shadow build")
 
     def validate(self, attrs: dict) -> dict:
         attrs = super().validate(attrs)
@@ -446,12 +457,7 @@ def _policy_plan(*, user, corpus: Corpus, params: dict, named: bool) -> dict:
         raise serializers.ValidationError({problem[0]: problem[1]})
     if problem:
         return {**plan, "skip": problem[1]}
-    running = selectors.policy_running(corpus=corpus)
-    if running is not None:
-        raise Conflict(
-            f"policy job {running.pk} for corpus {corpus.pk} is already {running.status}",
-            code="policy_running",
-        )
+    _index_swap_check(corpus=corpus)
     settings_row = vector_selectors.serving_policy_of(corpus=corpus)
     defaults = settings_row or ServingPolicy()
 
@@ -468,6 +474,7 @@ def _policy_plan(*, user, corpus: Corpus, params: dict, named: bool) -> dict:
         "documents": corpus.documents.count(),
         "apply": params["apply"],
         "batch_size": params.get("batch_size"),
+        "shard_size": params.get("shard_size"),
     }
 
 
@@ -497,6 +504,7 @@ POLICY = job_kind_register(
         description="Decide each corpus's serving policy: evaluate the current one, the "
         "candidate version's queries on the current index (compensation none, qdc, adapter) "
         "and, where allowed, a shadow reindex; apply the best by the corpus's metric when it "
-        "beats the current one by more than the tolerance. Every candidate is an EvalRun.",
+        "beats the current one by more than the tolerance. Every candidate is an EvalRun. A "
+        "large shadow build splits into shard jobs (listed under the job), one set per corpus.",
     )
 )

@@ -14,6 +14,7 @@ from embedhub.core.selectors import owned_by
 from embedhub.corpora.models import Corpus
 from embedhub.evaluation.models import EvalRun
 from embedhub.evaluation.models import QuerySet as QuerySetModel
+from embedhub.jobs import selectors as job_selectors
 from embedhub.jobs.models import Job
 from embedhub.registry.models import ModelVersion
 from embedhub.registry.selectors import model_version_visible
@@ -70,8 +71,24 @@ def reindex_target_version(
     return version
 
 
-def reindex_running(*, corpus: Corpus) -> Job | None:
-    return Job.objects.filter(corpus=corpus, kind=Job.Kind.REINDEX, status__in=ACTIVE_JOB).first()
+def index_swapper_active(*, corpus: Corpus) -> Job | None:
+    """The oldest queued or running job that may build a shadow index of this corpus and
+    swap its active index: a reindex of it, or a policy job that will decide for it (a
+    policy job's plan that skips the corpus leaves it alone)."""
+    jobs = job_selectors.job_active_touching(
+        corpus_id=corpus.pk, kinds=(Job.Kind.REINDEX, Job.Kind.POLICY)
+    )
+    for job in jobs:
+        if job.kind != Job.Kind.POLICY or _policy_decides(job=job, corpus_id=corpus.pk):
+            return job
+    return None
+
+
+def _policy_decides(*, job: Job, corpus_id: int) -> bool:
+    plans = job.params.get("corpora")
+    if not plans:  # not planned per corpus: it named this one (that is how it matched)
+        return True
+    return any(plan.get("corpus") == corpus_id and not plan.get("skip") for plan in plans)
 
 
 def index_wanted_by_job(*, index: VectorIndex) -> bool:
@@ -120,15 +137,6 @@ def version_newest_descendant(*, user, ancestor: ModelVersion) -> ModelVersion |
         if vector_selectors.version_descends(version=version, ancestor=ancestor):
             return version
     return None
-
-
-def policy_running(*, corpus: Corpus) -> Job | None:
-    """A queued or running policy job that will decide for this corpus."""
-    return Job.objects.filter(
-        kind=Job.Kind.POLICY,
-        status__in=ACTIVE_JOB,
-        params__corpora__contains=[{"corpus": corpus.pk}],
-    ).first()
 
 
 def corpora_with_judgements(*, user) -> QuerySet[Corpus]:

@@ -6,8 +6,12 @@ scores every new or changed document of the upload before the upsert; those abov
 threshold are stored quarantined (out of search and evaluation, listed for the owner to
 approve or reject) and the job's result names them. Nothing is dropped.
 
-Only text features run here: hubness needs the documents' vectors and the corpus's
-queries, which an ingest does not have yet; the audit adds it (audits/defence.py).
+Only text features run at ingest: hubness needs the documents' vectors and the corpus's
+queries, which an ingest does not have yet. The index build adds it (vectors/hub_screen.py):
+once a screened corpus's vectors are written, the documents scored here that the index
+has not yet scored by hubness are, and those that too many known queries would rank in
+their top 10 are quarantined through `documents_hubness_record` below. The audit reports
+both (audits/defence.py).
 """
 
 from __future__ import annotations
@@ -19,13 +23,17 @@ from functools import lru_cache
 from django.db import connection, transaction
 
 from embedhub.corpora.models import Corpus, CorpusScreen, Document, QuarantineDecision
-from workers.ml.detectors import Screen, screen_fit
+from workers.ml.detectors import HUBNESS, Screen, screen_fit
 
 MIN_SCREEN_DOCUMENTS = 20
 MAX_FIT_DOCUMENTS = 20_000  # a seeded sample past this: the statistics settle long before
 REFIT_GROWTH = 2.0  # refit after an ingest once the clean corpus has doubled
 MAX_LISTED_IDS = 10_000
 SCREEN_BATCH = 2_000
+# screen_features key naming the index whose vectors a document's hubness was scored on:
+# bookkeeping, not a feature. An ingest that changes the document rewrites its features,
+# so a changed document is scored again at the next build.
+HUBNESS_INDEX = "hubness_index"
 
 
 @lru_cache(maxsize=1)
@@ -203,6 +211,73 @@ def corpus_screen_refresh(*, corpus_id: int) -> dict | None:
         return {"refit": False, "n_documents": row.n_documents}
     fitted = corpus_screen_fit(corpus=corpus)
     return {"refit": fitted is not None, "n_documents": fitted.n_documents if fitted else clean}
+
+
+def screen_features_shown(features: dict | None) -> list[tuple[str, object]]:
+    """A document's screen features as (name, value), without the bookkeeping keys."""
+    return [(name, value) for name, value in (features or {}).items() if name != HUBNESS_INDEX]
+
+
+@dataclass
+class HubnessRecorded:
+    quarantined: list[str]  # external ids this quarantined (they were searchable)
+    already_quarantined: int  # over the bar, but already held back by the text screen
+    approved: int  # over the bar, left searchable: their owner approved this version
+
+
+def documents_hubness_record(
+    *,
+    corpus_id: int,
+    index_id: int,
+    document_ids: list[int],
+    content_hashes: list[str],
+    hubness: list[float],
+    z: list[float],
+    flagged: list[bool],
+) -> HubnessRecorded:
+    """Store each document's hubness on index `index_id` in its screen_features and hold
+    back the flagged ones (screen_score becomes their hubness robust z where that is the
+    larger). A document changed since its vector was read is left alone (the content hash
+    must still match), and so is one its owner approved after its last change: approving
+    is a decision about that text, not to be undone by the next build. updated_at stays
+    as it is for that reason."""
+    with connection.cursor() as cur:
+        cur.execute(
+            "UPDATE corpora_document d SET"
+            " screen_features = coalesce(d.screen_features, '{}'::jsonb)"
+            "  || jsonb_build_object(%s::text, r.hubness, %s::text, %s::int),"
+            " screen_score = CASE WHEN r.hold THEN greatest(d.screen_score, r.z)"
+            "  ELSE d.screen_score END,"
+            " quarantined = d.quarantined OR r.hold"
+            " FROM (SELECT u.id, u.hubness, u.z, u.flagged, x.quarantined AS was,"
+            "  u.flagged AND NOT EXISTS (SELECT 1 FROM corpora_quarantinedecision q"
+            "   WHERE q.corpus_id = x.corpus_id AND q.external_id = x.external_id"
+            "   AND q.decision = %s AND q.decided_at >= x.updated_at) AS hold"
+            "  FROM unnest(%s::bigint[], %s::text[], %s::float8[], %s::float8[], %s::bool[])"
+            "   AS u(id, content_hash, hubness, z, flagged)"
+            "  JOIN corpora_document x ON x.id = u.id AND x.corpus_id = %s"
+            "   AND x.content_hash = u.content_hash) r"
+            " WHERE d.id = r.id"
+            " RETURNING d.external_id, r.flagged, r.hold, r.was",
+            [
+                HUBNESS,
+                HUBNESS_INDEX,
+                index_id,
+                QuarantineDecision.Decision.APPROVED.value,
+                [int(i) for i in document_ids],
+                list(content_hashes),
+                [float(h) for h in hubness],
+                [round(float(v), 5) for v in z],
+                [bool(f) for f in flagged],
+                corpus_id,
+            ],
+        )
+        rows = cur.fetchall()
+    return HubnessRecorded(
+        quarantined=sorted(ext for ext, _, hold, was in rows if hold and not was),
+        already_quarantined=sum(1 for _, _, hold, was in rows if hold and was),
+        approved=sum(1 for _, flag, hold, _ in rows if flag and not hold),
+    )
 
 
 # ------------------------------------------------------------------ owner actions

@@ -56,15 +56,19 @@ class JobContext:
             rate=rate,
             at_least=at_least,
         )
-        if self.job.parent_id:
-            # After the commit: the parent must never count rows that could still roll back.
-            parent_id = self.job.parent_id
-            transaction.on_commit(lambda: services.job_shards_roll_up(parent_id=parent_id))
         # Kept in step with the row: a later report of "the same" progress must not write an
         # older number back.
         self.job.progress_done = done
         if total is not None:
             self.job.progress_total = total
+        if unit is not None:
+            self.job.progress_unit = unit
+        if self.job.parent_id:
+            # After the commit: the parent must never count rows that could still roll back.
+            parent_id, unit = self.job.parent_id, self.job.progress_unit
+            transaction.on_commit(
+                lambda: services.job_shards_roll_up(parent_id=parent_id, unit=unit)
+            )
 
     def check_cancel(self) -> None:
         """A cancel point that writes no progress (only the heartbeat)."""

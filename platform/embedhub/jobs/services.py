@@ -235,9 +235,13 @@ def job_check_in(*, job: Job, **fields) -> None:
         raise JobCancelled()
 
 
-def job_shards_roll_up(*, parent_id: int) -> None:
+def job_shards_roll_up(*, parent_id: int, unit: str) -> None:
     """The parent's progress becomes the sum of its shards' (never lower: a shard's report
-    may be read before another's commit)."""
+    may be read before another's commit), where the parent counts in the shards' `unit`.
+
+    A parent counting something else (a policy job: steps across candidates and corpora,
+    its shards one shadow build's documents) is left alone; it maps the sum onto its own
+    count as it waits for its shards (jobs.sharding.job_shards_wait)."""
     total = (
         Job.objects.filter(parent_id=OuterRef("pk"))
         .values("parent_id")
@@ -246,7 +250,7 @@ def job_shards_roll_up(*, parent_id: int) -> None:
     )
     # A queued parent too: its worker was lost, yet its shards go on in other workers.
     active = (Job.Status.RUNNING, Job.Status.QUEUED)
-    Job.objects.filter(pk=parent_id, status__in=active).update(
+    Job.objects.filter(pk=parent_id, status__in=active, progress_unit=unit).update(
         progress_done=Greatest(F("progress_done"), Coalesce(Subquery(total), 0)),
         progressed_at=timezone.now(),
     )

@@ -117,6 +117,9 @@ class SearchApi(APIView):
         policy = serializers.IntegerField(
             allow_null=True, help_text="the serving policy followed (null: none)"
         )
+        note = serializers.CharField(
+            allow_blank=True, help_text="why the corpus's stored serving policy was not followed"
+        )
         results = HitSerializer(many=True)
 
     @extend_schema(request=InputSerializer, responses=OutputSerializer)
@@ -154,6 +157,7 @@ class SearchApi(APIView):
             **info,
             "exact": params["exact"],
             "policy": policy,
+            "note": serving.note,
             "results": hits,
         }
         return Response(self.OutputSerializer(body).data)

@@ -75,6 +75,19 @@ def _fake_encoder_check(*, encoder: str, field: str, source: str) -> None:
         )
 
 
+def shard_size_field(build: str = "the build") -> StrictIntegerField:
+    """`shard_size`, alike in every kind that builds an index (embed, reindex, policy)."""
+    return StrictIntegerField(
+        required=False,
+        allow_null=True,
+        min_value=0,
+        max_value=10_000_000,
+        help_text=f"split {build} into shard jobs of this many documents, which any number of "
+        "workers run at once, when more than this many are pending (default "
+        "EMBEDHUB_SHARD_SIZE, 50,000; 0 never shards)",
+    )
+
+
 class IndexOptionsParams(ParamsSerializer):
     """How an index is built; shared by `embed` and `reindex`. Unset fields are absent from
     the validated data, so a reindex can inherit them from the active index."""
@@ -126,15 +139,7 @@ class IndexOptionsParams(ParamsSerializer):
         "onnx-int8 (per-channel int8 on CPU: faster, slightly different vectors; a quality "
         "gate measures the loss against fp32 and refuses more than 0.5 nDCG@10 points)",
     )
-    shard_size = StrictIntegerField(
-        required=False,
-        allow_null=True,
-        min_value=0,
-        max_value=10_000_000,
-        help_text="split the build into shard jobs of this many documents, which any number of "
-        "workers run at once, when more than this many are pending (default "
-        "EMBEDHUB_SHARD_SIZE, 50,000; 0 never shards)",
-    )
+    shard_size = shard_size_field()
     force = StrictBooleanField(
         required=False,
         help_text="keep an onnx-int8 index even when its quality gate measures more than "

@@ -228,6 +228,44 @@ def index_vectors_of(*, index: VectorIndex, document_ids) -> dict[int, np.ndarra
         return {doc_id: vector.to_numpy().astype(np.float32) for doc_id, vector in cur.fetchall()}
 
 
+def index_current_vectors_of(
+    *, index: VectorIndex, document_ids
+) -> tuple[np.ndarray, list[str], np.ndarray]:
+    """(document ids, content hashes, chunk-0 vectors) of those of `document_ids` whose
+    vector in this index is of their current text, in id order."""
+    connection.ensure_connection()
+    register_vector(connection.connection)  # vectors arrive as numpy arrays, not text
+    with connection.cursor() as cur:
+        cur.execute(
+            f"SELECT v.document_id, v.content_hash, v.embedding::vector FROM {index.table_name} v"
+            " JOIN corpora_document d ON d.id = v.document_id AND d.content_hash = v.content_hash"
+            " WHERE v.chunk = 0 AND v.document_id = ANY(%s) ORDER BY v.document_id",
+            [[int(i) for i in document_ids]],
+        )
+        rows = cur.fetchall()
+    if not rows:
+        return np.zeros(0, np.int64), [], np.zeros((0, index.dimension), np.float32)
+    ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+    vectors = np.stack([r[2].to_numpy() for r in rows]).astype(np.float32, copy=False)
+    return ids, [r[1] for r in rows], vectors
+
+
+def hub_screen_candidate_ids(*, index: VectorIndex, marker: str) -> np.ndarray:
+    """Ids of the corpus's documents the ingest screen scored (screen_score set) whose
+    screen_features do not yet name this index under `marker`, and which the index holds a
+    current vector for: what a hubness screen of this index has still to score."""
+    with connection.cursor() as cur:
+        cur.execute(
+            f"SELECT d.id FROM corpora_document d WHERE d.corpus_id = %s"
+            " AND d.screen_score IS NOT NULL"
+            " AND (d.screen_features ->> %s) IS DISTINCT FROM %s"
+            f" AND EXISTS (SELECT 1 FROM {index.table_name} v WHERE v.document_id = d.id"
+            "  AND v.chunk = 0 AND v.content_hash = d.content_hash) ORDER BY d.id",
+            [index.corpus_id, marker, str(index.pk)],
+        )
+        return np.fromiter((row[0] for row in cur), dtype=np.int64)
+
+
 def document_ids_sample(*, corpus_id: int, n: int) -> list[int]:
     """`n` document ids of the corpus, the same ones on every call (ordered by a hash of
     the id, so the sample is spread over the corpus yet a retry measures the same)."""

@@ -13,10 +13,10 @@ from django.utils import timezone
 
 from embedhub.core.errors import Conflict
 from embedhub.corpora.models import Corpus
-from embedhub.jobs.sharding import job_shards_ensure, job_shards_wait
+from embedhub.jobs.sharding import job_shards, job_shards_ensure, job_shards_wait
 from embedhub.registry.encoders import encoder_for
 from embedhub.registry.models import ModelVersion
-from embedhub.vectors import hnsw, selectors, tables
+from embedhub.vectors import hnsw, hub_screen, selectors, tables
 from embedhub.vectors.models import ServingPolicy, VectorIndex
 from embedhub.vectors.quality import index_quality_gate
 from workers.ml.encoder import Chunking, fake_encoder_parse
@@ -122,7 +122,8 @@ def index_build(
     shard_size: int | None = None,
 ) -> dict:
     """Embed every document whose vector is missing or stale, pass the runtime's quality
-    gate (int8 only; `force` keeps an index it refuses), then build HNSW and mark ready.
+    gate (int8 only; `force` keeps an index it refuses), screen a screened corpus's new
+    documents by hubness (vectors/hub_screen.py), then build HNSW and mark ready.
 
     More than `shard_size` pending documents (default EMBEDHUB_SHARD_SIZE) are embedded by
     shard jobs over document-id ranges, which any number of workers run at once; HNSW is
@@ -148,7 +149,7 @@ def index_build(
         done = total - pending
         ctx.progress(done, total=total, unit="docs", note="embedding")
         size = settings.EMBEDHUB["SHARD_SIZE"] if shard_size is None else shard_size
-        if _sharded(ctx=ctx, size=size, pending=pending):
+        if _sharded(ctx=ctx, index=index, size=size, pending=pending):
             embedded, chunk_stats, shards = _embed_sharded(
                 index=index, ctx=ctx, total=total, size=size, batch_size=batch_size
             )
@@ -161,9 +162,13 @@ def index_build(
         quality = index_quality_gate(
             index=index, ctx=ctx, force=force, embedded=embedded, total=total
         )
+        # Here, once per build: every shard's vectors are written, and a document it
+        # quarantines is out of search before the index can serve.
+        screened = hub_screen.index_hub_screen(index=index, ctx=ctx, done=total)
         ctx.progress(total, total=total, unit="docs", note="building HNSW index")
         stats = _finalise(index=index, activate=activate, ctx=ctx, done=total)
     seconds = time.monotonic() - started
+    screening = {} if screened is None else {"screening": screened}
     return {
         "index": index.pk,
         "runtime": index.runtime,
@@ -180,21 +185,28 @@ def index_build(
         "hnsw": stats["hnsw"],
         "shards": shards,
         **chunk_stats,
+        **screening,
     }
 
 
-def _sharded(*, ctx, size: int, pending: int) -> bool:
+def _sharded(*, ctx, index: VectorIndex, size: int, pending: int) -> bool:
     """Shard when more is pending than one shard holds, or when an earlier attempt did (its
     shards may still be running). Only a job can shard: a build run in-process outside one
     (a benchmark, a test) has no workers to spread over."""
     job = getattr(ctx, "job", None)
     if job is None:
         return False
-    return 0 < size < pending or job.shards.exists()
+    return 0 < size < pending or job_shards(parent=job, scope=_shard_scope(index)).exists()
+
+
+def _shard_scope(index: VectorIndex) -> dict:
+    """What picks this build's shards among the job's: a policy job builds one shadow per
+    corpus, each through shards of its own."""
+    return {"index": index.pk}
 
 
 def _embed_sharded(*, index, ctx, total: int, size: int, batch_size) -> tuple[int, dict, int]:
-    """Shards over the whole corpus (so their totals sum to the job's), created once."""
+    """Shards over the whole corpus (so their totals sum to the build's), created once."""
     boundaries = selectors.corpus_id_boundaries(corpus_id=index.corpus_id, size=size)
     ends = [*boundaries[1:], None]
     params = [
@@ -205,8 +217,11 @@ def _embed_sharded(*, index, ctx, total: int, size: int, batch_size) -> tuple[in
         }
         for number, (lo, hi) in enumerate(zip(boundaries, ends, strict=True), start=1)
     ]
-    job_shards_ensure(parent=ctx.job, kind="embed", shard_params=params)
-    shards = job_shards_wait(ctx=ctx, unit="docs", total=total, label="embedding")
+    scope = _shard_scope(index)
+    job_shards_ensure(
+        parent=ctx.job, kind="embed", shard_params=params, scope=scope, corpus=index.corpus
+    )
+    shards = job_shards_wait(ctx=ctx, unit="docs", total=total, label="embedding", scope=scope)
     cut = {"chunks_dropped": 0, "documents_capped": 0}
     for shard in shards:
         for key in cut:

@@ -11,6 +11,8 @@ from workers.ml.detectors import (
     COMBINED,
     CharNgram,
     Screen,
+    hub_bar,
+    hub_reference,
     hubness,
     recall_report,
     screen_fit,
@@ -118,6 +120,45 @@ def test_hubness_counts_queries_whose_top_k_the_vector_enters():
     counts = hubness(docs, query_vecs=queries, kth_scores=kth, in_index=True)
     assert counts.sum() == 30 * 10  # every query's top 10, exactly once each
     assert hubness(hub, query_vecs=queries, kth_scores=kth)[0] > np.quantile(counts, 0.99)
+
+
+def test_hub_reference_streamed_in_blocks_matches_the_whole_matrix():
+    rng = np.random.default_rng(1)
+    queries = rng.normal(size=(30, 16))
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    docs = rng.normal(size=(500, 16)).astype(np.float32)
+    docs /= np.linalg.norm(docs, axis=1, keepdims=True)
+    scores = queries.astype(np.float32) @ docs.T
+    kth = -np.sort(-scores, axis=1)[:, 9]
+    top10 = np.argsort(-scores, axis=1)[:, :10]
+    whole = np.bincount(top10.ravel(), minlength=len(docs)).astype(float)
+    for size in (1, 7, 64, 500):
+        blocks = (docs[i : i + size] for i in range(0, len(docs), size))
+        ref = hub_reference(queries, blocks, k=10)
+        assert np.allclose(ref.kth_scores, kth, atol=1e-6)
+        assert np.array_equal(ref.clean_hubness, whole)
+        assert ref.n_clean == 500 and ref.clean_hubness.sum() == 30 * 10
+
+
+def test_hub_reference_with_fewer_vectors_than_k_leaves_the_kth_score_open():
+    ref = hub_reference(np.eye(3), [np.eye(3)[:2]], k=10)
+    assert np.all(np.isneginf(ref.kth_scores)) and ref.clean_hubness.tolist() == [3, 3]
+
+
+def test_hub_bar_is_the_clean_rate_and_never_flags_a_passage_no_query_ranks():
+    clean = np.zeros(1000)
+    clean[:5] = 1.0  # 0.5 % of clean documents are in some top 10: below the 1 % rate
+    bar = hub_bar(clean, fpr=0.01)
+    assert bar.threshold == 0.0
+    assert bar.flags(np.array([0.0, 1.0])).tolist() == [False, True]
+    assert hub_bar(clean, fpr=0.01, floor=2.0).flags(np.array([2.0, 3.0])).tolist() == [
+        False,
+        True,
+    ]
+    spread = np.random.default_rng(0).poisson(2.0, size=2000).astype(float)
+    bar = hub_bar(spread, fpr=0.01)
+    assert np.mean(bar.flags(spread)) <= 0.01
+    assert bar.z(np.array([bar.median]))[0] == 0.0 and bar.z(np.array([20.0]))[0] > 3
 
 
 def test_extra_features_are_calibrated_and_reported_with_the_text_ones():

@@ -19,6 +19,9 @@ corpus's ServingPolicy. The reindex gate is the special case "current vs reindex
 Progress counts units: one per candidate evaluation and, for a reindex, one per document of
 the shadow build, so it only ever rises. Each finished corpus is checkpointed: a retried or
 resumed job does not measure it again.
+
+A large shadow build splits into shard jobs under this job like a reindex's (`shard_size`);
+each corpus's shadow has its own shards, and a retry resumes the unfinished ones.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from embedhub.evaluation.models import QuerySet
 from embedhub.evaluation.services import evaluation_run
 from embedhub.jobs.models import Job
 from embedhub.jobs.services import JobCancelled, JobLost
+from embedhub.jobs.sharding import SHARD_FAILED
 from embedhub.jobs.submission import job_submit_checked
 from embedhub.registry.models import ModelVersion
 from embedhub.vectors import compensation as qdc
@@ -70,15 +74,26 @@ class _Scaled:
     def checkpoint(self) -> dict:
         return {}  # a build resumes from its table, not from the policy job's checkpoint
 
-    def progress(self, done: int, *, total: int | None = None, note: str | None = None, **_):
+    def progress(
+        self,
+        done: int,
+        *,
+        total: int | None = None,
+        note: str | None = None,
+        at_least: bool = False,
+        **_,
+    ):
         # A report without a total (the HNSW build's notes) is of the last total given.
         self._of = total if total is not None else self._of
         share = min(done / self._of, 1.0) if self._of else 0.0
+        # at_least (a sharded build's sums) is passed on though nothing else writes this
+        # job's count: shards roll up only into a parent counting documents, not steps.
         self.ctx.progress(
             self.base + int(self.units * share),
             total=self.total,
             unit="steps",
             note=f"{self.label}: {note}" if note else self.label,
+            at_least=at_least,
         )
 
     def check_cancel(self) -> None:
@@ -180,18 +195,21 @@ def _reindex_candidate(measure: _Measure, *, serving, version, plan, progress: _
             options=_index_options(serving.index),
         )
     try:
-        # Never sharded: shard jobs roll their sum into their parent's progress, which here
-        # counts candidates, not documents.
+        # Sharded like a reindex's build (None: EMBEDHUB_SHARD_SIZE). The shards are this
+        # shadow's own (another corpus's has others) and roll no sum into this job, which
+        # counts steps: `progress` maps the documents they did onto the build's steps.
         index_build(
             index=shadow,
             ctx=progress,
             batch_size=plan.get("batch_size"),
             activate=False,
-            shard_size=0,
+            shard_size=plan.get("shard_size"),
         )
     except (JobCancelled, JobLost):
         raise  # the shadow stays "building": a retry resumes it
     except ApplicationError as exc:  # the int8 quality gate, a dropped index, ...
+        if exc.code == SHARD_FAILED:
+            raise  # the job fails; its retry resumes the shards, keeping the finished ones
         VectorIndex.objects.filter(pk=shadow.pk).update(state=VectorIndex.State.FAILED)
         return _skipped("reindex", f"shadow build refused: {exc.message}", index=shadow.pk), None
     shadow.refresh_from_db()
