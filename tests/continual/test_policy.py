@@ -278,21 +278,64 @@ def test_a_reindex_is_refused_while_a_policy_job_covering_its_corpus_is_queued(a
     assert VectorIndex.objects.filter(corpus=corpus).count() == indexes  # no shadow left
 
 
-def test_a_policy_job_is_refused_while_a_reindex_of_one_of_its_corpora_is_queued(
-    api, user, lineage
-):
+def test_a_policy_job_naming_a_corpus_a_reindex_is_queued_for_is_refused(api, user, lineage):
     corpus, _, _ = qdc_wins(user, lineage)
     params = {"corpus": corpus.pk, "model_version": lineage[1].pk}
     reindex, _ = job_submit_checked(user=user, kind="reindex", params=params)
-    for params in ({"corpus": corpus.pk}, {}):  # named, and as one of all the caller's
-        response = _api_job(api, "policy", **params)
-        assert response.status_code == 409, response.content
-        error = response.json()["error"]
-        assert error["code"] == "reindex_running"
-        assert f"reindex job {reindex.pk} covering corpus {corpus.pk}" in error["message"]
+    response = _api_job(api, "policy", corpus=corpus.pk)
+    assert response.status_code == 409, response.content
+    error = response.json()["error"]
+    assert error["code"] == "reindex_running"
+    assert f"reindex job {reindex.pk} covering corpus {corpus.pk}" in error["message"]
     assert not Job.objects.filter(kind="policy").exists()
     Job.objects.filter(pk=reindex.pk).update(status=Job.Status.SUCCEEDED)
     assert _api_job(api, "policy", corpus=corpus.pk).status_code == 202
+
+
+def test_a_policy_job_over_all_corpora_skips_one_a_reindex_is_queued_for(api, user, lineage):
+    busy, _, _ = qdc_wins(user, lineage)
+    free, _, _ = qdc_wins(user, lineage)
+    params = {"corpus": busy.pk, "model_version": lineage[1].pk}
+    reindex, _ = job_submit_checked(user=user, kind="reindex", params=params)
+    response = _api_job(api, "policy")  # a scheduled run must not fail for every corpus
+    assert response.status_code == 202, response.content
+    policy = Job.objects.get(pk=response.json()["id"])
+    plans = {plan["corpus"]: plan for plan in policy.params["corpora"]}
+    assert plans[busy.pk]["skip"] == f"reindex job {reindex.pk} is queued"
+    assert "skip" not in plans[free.pk] and plans[free.pk]["model_version"] == lineage[1].pk
+
+    # Its retry re-checks only the corpora it decides for: the skipped one stays skipped.
+    Job.objects.filter(pk=policy.pk).update(status=Job.Status.FAILED)
+    response = api.post(f"/api/v1/jobs/{policy.pk}/retry/")
+    assert response.status_code == 202, response.content
+
+
+def test_a_failed_policy_job_is_not_retried_while_a_reindex_of_its_corpus_is_queued(
+    api, client, user, lineage
+):
+    corpus, _, _ = qdc_wins(user, lineage)
+    policy, _ = job_submit_checked(user=user, kind="policy", params={"corpus": corpus.pk})
+    Job.objects.filter(pk=policy.pk).update(status=Job.Status.FAILED, error="a shard failed")
+    # A failed policy job blocks nothing, so a reindex of its corpus gets in...
+    params = {"corpus": corpus.pk, "model_version": lineage[1].pk}
+    reindex, _ = job_submit_checked(user=user, kind="reindex", params=params)
+    # ... and the policy job's retry must then wait for it, like a submission would.
+    response = api.post(f"/api/v1/jobs/{policy.pk}/retry/")
+    assert response.status_code == 409, response.content
+    error = response.json()["error"]
+    assert error["code"] == "reindex_running"
+    assert f"reindex job {reindex.pk} covering corpus {corpus.pk}" in error["message"]
+    client.force_login(user)
+    page = client.post(f"/jobs/{policy.pk}/retry/", follow=True)
+    assert page.status_code == 200
+    assert f"reindex job {reindex.pk} covering corpus {corpus.pk}" in page.content.decode()
+    policy.refresh_from_db()
+    assert (policy.status, policy.error) == ("failed", "a shard failed")
+
+    Job.objects.filter(pk=reindex.pk).update(status=Job.Status.SUCCEEDED)
+    response = api.post(f"/api/v1/jobs/{policy.pk}/retry/")
+    assert response.status_code == 202, response.content
+    assert Job.objects.get(pk=policy.pk).status == Job.Status.QUEUED
 
 
 def test_a_shard_or_a_skipping_policy_job_never_blocks_a_corpus(api, user, lineage):

@@ -105,6 +105,26 @@ def test_second_reindex_of_a_corpus_is_refused_while_one_is_queued(api, user, co
     assert f"job {first.pk}" in response.json()["error"]["message"]
 
 
+def test_a_failed_reindex_is_not_retried_while_another_of_its_corpus_is_queued(
+    api, user, corpus, lineage
+):
+    v1, _ = lineage
+    make_documents(corpus, 5)
+    _embed(user, corpus, v1)
+    first = _reindex(user, corpus=corpus.pk)
+    Job.objects.filter(pk=first.pk).update(status=Job.Status.FAILED)
+    second = _reindex(user, corpus=corpus.pk)  # a failed reindex blocks nothing
+    response = api.post(f"/api/v1/jobs/{first.pk}/retry/")
+    assert response.status_code == 409, response.content
+    assert response.json()["error"]["code"] == "reindex_running"
+    assert f"reindex job {second.pk}" in response.json()["error"]["message"]
+    assert Job.objects.get(pk=first.pk).status == Job.Status.FAILED
+
+    Job.objects.filter(pk=second.pk).update(status=Job.Status.CANCELLED)
+    response = api.post(f"/api/v1/jobs/{first.pk}/retry/")
+    assert response.status_code == 202, response.content
+
+
 def test_reindex_of_another_users_corpus_is_not_found(other_api, user, corpus, lineage):
     make_documents(corpus, 5)
     _embed(user, corpus, lineage[0])

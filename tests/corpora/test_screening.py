@@ -5,16 +5,18 @@ their owner only."""
 from __future__ import annotations
 
 import json
+import threading
 
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
+from django.db import connection, transaction
 
 from embedhub.corpora import screening
 from embedhub.corpora.models import Corpus, CorpusScreen, Document, QuarantineDecision
 from embedhub.jobs.submission import job_submit_checked
-from tests.conftest import wait_for_job
+from tests.conftest import wait_for_job, wait_until
 from tests.corpora.conftest import write_jsonl
-from tests.factories import ModelVersionFactory
+from tests.factories import CorpusFactory, ModelVersionFactory
 from tests.screening_texts import ADVERSARIAL, clean_documents
 
 
@@ -134,3 +136,142 @@ def test_quarantine_through_a_real_ingest_job_search_and_the_api(api, other_api,
     left = api.get(f"{base}/").json()
     assert {d["external_id"] for d in left["documents"]} == {"adv2", "adv3"}
     assert [d["decision"] for d in left["decisions"]] == ["rejected", "approved"]
+
+
+def _hubness_record(doc: Document, *, content_hash: str | None = None, flagged: bool = True):
+    """Record one document's hubness as an index build does, flagged over the bar."""
+    return screening.documents_hubness_record(
+        corpus_id=doc.corpus_id,
+        index_id=1,
+        document_ids=[doc.pk],
+        content_hashes=[content_hash or doc.content_hash],
+        hubness=[9.0],
+        z=[7.5],
+        flagged=[flagged],
+    )
+
+
+def _quarantined_and_approved(tmp_path, ingest, corpus, user) -> Document:
+    ingest(write_jsonl(tmp_path / "a.jsonl", [{"_id": "d0", "text": ADVERSARIAL[0], "v": 1}]))
+    doc = Document.objects.get(corpus=corpus, external_id="d0")
+    Document.objects.filter(pk=doc.pk).update(quarantined=True)  # as the ingest screen would
+    doc.refresh_from_db()
+    decision = screening.document_quarantine_approve(document=doc, user=user)
+    assert decision.content_hash == doc.content_hash
+    return doc
+
+
+# Transactional: each upload's now() is its own, so the re-upload is newer than the approval.
+@pytest.mark.django_db(transaction=True)
+def test_an_approved_document_whose_metadata_alone_changes_is_not_quarantined_again(
+    tmp_path, ingest, corpus, user
+):
+    doc = _quarantined_and_approved(tmp_path, ingest, corpus, user)
+    approved_at = QuarantineDecision.objects.get(external_id="d0").decided_at
+    result = ingest(
+        write_jsonl(tmp_path / "b.jsonl", [{"_id": "d0", "text": ADVERSARIAL[0], "v": 2}])
+    )
+    assert result["metadata_updated"] == 1
+    doc.refresh_from_db()
+    assert doc.updated_at > approved_at and doc.metadata == {"v": 2}  # newer than the approval
+
+    recorded = _hubness_record(doc)
+    assert recorded.quarantined == [] and recorded.approved == 1
+    doc.refresh_from_db()
+    assert not doc.quarantined and doc.screen_features[screening.HUBNESS_INDEX] == 1
+
+
+@pytest.mark.django_db
+def test_an_approval_does_not_cover_the_documents_next_text(tmp_path, ingest, corpus, user):
+    _quarantined_and_approved(tmp_path, ingest, corpus, user)
+    ingest(write_jsonl(tmp_path / "b.jsonl", [{"_id": "d0", "text": ADVERSARIAL[1]}]))
+    doc = Document.objects.get(corpus=corpus, external_id="d0")
+
+    recorded = _hubness_record(doc)
+    assert recorded.quarantined == ["d0"] and recorded.approved == 0
+    doc.refresh_from_db()
+    assert doc.quarantined and doc.screen_score == 7.5
+
+
+@pytest.mark.django_db
+def test_hubness_read_from_a_vector_of_older_text_is_not_recorded(tmp_path, ingest, corpus):
+    ingest(write_jsonl(tmp_path / "a.jsonl", [{"_id": "d0", "text": ADVERSARIAL[0]}]))
+    doc = Document.objects.get(corpus=corpus, external_id="d0")
+
+    recorded = _hubness_record(doc, content_hash="0" * 64)
+    assert recorded.quarantined == [] and recorded.already_quarantined == recorded.approved == 0
+    doc.refresh_from_db()
+    assert not doc.quarantined and doc.screen_features is None
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_approval_committed_while_hubness_is_recorded_is_not_overwritten(user):
+    """The record's snapshot predates the approval: it sees the document quarantined and
+    unapproved, then waits on the approval's row lock. Once the approval commits it must
+    skip the row rather than quarantine it again."""
+    corpus = CorpusFactory(owner=user, name="race")
+    doc = Document.objects.create(
+        corpus=corpus, external_id="d0", text="x", content_hash="a" * 64, quarantined=True
+    )
+    outcome: dict = {}
+
+    def record() -> None:
+        try:
+            with connection.cursor() as cur:
+                cur.execute("SELECT pg_backend_pid()")
+                outcome["pid"] = cur.fetchone()[0]
+            outcome["recorded"] = _hubness_record(doc)
+        except Exception as exc:  # surfaced by the assertions below
+            outcome["error"] = exc
+        finally:
+            connection.close()
+
+    with transaction.atomic():
+        screening.document_quarantine_approve(document=doc, user=user)  # holds the row lock
+        recorder = threading.Thread(target=record)
+        recorder.start()
+        wait_until(lambda: _waiting_on_a_lock(outcome.get("pid")), timeout=20, what="the lock")
+    recorder.join(timeout=20)
+
+    assert "error" not in outcome, outcome.get("error")
+    recorded = outcome["recorded"]
+    assert recorded.quarantined == [] and recorded.already_quarantined == 0
+    doc.refresh_from_db()
+    assert not doc.quarantined  # the approval stands
+    assert doc.screen_features is None  # skipped whole: the next build scores it
+
+
+def _waiting_on_a_lock(pid: int | None) -> bool:
+    if pid is None:
+        return False
+    with connection.cursor() as cur:
+        cur.execute("SELECT EXISTS (SELECT 1 FROM pg_locks WHERE pid = %s AND NOT granted)", [pid])
+        return cur.fetchone()[0]
+
+
+@pytest.mark.django_db
+def test_the_migration_gives_old_approvals_the_hash_of_a_document_unchanged_since(user):
+    from datetime import timedelta
+    from importlib import import_module
+
+    backfill = import_module(
+        "embedhub.corpora.migrations.0004_quarantinedecision_content_hash"
+    ).BACKFILL
+    corpus = CorpusFactory(owner=user, name="old")
+    kept = Document.objects.create(corpus=corpus, external_id="kept", text="a", content_hash="a")
+    changed = Document.objects.create(
+        corpus=corpus, external_id="changed", text="b", content_hash="b"
+    )
+    for doc in (kept, changed, None):
+        QuarantineDecision.objects.create(
+            corpus=corpus,
+            external_id=doc.external_id if doc else "rejected",
+            decision="approved" if doc else "rejected",
+        )
+    later = QuarantineDecision.objects.get(external_id="kept").decided_at + timedelta(hours=1)
+    Document.objects.filter(pk=changed.pk).update(updated_at=later)  # changed after approval
+    with connection.cursor() as cur:
+        cur.execute(backfill)
+
+    hashes = dict(QuarantineDecision.objects.values_list("external_id", "content_hash"))
+    assert hashes == {"kept": "a", "changed": "", "rejected": ""}

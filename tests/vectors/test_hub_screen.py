@@ -109,8 +109,8 @@ def _plant_hub(index: VectorIndex, texts: list[str]) -> None:
     )
 
 
-def _build(index: VectorIndex, ctx=None) -> dict:
-    return services.index_build(index=index, ctx=ctx or _Ctx())
+def _build(index: VectorIndex, ctx=None, **kwargs) -> dict:
+    return services.index_build(index=index, ctx=ctx or _Ctx(), **kwargs)
 
 
 def _held(corpus) -> set[str]:
@@ -175,11 +175,79 @@ def test_a_document_its_owner_approved_is_not_quarantined_again_by_another_index
 
     second = _fake_index(user, corpus)  # another index: every screened document again
     _plant_hub(second, QUERIES[:8])
-    report = _build(second)["screening"]
+    report = _build(second, activate=True)["screening"]
     assert report["screened"] == 21 and report["quarantined"] == 0
     assert report["over_bar_approved"] == 1
     hub.refresh_from_db()
     assert not hub.quarantined and hub.screen_features[screening.HUBNESS_INDEX] == second.pk
+
+
+def test_another_index_keeps_the_documents_screened_before_as_its_clean_reference(
+    user, screened_corpus
+):
+    corpus = screened_corpus
+    _queries(corpus, QUERIES[:8])
+    first = _fake_index(user, corpus)
+    _plant_hub(first, QUERIES[:8])
+    _build(first)
+    assert _held(corpus) == {"hub"}
+
+    second = _fake_index(user, corpus)
+    _plant_hub(second, QUERIES[:8])
+    report = _build(second, activate=True)["screening"]
+    # The 20 documents that passed on the first index are reference, not left out of it.
+    assert report["clean_documents"] == 220 and report["screened"] == 21
+    assert report["quarantined"] == 0 and report["over_bar_already_quarantined"] == 1
+    assert _held(corpus) == {"hub"}
+    rescored = Document.objects.filter(corpus=corpus, external_id__startswith="n")
+    assert {d.screen_features[screening.HUBNESS_INDEX] for d in rescored} == {second.pk}
+    # Each one's hubness is its own count in the second index's top 10s (it is one of them).
+    counts = [d.screen_features["hubness"] for d in rescored]
+    assert sum(counts) > 0 and max(counts) <= report["threshold"]
+
+
+def test_a_shadow_build_quarantines_nothing_and_its_activation_screens_it(user, screened_corpus):
+    corpus = screened_corpus
+    _queries(corpus, QUERIES[:8])
+    live = _fake_index(user, corpus)  # no hub in its vectors: nothing held back
+    assert _build(live)["screening"]["quarantined"] == 0
+    shadow = _fake_index(user, corpus)
+    _plant_hub(shadow, QUERIES[:8])
+
+    report = _build(shadow, activate=False)["screening"]
+    assert report["screened"] == 0 and "not active" in report["skipped"]
+    assert _held(corpus) == set()
+    assert not Document.objects.filter(
+        corpus=corpus, screen_features__contains={screening.HUBNESS_INDEX: shadow.pk}
+    ).exists()
+
+    activated, report = services.index_activate_screened(index=shadow, ctx=_Ctx())
+    corpus.refresh_from_db()
+    assert corpus.active_index_id == activated.pk == shadow.pk
+    assert report["screened"] == 21 and report["quarantined_ids"] == ["hub"]
+    assert _held(corpus) == {"hub"}
+
+
+def test_a_hand_rollback_swaps_at_once_and_the_next_build_screens_keeping_approvals(
+    user, screened_corpus
+):
+    corpus = screened_corpus
+    _queries(corpus, QUERIES[:8])
+    old = _fake_index(user, corpus)
+    _plant_hub(old, QUERIES[:8])
+    _build(old)
+    hub = Document.objects.get(corpus=corpus, external_id="hub")
+    screening.document_quarantine_approve(document=hub, user=user)
+    new = _fake_index(user, corpus)
+    _build(new, activate=True)
+    services.index_activate(index=old)  # the rollback, as the API and dashboard call it
+    hub.refresh_from_db()  # no screen in the request: still as the other index scored it
+    assert hub.screen_features[screening.HUBNESS_INDEX] == new.pk and not hub.quarantined
+    corpus.refresh_from_db()
+    assert corpus.active_index_id == old.pk
+    _build(old)  # the active index's next build screens it again; the approval holds
+    hub.refresh_from_db()
+    assert hub.screen_features[screening.HUBNESS_INDEX] == old.pk and not hub.quarantined
 
 
 def test_without_known_queries_the_screen_is_skipped_and_waits_for_them(user, screened_corpus):
@@ -237,3 +305,31 @@ def test_the_real_model_quarantines_a_passage_made_of_the_known_queries(user):
     assert report["quarantined_ids"] == ["hub"]
     hub = Document.objects.get(corpus=corpus, external_id="hub")
     assert hub.quarantined and hub.screen_features["hubness"] >= len(QUERIES) // 2
+
+
+def test_an_approved_hub_whose_metadata_alone_changed_stays_searchable_on_the_next_index(
+    user, screened_corpus
+):
+    """The approval is of the hub's text: a re-upload that changes only its metadata (and so
+    its updated_at, after the approval) does not let the next index quarantine it again."""
+    from django.utils import timezone
+
+    corpus = screened_corpus
+    _queries(corpus, QUERIES[:8])
+    first = _fake_index(user, corpus)
+    _plant_hub(first, QUERIES[:8])
+    _build(first, activate=True)
+    hub = Document.objects.get(corpus=corpus, external_id="hub")
+    assert hub.quarantined
+    decision = screening.document_quarantine_approve(document=hub, user=user)
+    # What the ingest's upsert does to a metadata-only change (corpora/loading.py).
+    Document.objects.filter(pk=hub.pk).update(metadata={"source": "v2"}, updated_at=timezone.now())
+    hub.refresh_from_db()
+    assert hub.updated_at > decision.decided_at and hub.content_hash == decision.content_hash
+
+    second = _fake_index(user, corpus)
+    _plant_hub(second, QUERIES[:8])
+    report = _build(second, activate=True)["screening"]
+    assert "hub" not in report["quarantined_ids"] and report["over_bar_approved"] == 1
+    hub.refresh_from_db()
+    assert not hub.quarantined and hub.screen_features[screening.HUBNESS_INDEX] == second.pk

@@ -202,9 +202,10 @@ def hubness(
 ) -> np.ndarray:
     """How many queries would rank each vector in their top k: its cosine beats the query's
     k-th best real score (ties count only for a vector already in the index, whose own score
-    is among the real ones)."""
-    scores = np.atleast_2d(np.asarray(vecs, np.float64)) @ np.asarray(query_vecs, np.float64).T
-    kth = np.asarray(kth_scores, np.float64)[None, :]
+    is among the real ones). Float32, like hub_reference's k-th scores: a vector scored
+    in float64 could beat a k-th score that is its own float32 score rounded down."""
+    scores = np.atleast_2d(np.asarray(vecs, np.float32)) @ np.asarray(query_vecs, np.float32).T
+    kth = np.asarray(kth_scores, np.float32)[None, :]
     hits = scores >= kth if in_index else scores > kth
     return hits.sum(axis=1).astype(np.float64)
 

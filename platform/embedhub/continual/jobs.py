@@ -14,6 +14,7 @@ from embedhub.corpora.models import Corpus
 from embedhub.evaluation.jobs import query_set_lookup
 from embedhub.evaluation.models import Qrel
 from embedhub.jobs.kinds import JobKind, job_kind_register
+from embedhub.jobs.models import Job
 from embedhub.jobs.params import (
     ParamsSerializer,
     StrictBooleanField,
@@ -282,19 +283,32 @@ class ReindexParams(IndexOptionsParams):
         return attrs
 
 
-def _index_swap_check(*, corpus: Corpus) -> None:
+def _index_swap_check(*, corpus: Corpus, exclude: int | None = None) -> None:
     """Refuse a second job that may build a shadow index of `corpus` and swap it in: a
     reindex and a policy job (or two of either) would race for the active index. Called
-    under the corpus's row lock, so of two simultaneous submissions the second sees the
-    first."""
-    blocker = selectors.index_swapper_active(corpus=corpus)
+    under the corpus's row lock, so of two simultaneous submissions (or a submission and a
+    retry) the second sees the first. `exclude`: the job being retried."""
+    blocker = selectors.index_swapper_active(corpus=corpus, exclude=exclude)
     if blocker is not None:
-        raise Conflict(
-            f"{blocker.kind} job {blocker.pk} covering corpus {corpus.pk} is already "
-            f"{blocker.status}; it may build a shadow index and swap the active one, so "
-            "wait for it or cancel it",
-            code=f"{blocker.kind}_running",
-        )
+        raise _swap_conflict(blocker=blocker, corpus=corpus)
+
+
+def _swap_conflict(*, blocker: Job, corpus: Corpus) -> Conflict:
+    return Conflict(
+        f"{blocker.kind} job {blocker.pk} covering corpus {corpus.pk} is already "
+        f"{blocker.status}; it may build a shadow index and swap the active one, so "
+        "wait for it or cancel it",
+        code=f"{blocker.kind}_running",
+    )
+
+
+def _index_swap_retry_check(*, job: Job, corpus_ids: list[int]) -> None:
+    """Before `job` (a reindex or a policy job) is queued again: the corpora it may swap,
+    row-locked in pk order like a submission locks them, have no other such job active (one
+    may have been let in while this one had failed). A corpus deleted since is skipped."""
+    corpora = Corpus.objects.filter(pk__in=corpus_ids).select_for_update().order_by("pk")
+    for corpus in corpora:
+        _index_swap_check(corpus=corpus, exclude=job.pk)
 
 
 def _inherited(active: VectorIndex | None) -> dict:
@@ -345,6 +359,10 @@ def reindex_prepare(*, user, params: dict) -> tuple[dict, Corpus]:
     return prepared, corpus
 
 
+def reindex_before_retry(*, job: Job) -> None:
+    _index_swap_retry_check(job=job, corpus_ids=[job.params.get("corpus") or job.corpus_id])
+
+
 REINDEX = job_kind_register(
     JobKind(
         name="reindex",
@@ -352,6 +370,7 @@ REINDEX = job_kind_register(
         params=ReindexParams,
         prepare=reindex_prepare,
         run=reindex.reindex_job_run,
+        before_retry=reindex_before_retry,
         description="Build a shadow index of a corpus with a newer model version, optionally "
         "gate it on nDCG@10, then swap it in atomically (the old index is kept for rollback).",
     )
@@ -445,7 +464,8 @@ def _policy_problem(*, corpus: Corpus, query_set, serving, version) -> tuple[str
 
 def _policy_plan(*, user, corpus: Corpus, params: dict, named: bool) -> dict:
     """What the job does for one corpus, fixed at submission; a corpus the job was asked
-    about by name gets an error instead of a skip."""
+    about by name gets an error instead of a skip (nothing to decide, or another job that
+    may swap its index is active: a run over all corpora must not fail for one busy one)."""
     plan = {"corpus": corpus.pk}
     query_set = params.get("query_set") or selectors.policy_query_set(corpus=corpus)
     serving = vector_selectors.serving_resolve(corpus=corpus) if corpus.active_index_id else None
@@ -457,7 +477,11 @@ def _policy_plan(*, user, corpus: Corpus, params: dict, named: bool) -> dict:
         raise serializers.ValidationError({problem[0]: problem[1]})
     if problem:
         return {**plan, "skip": problem[1]}
-    _index_swap_check(corpus=corpus)
+    blocker = selectors.index_swapper_active(corpus=corpus)
+    if blocker is not None and named:
+        raise _swap_conflict(blocker=blocker, corpus=corpus)
+    if blocker is not None:  # a run over all corpora goes on with the others
+        return {**plan, "skip": f"{blocker.kind} job {blocker.pk} is {blocker.status}"}
     settings_row = vector_selectors.serving_policy_of(corpus=corpus)
     defaults = settings_row or ServingPolicy()
 
@@ -494,6 +518,15 @@ def policy_prepare(*, user, params: dict) -> tuple[dict, Corpus | None]:
     return {"corpora": plans}, named
 
 
+def policy_before_retry(*, job: Job) -> None:
+    # A skipped corpus stays skipped on a retry: only those the job decides for count.
+    plans = job.params.get("corpora")
+    if not plans:  # not planned per corpus: it named its one
+        plans = [{"corpus": job.corpus_id}] if job.corpus_id else []
+    corpus_ids = [plan["corpus"] for plan in plans if not plan.get("skip")]
+    _index_swap_retry_check(job=job, corpus_ids=corpus_ids)
+
+
 POLICY = job_kind_register(
     JobKind(
         name="policy",
@@ -501,6 +534,7 @@ POLICY = job_kind_register(
         params=PolicyParams,
         prepare=policy_prepare,
         run=policy.policy_job_run,
+        before_retry=policy_before_retry,
         description="Decide each corpus's serving policy: evaluate the current one, the "
         "candidate version's queries on the current index (compensation none, qdc, adapter) "
         "and, where allowed, a shadow reindex; apply the best by the corpus's metric when it "

@@ -71,13 +71,16 @@ def reindex_target_version(
     return version
 
 
-def index_swapper_active(*, corpus: Corpus) -> Job | None:
+def index_swapper_active(*, corpus: Corpus, exclude: int | None = None) -> Job | None:
     """The oldest queued or running job that may build a shadow index of this corpus and
     swap its active index: a reindex of it, or a policy job that will decide for it (a
-    policy job's plan that skips the corpus leaves it alone)."""
+    policy job's plan that skips the corpus leaves it alone). `exclude`: a job id left out
+    (the one being retried, which is checked against the others)."""
     jobs = job_selectors.job_active_touching(
         corpus_id=corpus.pk, kinds=(Job.Kind.REINDEX, Job.Kind.POLICY)
     )
+    if exclude is not None:
+        jobs = jobs.exclude(pk=exclude)
     for job in jobs:
         if job.kind != Job.Kind.POLICY or _policy_decides(job=job, corpus_id=corpus.pk):
             return job

@@ -85,6 +85,9 @@ class QuarantineDecision(models.Model):
     decision = models.CharField(max_length=16, choices=Decision.choices)
     score = models.FloatField(null=True, blank=True)
     excerpt = models.TextField(blank=True, default="")
+    # The text decided on (the document's content_hash then): an approval holds for that
+    # text only, so a later metadata-only re-upload keeps it and a text change does not.
+    content_hash = models.CharField(max_length=64, blank=True, default="")
     decided_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
     )

@@ -238,9 +238,15 @@ def documents_hubness_record(
     """Store each document's hubness on index `index_id` in its screen_features and hold
     back the flagged ones (screen_score becomes their hubness robust z where that is the
     larger). A document changed since its vector was read is left alone (the content hash
-    must still match), and so is one its owner approved after its last change: approving
-    is a decision about that text, not to be undone by the next build. updated_at stays
-    as it is for that reason."""
+    must still match), and so is one its owner approved in this text: approving is a
+    decision about that text (QuarantineDecision.content_hash), not to be undone by the
+    next build nor by a re-upload that changes only its metadata. updated_at stays as it
+    is, so that the ingest's and this bookkeeping do not look like a change.
+
+    `hold` is decided on the statement's snapshot. Under READ COMMITTED a row another
+    transaction changes meanwhile (an approval, a new text) is re-read when the update
+    reaches it, so the outer WHERE asks for it to be as the snapshot saw it: a changed row
+    is skipped, not overwritten, and the next build scores it."""
     with connection.cursor() as cur:
         cur.execute(
             "UPDATE corpora_document d SET"
@@ -250,14 +256,16 @@ def documents_hubness_record(
             "  ELSE d.screen_score END,"
             " quarantined = d.quarantined OR r.hold"
             " FROM (SELECT u.id, u.hubness, u.z, u.flagged, x.quarantined AS was,"
+            "  x.content_hash, x.updated_at,"
             "  u.flagged AND NOT EXISTS (SELECT 1 FROM corpora_quarantinedecision q"
             "   WHERE q.corpus_id = x.corpus_id AND q.external_id = x.external_id"
-            "   AND q.decision = %s AND q.decided_at >= x.updated_at) AS hold"
+            "   AND q.decision = %s AND q.content_hash = x.content_hash) AS hold"
             "  FROM unnest(%s::bigint[], %s::text[], %s::float8[], %s::float8[], %s::bool[])"
             "   AS u(id, content_hash, hubness, z, flagged)"
             "  JOIN corpora_document x ON x.id = u.id AND x.corpus_id = %s"
             "   AND x.content_hash = u.content_hash) r"
-            " WHERE d.id = r.id"
+            " WHERE d.id = r.id AND d.content_hash = r.content_hash"
+            "  AND d.updated_at = r.updated_at AND d.quarantined = r.was"
             " RETURNING d.external_id, r.flagged, r.hold, r.was",
             [
                 HUBNESS,
@@ -295,7 +303,8 @@ def corpus_screening_update(*, corpus: Corpus, enabled: bool, fpr: float | None 
 
 def document_quarantine_approve(*, document: Document, user) -> QuarantineDecision:
     """Release a quarantined document: it is searchable again at once (its vectors were
-    built while it waited)."""
+    built while it waited). The approval is of its current text: an index build does not
+    quarantine it again by hubness until that text changes."""
     with transaction.atomic():
         document.quarantined = False
         document.save(update_fields=["quarantined", "updated_at"])
@@ -321,5 +330,6 @@ def _decision_record(*, document: Document, user, decision: str) -> QuarantineDe
         decision=decision,
         score=document.screen_score,
         excerpt=document_screen_text(document.title, document.text)[:500],
+        content_hash=document.content_hash,
         decided_by=user,
     )

@@ -34,6 +34,11 @@ class JobKind:
     - prepare(*, user, params) -> (json params, corpus or None): business checks on the
       validated params and whatever the job needs created before it runs (an index).
     - run(*, job, ctx) -> result dict, in the worker.
+    - before_retry(*, job) (optional): the business checks prepare made that must hold
+      again before a failed or cancelled job of this kind is queued again (a reindex or a
+      policy job re-checks that no other job may swap the same corpus's index); raises an
+      ApplicationError to refuse the retry. Runs in the retry's transaction, so the locks
+      it takes hold until the job is queued; shards are never checked.
     """
 
     name: str
@@ -42,6 +47,7 @@ class JobKind:
     prepare: Callable[..., tuple[dict, Any]]
     run: Callable[..., dict]
     description: str = ""
+    before_retry: Callable[..., None] | None = None
 
 
 _KINDS: dict[str, JobKind] = {}
@@ -58,6 +64,8 @@ def job_kind_problems(kind: JobKind) -> list[str]:
     for part in ("prepare", "run"):
         if not callable(getattr(kind, part, None)):
             problems.append(f"{kind.name}: {part} is not callable")
+    if kind.before_retry is not None and not callable(kind.before_retry):
+        problems.append(f"{kind.name}: before_retry is not callable")
     if not kind.description:
         problems.append(f"{kind.name}: description is empty (it documents the kind in OpenAPI)")
     return problems

@@ -317,29 +317,42 @@ def _shards_cancel(*, parent: Job, now) -> None:
 
 
 def job_retry(*, job: Job) -> Job:
-    """Re-queue a failed or cancelled job; it resumes from its last checkpoint."""
-    updated = Job.objects.filter(
-        pk=job.pk, status__in=[Job.Status.FAILED, Job.Status.CANCELLED]
-    ).update(
-        status=Job.Status.QUEUED,
-        cancel_requested=False,
-        error="",
-        error_detail="",
-        finished_at=None,
-        # The attempt history stays (attempts, claim tokens in the events); a retry is a
-        # fresh chance for the crash policy and the dispatch backoff.
-        stalled_attempts=0,
-        claim_token=None,
-        dispatch_count=0,
-        next_dispatch_at=None,
-        waiting_reason="",
-    )
-    if not updated:
+    """Re-queue a failed or cancelled job; it resumes from its last checkpoint.
+
+    A top-level job's kind may refuse first (JobKind.before_retry: a reindex while another
+    job may swap the same corpus's index); its check and the re-queue share one
+    transaction, so a submission waiting on the same locks sees this job queued."""
+    retryable = (Job.Status.FAILED, Job.Status.CANCELLED)
+    job.refresh_from_db(fields=["status"])
+    if job.status not in retryable:  # before the kind's check: its refusal would mislead
         raise Conflict(
             f"only failed or cancelled jobs can be retried; job {job.pk} is {job.status}"
         )
-    job_event_add(job=job, kind="retried", data={"checkpoint": job.checkpoint})
-    transaction.on_commit(lambda: job_dispatch(job_id=job.pk))
+    with transaction.atomic():
+        before_retry = job_kind_get(job.kind).before_retry
+        if before_retry is not None and job.parent_id is None:  # a shard runs in its parent
+            before_retry(job=job)
+        updated = Job.objects.filter(pk=job.pk, status__in=retryable).update(
+            status=Job.Status.QUEUED,
+            cancel_requested=False,
+            error="",
+            error_detail="",
+            finished_at=None,
+            # The attempt history stays (attempts, claim tokens in the events); a retry is
+            # a fresh chance for the crash policy and the dispatch backoff.
+            stalled_attempts=0,
+            claim_token=None,
+            dispatch_count=0,
+            next_dispatch_at=None,
+            waiting_reason="",
+        )
+        if not updated:
+            job.refresh_from_db(fields=["status"])
+            raise Conflict(
+                f"only failed or cancelled jobs can be retried; job {job.pk} is {job.status}"
+            )
+        job_event_add(job=job, kind="retried", data={"checkpoint": job.checkpoint})
+        transaction.on_commit(lambda: job_dispatch(job_id=job.pk))
     job.refresh_from_db()
     return job
 

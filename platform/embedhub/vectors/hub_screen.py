@@ -1,25 +1,33 @@
-"""Hubness screening of a screened corpus, run by the index build (the second half of
-corpora/screening.py, whose ingest half scores text alone).
+"""Hubness screening of a screened corpus, run when an index is to serve (the second half
+of corpora/screening.py, whose ingest half scores text alone).
 
-Once a build has written the corpus's vectors, and before it builds HNSW (once per build,
-never per shard), the documents the ingest screen scored (screen_score set) that this
-index holds a current vector for but has not yet scored by hubness are scored:
+An index is screened before it serves: when it is activated (vectors/services.py
+index_activate: a first build, a reindex's or a policy job's swap, a click or a rollback),
+before the swap, and by a build of the index that is already active, once its vectors are
+written and before it builds HNSW (once per build, never per shard). A shadow build (one
+that does not activate) quarantines nothing: it would change what the live corpus serves
+and what a policy job compares. The documents the ingest screen scored (screen_score set)
+that this index holds a current vector for but has not yet scored by hubness are scored:
 
 - the known queries are the corpus's query sets' queries, a seeded sample of at most
   MAX_KNOWN_QUERIES of them (the same on every build), encoded as search encodes queries
   for this index (its model version and runtime);
-- each query's HUB_K-th best score comes from the index's clean vectors (documents not
-  quarantined and not being screened), exactly, in one pass of blocks of BLOCK_ROWS
-  vectors: memory holds queries x block scores, however large the corpus;
-- a document's hubness is how many known queries it would enter the top HUB_K of, and the
-  bar is the clean documents' own hubness at the corpus's screening rate, floored so that
-  a passage no known query ranks in its top HUB_K is never flagged.
+- each query's HUB_K-th best score comes from the index's clean vectors, exactly, in one
+  pass of blocks of BLOCK_ROWS vectors: memory holds queries x block scores, however large
+  the corpus. Clean is every document not quarantined and already hubness-scored (on any
+  index) or never screened at all; documents never hubness-scored are left out, since a
+  hub among them would raise the k-th scores it is measured against;
+- a document's hubness is how many known queries it would enter the top HUB_K of: a new
+  document's against those k-th scores, one in the clean reference (scored before, on
+  another index) its own in-index count from the same pass. The bar is the clean
+  documents' own hubness at the corpus's screening rate, floored so that a passage no
+  known query ranks in its top HUB_K is never flagged.
 
 Documents over the bar are quarantined (corpora.screening.documents_hubness_record): kept,
 listed for their owner, out of search. Each scored document records the index it was
-scored on, so the next build of the same index skips it and a build of another index
-(another model's vectors) scores it again. Chunk 0 stands for a chunked document, as in
-the audit.
+scored on, so the next build of the same index skips it and another index (another
+model's vectors) scores it again when it is activated. Chunk 0 stands for a chunked
+document, as in the audit.
 """
 
 from __future__ import annotations
@@ -62,12 +70,14 @@ def corpus_known_queries(*, corpus: Corpus, limit: int) -> tuple[list[str], int]
 
 def index_hub_screen(*, index: VectorIndex, ctx, done: int) -> dict | None:
     """Score this index's pending screened documents by hubness and quarantine those over
-    the bar; the build's `screening` result, or None when the corpus is not screened.
-    `done`: the build's progress, which the report of this step keeps where it is."""
+    the bar; the `screening` result, or None when the corpus is not screened.
+    `done`: the job's progress, which the report of this step keeps where it is."""
     corpus = Corpus.objects.get(pk=index.corpus_id)
     if not corpus.screening_enabled:
         return None
-    candidates = selectors.hub_screen_candidate_ids(index=index, marker=screening.HUBNESS_INDEX)
+    candidates, scored = selectors.hub_screen_candidates(
+        index=index, marker=screening.HUBNESS_INDEX, feature=HUBNESS
+    )
     if not len(candidates):
         return _skipped("no document scored at ingest awaits a hubness check on this index")
     texts, total = corpus_known_queries(corpus=corpus, limit=MAX_KNOWN_QUERIES)
@@ -80,7 +90,9 @@ def index_hub_screen(*, index: VectorIndex, ctx, done: int) -> dict | None:
     note = f"screening {len(candidates)} documents by hubness against {len(texts)} queries"
     ctx.progress(done, total=done, unit="docs", note=note)
     known, _ = query_vectors(index=index, texts=texts, compensation="none")
-    reference = hub_reference(known, _clean_blocks(index, candidates), k=HUB_K)
+    fresh = candidates[~scored]  # sorted, as candidates are
+    clean_ids: list[np.ndarray] = []
+    reference = hub_reference(known, _clean_blocks(index, fresh, clean_ids), k=HUB_K)
     if reference.n_clean < MIN_CLEAN_DOCUMENTS:
         return _skipped(
             f"{reference.n_clean} clean documents with vectors: too few to calibrate hubness "
@@ -88,7 +100,8 @@ def index_hub_screen(*, index: VectorIndex, ctx, done: int) -> dict | None:
             waiting=len(candidates),
         )
     bar = hub_bar(reference.clean_hubness, fpr=corpus.screening_fpr)
-    recorded = _score(index, candidates, known, reference, bar, ctx)
+    clean = _Clean(np.concatenate(clean_ids), reference)
+    recorded = _score(index, candidates, known, clean, bar, ctx)
     return {
         "feature": HUBNESS,
         "k": HUB_K,
@@ -100,6 +113,16 @@ def index_hub_screen(*, index: VectorIndex, ctx, done: int) -> dict | None:
         "skipped": "",
         **recorded,
     }
+
+
+def index_hub_screen_deferred(*, index: VectorIndex) -> dict | None:
+    """The `screening` result of a build that does not serve (a shadow): nothing scored
+    until the index is activated. None when the corpus is not screened."""
+    if not Corpus.objects.filter(pk=index.corpus_id, screening_enabled=True).exists():
+        return None
+    return _skipped(
+        "the index is not active: its documents are screened by hubness when it is activated"
+    )
 
 
 def _skipped(reason: str, *, waiting: int = 0) -> dict:
@@ -114,18 +137,55 @@ def _skipped(reason: str, *, waiting: int = 0) -> dict:
     }
 
 
-def _clean_blocks(index: VectorIndex, candidates: np.ndarray) -> Iterator[np.ndarray]:
-    # The documents being screened are no reference for themselves: a hub among them would
-    # raise the k-th scores it is measured against.
+def _member(ids: np.ndarray, sorted_ids: np.ndarray) -> np.ndarray:
+    """Which of `ids` are in `sorted_ids`: a binary search each, not np.isin's sort of
+    block + set (the set may hold a million ids, the block 4,096)."""
+    if not len(sorted_ids):
+        return np.zeros(len(ids), dtype=bool)
+    pos = np.minimum(np.searchsorted(sorted_ids, ids), len(sorted_ids) - 1)
+    return sorted_ids[pos] == ids
+
+
+def _clean_blocks(
+    index: VectorIndex, fresh: np.ndarray, kept: list[np.ndarray]
+) -> Iterator[np.ndarray]:
+    # Documents never scored by hubness are no reference for themselves: a hub among them
+    # would raise the k-th scores it is measured against. Those scored before (and not
+    # quarantined) stay: without them a reindex would have almost no reference. `kept`
+    # collects the reference's ids, in the order hub_reference counts its rows.
     for ids, vectors in selectors.index_vector_blocks(index=index, block_rows=BLOCK_ROWS):
-        yield vectors[~np.isin(ids, candidates, assume_unique=True)]
+        clean = ~_member(ids, fresh)
+        kept.append(ids[clean])
+        yield vectors[clean]
+
+
+class _Clean:
+    """The clean reference's document ids (sorted: index_vector_blocks reads in id order)
+    and each one's in-index hubness."""
+
+    def __init__(self, ids: np.ndarray, reference: HubReference):
+        self.ids, self.reference = ids, reference
+
+    def hubness(self, ids: np.ndarray, vectors: np.ndarray, known: np.ndarray) -> np.ndarray:
+        # A reference document is among the k-th scores it would be compared with: its
+        # count comes from the pass itself, where it is one of the k best or not.
+        inside = _member(ids, self.ids)
+        hits = np.zeros(len(ids), np.float64)
+        if inside.any():
+            rows = np.searchsorted(self.ids, ids[inside])
+            hits[inside] = self.reference.clean_hubness[rows]
+        if (~inside).any():
+            hits[~inside] = hubness(
+                vectors[~inside], query_vecs=known, kth_scores=self.reference.kth_scores
+            )
+        return hits
 
 
 def _score(
     index: VectorIndex,
     candidates: np.ndarray,
     known: np.ndarray,
-    reference: HubReference,
+    clean: _Clean,
     bar: HubBar,
     ctx,
 ) -> dict:
@@ -137,7 +197,7 @@ def _score(
         )
         if not len(ids):
             continue  # changed since the vector was written: the next build scores them
-        hits = hubness(vectors, query_vecs=known, kth_scores=reference.kth_scores)
+        hits = clean.hubness(ids, vectors, known)
         recorded = screening.documents_hubness_record(
             corpus_id=index.corpus_id,
             index_id=index.pk,

@@ -250,20 +250,25 @@ def index_current_vectors_of(
     return ids, [r[1] for r in rows], vectors
 
 
-def hub_screen_candidate_ids(*, index: VectorIndex, marker: str) -> np.ndarray:
-    """Ids of the corpus's documents the ingest screen scored (screen_score set) whose
-    screen_features do not yet name this index under `marker`, and which the index holds a
-    current vector for: what a hubness screen of this index has still to score."""
+def hub_screen_candidates(
+    *, index: VectorIndex, marker: str, feature: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, scored) of the corpus's documents the ingest screen scored (screen_score set)
+    whose screen_features do not yet name this index under `marker`, and which the index
+    holds a current vector for: what a hubness screen of this index has still to score, in
+    id order. `scored`: whether each already holds a `feature` score (from another index)."""
     with connection.cursor() as cur:
         cur.execute(
-            f"SELECT d.id FROM corpora_document d WHERE d.corpus_id = %s"
-            " AND d.screen_score IS NOT NULL"
+            "SELECT d.id, (d.screen_features -> %s) IS NOT NULL FROM corpora_document d"
+            " WHERE d.corpus_id = %s AND d.screen_score IS NOT NULL"
             " AND (d.screen_features ->> %s) IS DISTINCT FROM %s"
             f" AND EXISTS (SELECT 1 FROM {index.table_name} v WHERE v.document_id = d.id"
             "  AND v.chunk = 0 AND v.content_hash = d.content_hash) ORDER BY d.id",
-            [index.corpus_id, marker, str(index.pk)],
+            [feature, index.corpus_id, marker, str(index.pk)],
         )
-        return np.fromiter((row[0] for row in cur), dtype=np.int64)
+        rows = cur.fetchall()
+    ids = np.fromiter((row[0] for row in rows), dtype=np.int64, count=len(rows))
+    return ids, np.fromiter((row[1] for row in rows), dtype=bool, count=len(rows))
 
 
 def document_ids_sample(*, corpus_id: int, n: int) -> list[int]:

@@ -76,12 +76,39 @@ def index_locked(*, index: VectorIndex) -> Iterator[Corpus]:
 
 
 def index_activate(*, index: VectorIndex) -> VectorIndex:
-    """Make this index the corpus's default for search (also the rollback action)."""
+    """Make this index the corpus's default for search, at once: the hand activation and
+    rollback of the API and the dashboard. No hubness screen here: it can take minutes
+    (queries to encode, every vector to read), too long for a request; jobs activate
+    through index_activate_screened, and the index's next build screens what is new."""
+    return _index_swap(index=index)
+
+
+def index_activate_screened(
+    *, index: VectorIndex, ctx=None, done: int = 0
+) -> tuple[VectorIndex, dict | None]:
+    """A job's activation: screen a screened corpus's documents by hubness on the index,
+    then swap it in (index_activate); returns the index and the screen's `screening`
+    result (None: not screened).
+
+    The screen runs before the swap, so what it quarantines is out of search before the
+    index serves. It runs outside the corpus lock's transaction: it reports progress on
+    the job row (which the heartbeat writes too) and may take minutes, and a document
+    ingested meanwhile is screened by the next build of the index, as after any build.
+    `ctx`/`done`: the job's context and progress (None: a request, nothing reported)."""
+    index.refresh_from_db()
+    _activatable(index)
+    screened = None
+    active = Corpus.objects.values_list("active_index_id", flat=True).get(pk=index.corpus_id)
+    if active != index.pk:  # the active one was screened by its builds
+        screened = hub_screen.index_hub_screen(index=index, ctx=ctx or _Quiet(), done=done)
+    return _index_swap(index=index), screened
+
+
+def _index_swap(*, index: VectorIndex) -> VectorIndex:
+    index.refresh_from_db()
+    _activatable(index)
     with index_locked(index=index) as corpus:
-        if index.state not in (VectorIndex.State.READY, VectorIndex.State.RETIRED):
-            raise Conflict(
-                f"index {index.pk} is {index.state}; only a built index can be activated"
-            )
+        _activatable(index)
         previous = corpus.active_index_id
         corpus.active_index = index
         corpus.save(update_fields=["active_index", "updated_at"])
@@ -96,6 +123,21 @@ def index_activate(*, index: VectorIndex) -> VectorIndex:
             )
     index.refresh_from_db()
     return index
+
+
+def _activatable(index: VectorIndex) -> None:
+    if index.state not in (VectorIndex.State.READY, VectorIndex.State.RETIRED):
+        raise Conflict(f"index {index.pk} is {index.state}; only a built index can be activated")
+
+
+class _Quiet:
+    """The context of an activation outside a job (a request): no progress, no cancel."""
+
+    def progress(self, done, **kwargs) -> None:
+        pass
+
+    def check_cancel(self) -> None:
+        pass
 
 
 def index_drop(*, index: VectorIndex) -> None:
@@ -123,7 +165,9 @@ def index_build(
 ) -> dict:
     """Embed every document whose vector is missing or stale, pass the runtime's quality
     gate (int8 only; `force` keeps an index it refuses), screen a screened corpus's new
-    documents by hubness (vectors/hub_screen.py), then build HNSW and mark ready.
+    documents by hubness (vectors/hub_screen.py) if the index serves, then build HNSW and
+    mark ready (and activate it: `activate`, or None for a corpus's first index, which the
+    activation screens). A shadow (activate=False) is screened when it is activated.
 
     More than `shard_size` pending documents (default EMBEDHUB_SHARD_SIZE) are embedded by
     shard jobs over document-id ranges, which any number of workers run at once; HNSW is
@@ -162,12 +206,11 @@ def index_build(
         quality = index_quality_gate(
             index=index, ctx=ctx, force=force, embedded=embedded, total=total
         )
-        # Here, once per build: every shard's vectors are written, and a document it
-        # quarantines is out of search before the index can serve.
-        screened = hub_screen.index_hub_screen(index=index, ctx=ctx, done=total)
+        screened = _build_screen(index=index, activate=activate, ctx=ctx, done=total)
         ctx.progress(total, total=total, unit="docs", note="building HNSW index")
         stats = _finalise(index=index, activate=activate, ctx=ctx, done=total)
     seconds = time.monotonic() - started
+    screened = stats.pop("screening", screened)
     screening = {} if screened is None else {"screening": screened}
     return {
         "index": index.pk,
@@ -187,6 +230,20 @@ def index_build(
         **chunk_stats,
         **screening,
     }
+
+
+def _build_screen(*, index: VectorIndex, activate, ctx, done: int) -> dict | None:
+    """The build's hubness screen. Here, once per build, for the index that already serves:
+    every shard's vectors are written, and a document it quarantines is out of search before
+    the new vectors serve. An index the build activates is screened by the activation; any
+    other (a shadow) is not screened: quarantining would change the live corpus, and skew a
+    policy job's comparison, for an index that may never serve."""
+    active = Corpus.objects.values_list("active_index_id", flat=True).get(pk=index.corpus_id)
+    if active == index.pk:
+        return hub_screen.index_hub_screen(index=index, ctx=ctx, done=done)
+    if activate or (activate is None and active is None):
+        return None  # _finalise activates it, and reports the screen
+    return hub_screen.index_hub_screen_deferred(index=index)
 
 
 def _sharded(*, ctx, index: VectorIndex, size: int, pending: int) -> bool:
@@ -383,9 +440,11 @@ def _finalise(*, index: VectorIndex, activate, ctx, done: int) -> dict:
     index.refresh_from_db()
     corpus = index.corpus
     corpus.refresh_from_db()
+    screened = {}
     if activate or (activate is None and corpus.active_index_id is None):
-        index_activate(index=index)
-    return {"vectors": vectors, "documents": documents, "hnsw": build}
+        _, report = index_activate_screened(index=index, ctx=ctx, done=done)
+        screened = {} if report is None else {"screening": report}
+    return {"vectors": vectors, "documents": documents, "hnsw": build, **screened}
 
 
 # ------------------------------------------------------------------ serving policies

@@ -111,10 +111,10 @@ def test_hubness_counts_queries_whose_top_k_the_vector_enters():
     rng = np.random.default_rng(0)
     concept = rng.normal(size=8)
     queries = np.vstack([concept + 0.5 * rng.normal(size=(20, 8)), rng.normal(size=(10, 8))])
-    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
-    docs = rng.normal(size=(200, 8))
+    queries = (queries / np.linalg.norm(queries, axis=1, keepdims=True)).astype(np.float32)
+    docs = rng.normal(size=(200, 8)).astype(np.float32)
     docs /= np.linalg.norm(docs, axis=1, keepdims=True)
-    kth = -np.sort(-(queries @ docs.T), axis=1)[:, 9]
+    kth = -np.sort(-(queries @ docs.T), axis=1)[:, 9]  # float32, as hub_reference's
     hub = queries[:20].mean(axis=0)
     hub /= np.linalg.norm(hub)
     counts = hubness(docs, query_vecs=queries, kth_scores=kth, in_index=True)
@@ -138,6 +138,21 @@ def test_hub_reference_streamed_in_blocks_matches_the_whole_matrix():
         assert np.allclose(ref.kth_scores, kth, atol=1e-6)
         assert np.array_equal(ref.clean_hubness, whole)
         assert ref.n_clean == 500 and ref.clean_hubness.sum() == 30 * 10
+
+
+def test_hubness_against_the_reference_it_came_from_counts_only_the_vectors_above_the_kth():
+    # hub_reference's k-th scores are float32: scoring in float64 would have a vector that
+    # is itself a query's k-th beat its own (rounded) score about half the time.
+    rng = np.random.default_rng(2)
+    docs = rng.normal(size=(3000, 64)).astype(np.float32)
+    docs /= np.linalg.norm(docs, axis=1, keepdims=True)
+    queries = rng.normal(size=(200, 64)).astype(np.float32)
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    ref = hub_reference(queries, (docs[i : i + 512] for i in range(0, 3000, 512)), k=10)
+    kth = ref.kth_scores
+    assert hubness(docs, query_vecs=queries, kth_scores=kth).sum() == 200 * 9
+    inside = hubness(docs, query_vecs=queries, kth_scores=kth, in_index=True)
+    assert np.array_equal(inside, ref.clean_hubness)
 
 
 def test_hub_reference_with_fewer_vectors_than_k_leaves_the_kth_score_open():

@@ -45,7 +45,11 @@ from embedhub.registry.models import ModelVersion
 from embedhub.vectors import compensation as qdc
 from embedhub.vectors import selectors as vector_selectors
 from embedhub.vectors.models import VectorIndex
-from embedhub.vectors.services import index_activate, index_build, serving_policy_apply
+from embedhub.vectors.services import (
+    index_activate_screened,
+    index_build,
+    serving_policy_apply,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -288,6 +292,7 @@ def _corpus_decide(*, job, ctx, plan: dict, base: int, total: int) -> dict:
     )
     report["applied"] = _apply(
         job=job,
+        ctx=ctx,
         corpus=corpus,
         plan=plan,
         serving=serving,
@@ -298,7 +303,7 @@ def _corpus_decide(*, job, ctx, plan: dict, base: int, total: int) -> dict:
     return report
 
 
-def _apply(*, job, corpus, plan, serving, chosen: dict, shadow, report: dict) -> bool:
+def _apply(*, job, ctx, corpus, plan, serving, chosen: dict, shadow, report: dict) -> bool:
     reindexed = shadow is not None and chosen["name"] == "reindex"
     if shadow is not None and not (reindexed and plan["apply"]):
         # Kept (activatable by hand), but retired so that retention eventually drops it.
@@ -308,8 +313,10 @@ def _apply(*, job, corpus, plan, serving, chosen: dict, shadow, report: dict) ->
     if not plan["apply"]:
         return False
     index = serving.index
-    if reindexed:
-        index = index_activate(index=shadow)
+    if reindexed:  # screened on the way in: a shadow build quarantines nothing itself
+        index, report["screening"] = index_activate_screened(
+            index=shadow, ctx=ctx, done=ctx.job.progress_done
+        )
     decision = {
         **{k: v for k, v in report.items() if k != "applied"},
         "job": job.pk,

@@ -32,7 +32,7 @@ from embedhub.registry.models import ModelVersion
 from embedhub.vectors import selectors
 from embedhub.vectors.models import VectorIndex
 from embedhub.vectors.services import (
-    index_activate,
+    index_activate_screened,
     index_build,
     index_create,
     index_drop,
@@ -129,8 +129,10 @@ def reindex_job_run(*, job, ctx) -> dict:
         ).pk
     ctx.check_cancel()  # a cancel up to here leaves the active index as it was
     activated = gate is None or gate["passed"]
+    screened = None
     if activated:
-        index_activate(index=shadow)
+        # The shadow build quarantined nothing: the swap screens it by hubness first.
+        _, screened = index_activate_screened(index=shadow, ctx=ctx, done=ctx.job.progress_done)
     else:
         # Kept (and activatable by hand), but retired so retention eventually drops it.
         VectorIndex.objects.filter(pk=shadow.pk).update(
@@ -143,6 +145,7 @@ def reindex_job_run(*, job, ctx) -> dict:
         "activated": activated,
         "gate": gate,
         "build": build,
+        **({} if screened is None else {"screening": screened}),
     }
 
 
