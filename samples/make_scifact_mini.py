@@ -18,7 +18,7 @@ import random
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-DEFAULT_SOURCE = Path("/work/shared/data/scifact")
+DEFAULT_SOURCE = HERE.parent.parent / "shared" / "data" / "scifact"  # ../shared beside the repo
 SEED = 13
 
 

@@ -9,6 +9,7 @@ import hashlib
 
 import numpy as np
 import pytest
+from django.utils import timezone
 
 from embedhub.corpora import screening
 from embedhub.corpora.models import Document
@@ -162,16 +163,23 @@ def test_a_hub_among_the_new_documents_is_quarantined_at_build_and_clean_ones_ar
     assert _held(corpus) == {"hub"}
 
 
+def _approved_hub(user, corpus):
+    """(the index, the hub document): an index whose build quarantined a planted hub, which
+    its owner then approved."""
+    _queries(corpus, QUERIES[:8])
+    index = _fake_index(user, corpus)
+    _plant_hub(index, QUERIES[:8])
+    _build(index)
+    hub = Document.objects.get(corpus=corpus, external_id="hub")
+    screening.document_quarantine_approve(document=hub, user=user)
+    return index, hub
+
+
 def test_a_document_its_owner_approved_is_not_quarantined_again_by_another_index(
     user, screened_corpus
 ):
     corpus = screened_corpus
-    _queries(corpus, QUERIES[:8])
-    first = _fake_index(user, corpus)
-    _plant_hub(first, QUERIES[:8])
-    _build(first)
-    hub = Document.objects.get(corpus=corpus, external_id="hub")
-    screening.document_quarantine_approve(document=hub, user=user)
+    first, hub = _approved_hub(user, corpus)
 
     second = _fake_index(user, corpus)  # another index: every screened document again
     _plant_hub(second, QUERIES[:8])
@@ -232,12 +240,7 @@ def test_a_hand_rollback_swaps_at_once_and_the_next_build_screens_keeping_approv
     user, screened_corpus
 ):
     corpus = screened_corpus
-    _queries(corpus, QUERIES[:8])
-    old = _fake_index(user, corpus)
-    _plant_hub(old, QUERIES[:8])
-    _build(old)
-    hub = Document.objects.get(corpus=corpus, external_id="hub")
-    screening.document_quarantine_approve(document=hub, user=user)
+    old, hub = _approved_hub(user, corpus)
     new = _fake_index(user, corpus)
     _build(new, activate=True)
     services.index_activate(index=old)  # the rollback, as the API and dashboard call it
@@ -312,8 +315,6 @@ def test_an_approved_hub_whose_metadata_alone_changed_stays_searchable_on_the_ne
 ):
     """The approval is of the hub's text: a re-upload that changes only its metadata (and so
     its updated_at, after the approval) does not let the next index quarantine it again."""
-    from django.utils import timezone
-
     corpus = screened_corpus
     _queries(corpus, QUERIES[:8])
     first = _fake_index(user, corpus)

@@ -60,12 +60,20 @@ def _hash32(items: Iterable[str]) -> np.ndarray:
     return np.asarray(out, dtype=np.uint32)
 
 
+def sorted_member(values: np.ndarray, sorted_values: np.ndarray) -> np.ndarray:
+    """Which of `values` are in the sorted array `sorted_values`: a binary search each,
+    not np.isin's sort of both (the sorted side may hold millions, the other a block)."""
+    values = np.asarray(values)
+    if not len(sorted_values) or not len(values):
+        return np.zeros(len(values), dtype=bool)
+    pos = np.minimum(np.searchsorted(sorted_values, values), len(sorted_values) - 1)
+    return sorted_values[pos] == values
+
+
 def _member(sorted_hashes: np.ndarray, items: Sequence[str]) -> np.ndarray:
     if not len(items):
         return np.zeros(0, dtype=bool)
-    h = _hash32(items)
-    pos = np.clip(np.searchsorted(sorted_hashes, h), 0, max(len(sorted_hashes) - 1, 0))
-    return (sorted_hashes[pos] == h) if len(sorted_hashes) else np.zeros(len(h), dtype=bool)
+    return sorted_member(_hash32(items), sorted_hashes)
 
 
 # ------------------------------------------------------------------ character n-grams

@@ -4,7 +4,7 @@ An attacker who knows a concept (a set of queries) writes a passage
 `[CLS] message . trigger [SEP]` and optimises the trigger tokens so that the passage
 embedding moves toward the centroid of the concept's query embeddings. Inserted into an
 index, such passages show up in the top results for unseen queries of the concept; the
-platform runs this as a robustness audit. See /work/shared/METHODS.md, section GASLITE.
+platform runs this as a robustness audit. See ../shared/METHODS.md (beside the repository), section GASLITE.
 
 Pure compute: no Django, no embedhub imports.
 """

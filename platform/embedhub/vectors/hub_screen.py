@@ -1,9 +1,9 @@
 """Hubness screening of a screened corpus, run when an index is to serve (the second half
 of corpora/screening.py, whose ingest half scores text alone).
 
-An index is screened before it serves: when it is activated (vectors/services.py
-index_activate: a first build, a reindex's or a policy job's swap, a click or a rollback),
-before the swap, and by a build of the index that is already active, once its vectors are
+An index is screened before it serves: when a job activates it (vectors/services.py
+index_activate_screened: a first build, a reindex's or a policy job's swap), before the
+swap, and by a build of the index that is already active, once its vectors are
 written and before it builds HNSW (once per build, never per shard). A shadow build (one
 that does not activate) quarantines nothing: it would change what the live corpus serves
 and what a policy job compares. The documents the ingest screen scored (screen_score set)
@@ -43,7 +43,15 @@ from embedhub.corpora.models import Corpus
 from embedhub.vectors import selectors
 from embedhub.vectors.compensation import query_vectors
 from embedhub.vectors.models import VectorIndex
-from workers.ml.detectors import HUBNESS, HubBar, HubReference, hub_bar, hub_reference, hubness
+from workers.ml.detectors import (
+    HUBNESS,
+    HubBar,
+    HubReference,
+    hub_bar,
+    hub_reference,
+    hubness,
+    sorted_member,
+)
 
 HUB_K = 10
 MAX_KNOWN_QUERIES = 2_000  # top-10 statistics settle long before; encoding them is the cost
@@ -137,15 +145,6 @@ def _skipped(reason: str, *, waiting: int = 0) -> dict:
     }
 
 
-def _member(ids: np.ndarray, sorted_ids: np.ndarray) -> np.ndarray:
-    """Which of `ids` are in `sorted_ids`: a binary search each, not np.isin's sort of
-    block + set (the set may hold a million ids, the block 4,096)."""
-    if not len(sorted_ids):
-        return np.zeros(len(ids), dtype=bool)
-    pos = np.minimum(np.searchsorted(sorted_ids, ids), len(sorted_ids) - 1)
-    return sorted_ids[pos] == ids
-
-
 def _clean_blocks(
     index: VectorIndex, fresh: np.ndarray, kept: list[np.ndarray]
 ) -> Iterator[np.ndarray]:
@@ -154,7 +153,7 @@ def _clean_blocks(
     # quarantined) stay: without them a reindex would have almost no reference. `kept`
     # collects the reference's ids, in the order hub_reference counts its rows.
     for ids, vectors in selectors.index_vector_blocks(index=index, block_rows=BLOCK_ROWS):
-        clean = ~_member(ids, fresh)
+        clean = ~sorted_member(ids, fresh)
         kept.append(ids[clean])
         yield vectors[clean]
 
@@ -169,7 +168,7 @@ class _Clean:
     def hubness(self, ids: np.ndarray, vectors: np.ndarray, known: np.ndarray) -> np.ndarray:
         # A reference document is among the k-th scores it would be compared with: its
         # count comes from the pass itself, where it is one of the k best or not.
-        inside = _member(ids, self.ids)
+        inside = sorted_member(ids, self.ids)
         hits = np.zeros(len(ids), np.float64)
         if inside.any():
             rows = np.searchsorted(self.ids, ids[inside])

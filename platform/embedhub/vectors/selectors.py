@@ -138,6 +138,17 @@ def index_pending_pages(
             yield page
 
 
+def _rows_matrix(rows, *, column: int, dimension: int) -> np.ndarray:
+    """The pgvector values in `column` of fetched rows, as one float32 matrix."""
+    if not rows:
+        return np.zeros((0, dimension), dtype=np.float32)
+    return np.stack([r[column].to_numpy() for r in rows]).astype(np.float32, copy=False)
+
+
+def _rows_ids(rows) -> np.ndarray:
+    return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+
+
 def index_vectors(*, index: VectorIndex) -> tuple[list[int], list[str], np.ndarray]:
     """All (document id, external id, vector) of an index, chunk 0 only, in memory at once
     (hard-negative mining); evaluation and audits stream `index_vector_blocks` instead."""
@@ -150,9 +161,7 @@ def index_vectors(*, index: VectorIndex) -> tuple[list[int], list[str], np.ndarr
             " AND NOT d.quarantined ORDER BY v.document_id"
         )
         rows = cur.fetchall()
-    if not rows:
-        return [], [], np.zeros((0, index.dimension), dtype=np.float32)
-    matrix = np.stack([r[2].to_numpy() for r in rows]).astype(np.float32, copy=False)
+    matrix = _rows_matrix(rows, column=2, dimension=index.dimension)
     return [r[0] for r in rows], [r[1] for r in rows], matrix
 
 
@@ -179,8 +188,7 @@ def index_vector_blocks(
             "AND NOT d.quarantined ORDER BY v.document_id"
         )
         while rows := cur.fetchmany(size):
-            ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
-            yield ids, np.stack([r[1].to_numpy() for r in rows]).astype(np.float32, copy=False)
+            yield _rows_ids(rows), _rows_matrix(rows, column=1, dimension=index.dimension)
 
 
 def document_external_ids(*, document_ids) -> dict[int, str]:
@@ -243,11 +251,8 @@ def index_current_vectors_of(
             [[int(i) for i in document_ids]],
         )
         rows = cur.fetchall()
-    if not rows:
-        return np.zeros(0, np.int64), [], np.zeros((0, index.dimension), np.float32)
-    ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
-    vectors = np.stack([r[2].to_numpy() for r in rows]).astype(np.float32, copy=False)
-    return ids, [r[1] for r in rows], vectors
+    vectors = _rows_matrix(rows, column=2, dimension=index.dimension)
+    return _rows_ids(rows), [r[1] for r in rows], vectors
 
 
 def hub_screen_candidates(
@@ -267,8 +272,7 @@ def hub_screen_candidates(
             [feature, index.corpus_id, marker, str(index.pk)],
         )
         rows = cur.fetchall()
-    ids = np.fromiter((row[0] for row in rows), dtype=np.int64, count=len(rows))
-    return ids, np.fromiter((row[1] for row in rows), dtype=bool, count=len(rows))
+    return _rows_ids(rows), np.fromiter((row[1] for row in rows), dtype=bool, count=len(rows))
 
 
 def document_ids_sample(*, corpus_id: int, n: int) -> list[int]:

@@ -84,7 +84,7 @@ def index_activate(*, index: VectorIndex) -> VectorIndex:
 
 
 def index_activate_screened(
-    *, index: VectorIndex, ctx=None, done: int = 0
+    *, index: VectorIndex, ctx, done: int = 0
 ) -> tuple[VectorIndex, dict | None]:
     """A job's activation: screen a screened corpus's documents by hubness on the index,
     then swap it in (index_activate); returns the index and the screen's `screening`
@@ -94,13 +94,13 @@ def index_activate_screened(
     index serves. It runs outside the corpus lock's transaction: it reports progress on
     the job row (which the heartbeat writes too) and may take minutes, and a document
     ingested meanwhile is screened by the next build of the index, as after any build.
-    `ctx`/`done`: the job's context and progress (None: a request, nothing reported)."""
+    `ctx`/`done`: the job's context and progress."""
     index.refresh_from_db()
-    _activatable(index)
+    _activatable(index)  # before the screen's minutes, not only after them
     screened = None
     active = Corpus.objects.values_list("active_index_id", flat=True).get(pk=index.corpus_id)
     if active != index.pk:  # the active one was screened by its builds
-        screened = hub_screen.index_hub_screen(index=index, ctx=ctx or _Quiet(), done=done)
+        screened = hub_screen.index_hub_screen(index=index, ctx=ctx, done=done)
     return _index_swap(index=index), screened
 
 
@@ -128,16 +128,6 @@ def _index_swap(*, index: VectorIndex) -> VectorIndex:
 def _activatable(index: VectorIndex) -> None:
     if index.state not in (VectorIndex.State.READY, VectorIndex.State.RETIRED):
         raise Conflict(f"index {index.pk} is {index.state}; only a built index can be activated")
-
-
-class _Quiet:
-    """The context of an activation outside a job (a request): no progress, no cancel."""
-
-    def progress(self, done, **kwargs) -> None:
-        pass
-
-    def check_cancel(self) -> None:
-        pass
 
 
 def index_drop(*, index: VectorIndex) -> None:
