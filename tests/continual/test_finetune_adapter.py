@@ -66,6 +66,16 @@ def test_finetune_stores_an_adapter_and_adapter_compensation_searches_with_it(
     assert info["fitted_on"] in ("all", "documents")
     assert -1 <= info["held_out_cosine"] <= 1 and "identity" in info["candidates"]
     assert job.result["adapter"]["method"] == info["method"]
+    # Its corpus got an adapter of its own, into the index's version; the other account's
+    # corpus (same parent) got none. Only the policy's query set is judged: no probe, so
+    # the ranking map serves alone.
+    entry = info["per_corpus"][str(corpus.pk)]
+    assert entry["target_version"] == parent.pk and entry["index"] == index_id
+    assert (Path(child.artifact_path) / entry["file"]).is_file()
+    assert entry["document_weight"] == 1.0 and entry["probe_query_sets"] == []
+    assert (entry["documents"], entry["queries"]) == (12, 12)
+    assert list(info["per_corpus"]) == [str(corpus.pk)]
+    assert job.result["adapter"]["per_corpus"][str(corpus.pk)]["chosen"] == "blend@1"
     assert "candidates" not in job.result["adapter"]
     # Cheaper fine-tune: document targets read from the parent's index, top ranks skipped.
     assert child.provenance["distill_targets_from_index"] == 12
@@ -82,6 +92,7 @@ def test_finetune_stores_an_adapter_and_adapter_compensation_searches_with_it(
     adapted = api.post("/api/v1/search/", {**body, "compensation": "adapter"}, format="json")
     assert adapted.status_code == 200, adapted.content
     assert adapted.json()["compensation"] == "adapter"
+    assert adapted.json()["adapter"] == "corpus"
     raw = api.post("/api/v1/search/", {**body, "compensation": "none"}, format="json").json()
     assert adapted.json()["results"][0]["score"] != pytest.approx(
         raw["results"][0]["score"], abs=1e-6

@@ -201,6 +201,22 @@ def probe_mrr(adapter: Adapter, probe: RetrievalProbe, *, k: int = NEIGHBOUR_K) 
     return float(np.mean(ranks)) if ranks else 0.0
 
 
+def probe_ndcg(adapter: Adapter, probe: RetrievalProbe, *, k: int = NEIGHBOUR_K) -> float:
+    """nDCG@k of the mapped probe queries with every positive counted (binary gains):
+    unlike MRR it credits finding the second and third relevant document, which is what
+    separates two blends on a corpus with many judgements per query."""
+    scores = adapter.apply(probe.queries) @ normalize(probe.pool).T
+    top = np.argsort(-scores, axis=1)[:, :k]
+    discounts = 1.0 / np.log2(np.arange(2, k + 2))
+    values = []
+    for row, relevant in zip(top, probe.positives, strict=True):
+        wanted = set(relevant)
+        dcg = sum(discounts[r] for r, doc in enumerate(row.tolist()) if doc in wanted)
+        ideal = discounts[: min(len(wanted), k)].sum()
+        values.append(dcg / ideal if ideal else 0.0)
+    return float(np.mean(values)) if values else 0.0
+
+
 @dataclass(frozen=True)
 class _Candidate:
     name: str
@@ -285,5 +301,178 @@ def fit_adapter(
     if probe is not None:
         final.scores["probe_mrr@10"] = chosen["probe_mrr@10"]
         final.scores["identity_probe_mrr@10"] = table["identity"]["probe_mrr@10"]
+        final.scores["probe_queries"] = len(probe.queries)
+    return final
+
+
+# --------------------------------------------------------------------------- per corpus
+
+BLEND_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+RANKING_TEMPERATURE = 0.02
+RANKING_STEPS = 100
+RANKING_LR = 1e-3
+
+
+def fit_ranking_map(
+    *,
+    queries: np.ndarray,
+    parent_docs: np.ndarray,
+    child_docs: np.ndarray,
+    temperature: float = RANKING_TEMPERATURE,
+    steps: int = RANKING_STEPS,
+    lr: float = RANKING_LR,
+) -> Adapter:
+    """A query-side map M fitted so that the old index ranks a child query as a reindex
+    would: for each of `queries` (child vectors, judgements not needed) the softmax over the
+    documents of ⟨normalize(q M), p⟩ / T is pulled towards that of ⟨q, c⟩ / T, with p the
+    index's vectors and c the child's own of the same documents. Least squares (‖P V − C‖
+    or ‖C A − P‖) spreads its error over every direction and document alike; a ranking
+    loss spends the map's capacity on what decides the top of each list. Starts from the
+    identity (raw child queries) and runs full-batch Adam: deterministic, no seed."""
+    import torch  # only the corpus adapter needs it; the rest of this module is numpy
+
+    q = torch.from_numpy(normalize(queries))
+    p = torch.from_numpy(normalize(parent_docs))
+    with torch.no_grad():
+        teacher = torch.softmax(q @ torch.from_numpy(normalize(child_docs)).T / temperature, 1)
+    d = q.shape[1]
+    weight = torch.eye(d).requires_grad_()
+    optimizer = torch.optim.Adam([weight], lr=lr)
+    for _ in range(steps):
+        mapped = torch.nn.functional.normalize(q @ weight, dim=1)
+        student = torch.log_softmax(mapped @ p.T / temperature, 1)
+        loss = -(teacher * student).sum(1).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    fitted = weight.detach().numpy().astype(np.float32)
+    # Scale does not change a ranking, but a blend with another map adds outputs: give the
+    # mapped queries unit length on average, as the other map's are.
+    fitted /= float(np.mean(np.linalg.norm(queries @ fitted, axis=1))) or 1.0
+    return Adapter(
+        weight=fitted,
+        bias=np.zeros(d, dtype=np.float32),
+        method="ranking",
+        scores={"final_loss": round(float(loss.detach()), 6)},
+    )
+
+
+def blend(documents: Adapter, queries: Adapter, *, weight: float) -> Adapter:
+    """weight·documents + (1 − weight)·queries as one affine map: its scores are the same mix
+    of the reindex-like scores and the parent-query-like ones."""
+    return Adapter(
+        weight=(weight * documents.weight + (1 - weight) * queries.weight).astype(np.float32),
+        bias=(weight * documents.bias + (1 - weight) * queries.bias).astype(np.float32),
+        method=f"blend@{weight:g}",
+    )
+
+
+def _top(scores: np.ndarray, k: int) -> np.ndarray:
+    k = min(k, scores.shape[1])
+    return np.argpartition(-scores, k - 1, axis=1)[:, :k]
+
+
+def reindex_fidelity(
+    adapter: Adapter, *, queries: np.ndarray, parent_docs: np.ndarray, child_docs: np.ndarray
+) -> float:
+    """Mean top-k overlap between what the mapped child queries find among the index's
+    vectors and what the same queries find among the child's own vectors of those
+    documents: how closely the map reproduces a reindex, without any judgement."""
+    got = _top(adapter.apply(queries) @ normalize(parent_docs).T, NEIGHBOUR_K)
+    want = _top(normalize(queries) @ normalize(child_docs).T, NEIGHBOUR_K)
+    hits = [len(set(g.tolist()) & set(w.tolist())) for g, w in zip(got, want, strict=True)]
+    return float(np.mean(hits) / got.shape[1])
+
+
+@dataclass(frozen=True)
+class CorpusPairs:
+    """One corpus seen by both versions: a document sample as the index holds it (parent)
+    and as the child embeds it, and the corpus's query texts embedded by each."""
+
+    child_docs: np.ndarray
+    parent_docs: np.ndarray
+    child_queries: np.ndarray
+    parent_queries: np.ndarray
+
+
+def _ranking_map_fit(pairs: CorpusPairs, *, seed: int) -> tuple[Adapter, dict]:
+    """The ranking map on four fifths of the documents, its reindex fidelity on the rest
+    (against the identity's), then refitted on every document. The corpus's queries and
+    the documents themselves (child vectors, as pseudo-queries) both teach it."""
+    train, held = held_out_split(len(pairs.child_docs), fraction=HELD_OUT_FRACTION, seed=seed)
+    teach = np.concatenate([pairs.child_queries, pairs.child_docs])
+
+    def fidelity(adapter: Adapter) -> float:
+        return round(
+            reindex_fidelity(
+                adapter,
+                queries=pairs.child_queries,
+                parent_docs=pairs.parent_docs[held],
+                child_docs=pairs.child_docs[held],
+            ),
+            6,
+        )
+
+    on_train = fit_ranking_map(
+        queries=np.concatenate([pairs.child_queries, pairs.child_docs[train]]),
+        parent_docs=pairs.parent_docs[train],
+        child_docs=pairs.child_docs[train],
+    )
+    scores = {
+        f"held_out_reindex_overlap@{NEIGHBOUR_K}": fidelity(on_train),
+        f"identity_reindex_overlap@{NEIGHBOUR_K}": fidelity(identity(teach.shape[1])),
+    }
+    final = fit_ranking_map(
+        queries=teach, parent_docs=pairs.parent_docs, child_docs=pairs.child_docs
+    )
+    return final, scores
+
+
+def fit_corpus_adapter(
+    pairs: CorpusPairs,
+    *,
+    probe: RetrievalProbe | None = None,
+    lambdas: Sequence[float] = RIDGE_LAMBDAS,
+    seed: int = 0,
+) -> Adapter:
+    """The adapter for one corpus, as a blend of two maps:
+
+    - a ranking map (fit_ranking_map), with which the old index ranks like a reindex;
+    - a query map, the child's queries of this corpus onto the parent's (fit_adapter), with
+      which it ranks as the parent's own queries did.
+
+    Which is better depends on the corpus: on the fine-tune's own task the child is better,
+    on an old task it has forgotten. Only judged queries can tell, so with a probe (judged
+    queries of the corpus, searched among the sampled documents) its nDCG@10 picks the blend
+    weight; without one the document map serves alone (a reindex is what the adapter
+    stands in for)."""
+    for name in ("child_docs", "child_queries"):
+        if len(getattr(pairs, name)) < 2:
+            raise ValueError(f"a corpus adapter needs at least two {name.split('_')[1]}")
+    documents, doc_scores = _ranking_map_fit(pairs, seed=seed)
+    queries = fit_adapter(pairs.child_queries, pairs.parent_queries, lambdas=lambdas, seed=seed)
+    blends = {}
+    if probe is not None:
+        for weight in BLEND_WEIGHTS:
+            blends[weight] = round(probe_ndcg(blend(documents, queries, weight=weight), probe), 6)
+    # Ties go to the heavier document weight: the reindex is the change being adopted.
+    chosen = max(blends, key=lambda w: (blends[w], w)) if blends else 1.0
+    final = blend(documents, queries, weight=chosen)
+    final.scores = {
+        "chosen": f"blend@{chosen:g}",
+        "document_weight": chosen,
+        "ranking_map": doc_scores,
+        "query_map": {
+            "chosen": queries.scores["chosen"],
+            "held_out_cosine": queries.scores["held_out_cosine"],
+            "identity_cosine": queries.scores["identity_cosine"],
+        },
+        "documents": len(pairs.child_docs),
+        "queries": len(pairs.child_queries),
+    }
+    if probe is not None:
+        final.scores[f"probe_ndcg@{NEIGHBOUR_K}"] = {f"{w:g}": v for w, v in blends.items()}
         final.scores["probe_queries"] = len(probe.queries)
     return final

@@ -83,6 +83,13 @@ class FinetuneConfigParams(ParamsSerializer):
         "adapter on, besides the training queries (default 1000; their parent vectors come "
         "from the index, only the child encodes them)",
     )
+    corpus_adapter_documents = integer(
+        0,
+        20_000,
+        "documents per corpus the child embeds to fit that corpus's own adapter (default "
+        "5000; 0: no corpus adapters). The more of a corpus it sees, the closer the old "
+        "index comes to a reindex",
+    )
     checkpoint_every = integer(1, MAX_STEPS, "steps between resumable checkpoints")
     warmup_steps = integer(0, MAX_STEPS, "linear learning-rate warm-up")
 

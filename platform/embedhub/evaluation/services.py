@@ -80,7 +80,7 @@ def compensation_check(*, index: VectorIndex, version: ModelVersion, compensatio
             details={"field": "compensation"},
         )
     path = qdc.drift_path(query_version=version, index_version=index.model_version)
-    qdc.compensation_path_check(path=path, compensation=compensation)
+    qdc.compensation_path_check(path=path, compensation=compensation, index=index)
 
 
 def evaluate_job_run(*, job, ctx) -> dict:
@@ -206,7 +206,7 @@ def evaluation_run(
     timings = {"load": time.monotonic() - started, "encode": 0.0, "search": 0.0, "reference": 0.0}
     run: dict[str, dict[str, float]] = {}
     overlaps: dict[int, list[float]] = {10: [], k: []}
-    applied = "none"
+    applied, adapter_scope = "none", None
     for start in range(0, len(judged), QUERY_BATCH):
         batch = judged[start : start + QUERY_BATCH]
         qids = [qid for qid, _ in batch]
@@ -217,7 +217,7 @@ def evaluation_run(
             model_version=version,
             compensation=compensation,
         )
-        applied = info["compensation"]
+        applied, adapter_scope = info["compensation"], info["adapter"]
         t1 = time.monotonic()
         rankings = searcher.rankings(qids, vectors, k=k, exact=mode == EvalRun.Mode.EXACT)
         t2 = time.monotonic()
@@ -249,6 +249,8 @@ def evaluation_run(
             "ef_search": ef_search,
             "exclude_self": exclude_self,
             "compensation_requested": compensation,
+            # Which adapter answered: the corpus's own, or the chain of version adapters.
+            "adapter": adapter_scope,
             "skipped_unjudged": len(queries) - len(judged),
             # What encoded the queries (and the index's documents): the index's runtime.
             "runtime": index.runtime,

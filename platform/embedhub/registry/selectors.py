@@ -107,4 +107,11 @@ def adapter_summary(adapter: dict) -> dict | None:
     held-out numbers, without the per-candidate table; None when it has none."""
     if not adapter:
         return None
-    return {k: v for k, v in adapter.items() if k != "candidates"}
+    summary = {k: v for k, v in adapter.items() if k not in ("candidates", "per_corpus")}
+    if adapter.get("per_corpus"):
+        shown = ("target_version", "index", "chosen", "document_weight", "documents", "queries")
+        summary["per_corpus"] = {
+            corpus: {k: entry.get(k) for k in shown}
+            for corpus, entry in adapter["per_corpus"].items()
+        }
+    return summary

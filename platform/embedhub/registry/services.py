@@ -349,8 +349,9 @@ def model_version_register_child(
     (registry.services.model_version_register) with its drift vector, private to `owner`
     (the fine-tune job's owner).
 
-    `adapter` describes a compensation adapter saved as export_dir/ADAPTER_FILE; it moves
-    with the weights and the version points at it.
+    `adapter` describes a compensation adapter saved as export_dir/ADAPTER_FILE, and under
+    "per_corpus" the per-corpus adapters saved beside it; they move with the weights and the
+    version points at them.
 
     The model row stays locked from choosing N to the commit, so two jobs finishing at
     once never pick the same folder (the registry numbers the version under the same lock).
@@ -365,9 +366,9 @@ def model_version_register_child(
             shutil.rmtree(final)
         final.parent.mkdir(parents=True, exist_ok=True)
         os.replace(export_dir, final)
-        adapter_extra = {}
-        if adapter is not None and (final / ADAPTER_FILE).exists():
-            adapter_extra = {"adapter": adapter, "adapter_path": str(final / ADAPTER_FILE)}
+        adapter_extra = {"adapter": adapter} if adapter else {}
+        if adapter and (final / ADAPTER_FILE).exists():
+            adapter_extra["adapter_path"] = str(final / ADAPTER_FILE)
         child = model_version_register(
             source=str(final),
             name=model.name,

@@ -112,6 +112,11 @@ class SearchApi(APIView):
         index = serializers.IntegerField()
         model_version = serializers.IntegerField()
         compensation = serializers.CharField()
+        adapter = serializers.CharField(
+            allow_null=True,
+            help_text='with compensation "adapter": "corpus" (fitted for this corpus) or '
+            '"version" (the chain of version adapters); null otherwise',
+        )
         runtime = serializers.CharField(help_text="what encoded the query: the index's runtime")
         exact = serializers.BooleanField()
         policy = serializers.IntegerField(

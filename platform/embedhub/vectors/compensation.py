@@ -2,8 +2,9 @@
 index built by its ancestor k as normalize(f_T(q) - sum of the drift vectors of versions
 k+1..T). Old indexes stay usable the moment a new version exists.
 
-compensation "adapter" applies the learned adapters instead (workers.ml.adapter): each
-version's map to its parent's space, chained T → T−1 → … → k as one affine map."""
+compensation "adapter" applies the learned adapters instead (workers.ml.adapter): the
+corpus's own adapter where the fine-tune fitted one from T straight to the index's version k,
+else each version's map to its parent's space, chained T → T−1 → … → k as one affine map."""
 
 from __future__ import annotations
 
@@ -61,6 +62,26 @@ def adapter_chain(path: list[ModelVersion]) -> Adapter:
     return chain([_adapter_load(v.adapter_path, _mtime(v.adapter_path)) for v in path])
 
 
+def corpus_adapter_entry(*, version: ModelVersion, index: VectorIndex) -> dict | None:
+    """What `version`'s fine-tune recorded of the adapter it fitted for the index's corpus
+    (workers.ml.adapter.fit_corpus_adapter), when it maps into the index's version."""
+    entry = (version.adapter or {}).get("per_corpus", {}).get(str(index.corpus_id))
+    if entry and entry.get("target_version") == index.model_version_id:
+        return entry
+    return None
+
+
+def adapter_for(*, path: list[ModelVersion], index: VectorIndex) -> tuple[Adapter, str]:
+    """(the map for queries of path[0] on `index`, "corpus" or "version"): an adapter fitted
+    on this corpus knows its documents and whether the child or the parent ranks it better,
+    so it wins over the chain of version adapters fitted on the training task."""
+    entry = corpus_adapter_entry(version=path[0], index=index)
+    if entry is None:
+        return adapter_chain(path), "version"
+    file = str(Path(path[0].artifact_path) / entry["file"])
+    return _adapter_load(file, _mtime(file)), "corpus"
+
+
 def _mtime(path: str) -> float:
     try:
         return Path(path).stat().st_mtime
@@ -77,14 +98,18 @@ def _adapter_load(path: str, mtime: float) -> Adapter:
     return Adapter.from_bytes(Path(path).read_bytes())
 
 
-def compensation_path_check(*, path: list[ModelVersion], compensation: str) -> None:
+def compensation_path_check(
+    *, path: list[ModelVersion], compensation: str, index: VectorIndex | None = None
+) -> None:
     """Refuse up front what query_vectors would refuse for this path: a version without
-    the drift vector (QDC) or the adapter it needs."""
+    the drift vector (QDC) or the adapter it needs (a corpus adapter for `index` will do)."""
     if not path:
         return
     if compensation in ("auto", "qdc"):
         drift_deltas(path)
-    elif compensation == "adapter":
+    elif compensation == "adapter" and (
+        index is None or corpus_adapter_entry(version=path[0], index=index) is None
+    ):
         adapter_chain(path)
 
 
@@ -94,8 +119,10 @@ def _applied(path: list, compensation: str) -> str:
     return "qdc" if compensation == "auto" else compensation
 
 
-def _adapt(vectors: np.ndarray, *, path: list[ModelVersion], index: VectorIndex) -> np.ndarray:
-    adapter = adapter_chain(path)
+def _adapt(
+    vectors: np.ndarray, *, path: list[ModelVersion], index: VectorIndex
+) -> tuple[np.ndarray, str]:
+    adapter, scope = adapter_for(path=path, index=index)
     if adapter.dimension != vectors.shape[-1]:
         raise ApplicationError(
             f"index {index.pk} holds {vectors.shape[-1]}-dimensional vectors but the "
@@ -103,7 +130,7 @@ def _adapt(vectors: np.ndarray, *, path: list[ModelVersion], index: VectorIndex)
             'use compensation "none"',
             code="incompatible_adapter",
         )
-    return adapter.apply(vectors)
+    return adapter.apply(vectors), scope
 
 
 def query_vectors(
@@ -117,7 +144,8 @@ def query_vectors(
     index's runtime (an int8 index is searched with int8 queries, as it was measured).
 
     compensation "auto" means QDC when the versions differ, nothing otherwise; "adapter"
-    the chained learned adapters.
+    the learned adapters (the info's "adapter" says whether the corpus's own or the version
+    chain answered).
     """
     if compensation not in COMPENSATIONS:
         raise ApplicationError(f"compensation: must be one of {list(COMPENSATIONS)}")
@@ -137,11 +165,13 @@ def query_vectors(
                 code="incompatible_drift",
             )
         vectors = compensate(vectors, deltas)
-    elif applied == "adapter":
-        vectors = _adapt(vectors, path=path, index=index)
+    scope = None
+    if applied == "adapter":
+        vectors, scope = _adapt(vectors, path=path, index=index)
     info = {
         "model_version": version.pk,
         "compensation": applied,
+        "adapter": scope,
         "drift_steps": len(path),
         "runtime": index.runtime,
     }

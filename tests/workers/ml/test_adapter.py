@@ -5,15 +5,20 @@ import pytest
 
 from workers.ml.adapter import (
     Adapter,
+    CorpusPairs,
     RetrievalProbe,
     chain,
     fit_adapter,
+    fit_corpus_adapter,
     fit_procrustes,
+    fit_ranking_map,
     fit_ridge,
+    identity,
     mean_cosine,
     neighbour_overlap,
     normalize,
     probe_mrr,
+    reindex_fidelity,
 )
 
 
@@ -136,3 +141,55 @@ def test_a_retrieval_probe_prefers_aligning_documents_over_undoing_the_query_dri
     # Without a probe the choice is by held-out cosine, over maps fitted on every pair.
     plain = fit_adapter(x, y, is_query=is_query, seed=0)
     assert plain.scores["fitted_on"] == "all" and "probe_mrr@10" not in plain.scores
+
+
+def _drifted_corpus(rng, *, d=16, n_docs=400, n_queries=200):
+    """A child that moved its documents by a modest rotation, as a fine-tune does (the
+    index holds the parent's)."""
+    child_docs = _unit(rng, n_docs, d)
+    rotation, _ = np.linalg.qr(np.eye(d) + 0.25 * rng.normal(size=(d, d)))
+    child_queries = normalize(child_docs[:n_queries] + 0.3 * rng.normal(size=(n_queries, d)))
+    return child_docs, child_docs @ rotation, child_queries, rotation
+
+
+def test_a_ranking_map_makes_the_old_index_rank_like_a_reindex():
+    rng = np.random.default_rng(11)
+    child_docs, parent_docs, queries, _ = _drifted_corpus(rng)
+    fitted = fit_ranking_map(
+        queries=queries, parent_docs=parent_docs, child_docs=child_docs, steps=300, lr=3e-2
+    )
+    kwargs = {"queries": queries, "parent_docs": parent_docs, "child_docs": child_docs}
+    assert reindex_fidelity(fitted, **kwargs) > 0.75
+    assert reindex_fidelity(identity(16), **kwargs) < 0.3
+    # Unit-length outputs on average, so a blend with another map mixes like with like.
+    assert np.mean(np.linalg.norm(queries @ fitted.weight, axis=1)) == pytest.approx(1, abs=1e-4)
+
+
+def test_a_corpus_adapter_blends_towards_the_parent_where_the_probe_finds_it_better():
+    rng = np.random.default_rng(12)
+    child_docs, parent_docs, queries, rotation = _drifted_corpus(rng, n_queries=100)
+    # The parent's own queries: the child moved them its own way (a map the query side
+    # can learn), and on an old task the parent's ranking is the right one.
+    parent_queries = normalize(queries @ _rotation(rng, 16))
+    pairs = CorpusPairs(
+        child_docs=child_docs,
+        parent_docs=parent_docs,
+        child_queries=queries,
+        parent_queries=parent_queries,
+    )
+    # Judged against the parent's view: the parent's query finds its documents.
+    relevant = [int(i) for i in np.argmax(parent_queries[:40] @ parent_docs.T, axis=1)]
+    probe = RetrievalProbe(
+        queries=queries[:40], positives=[[r] for r in relevant], pool=parent_docs
+    )
+    old_task = fit_corpus_adapter(pairs, probe=probe, seed=0)
+    assert old_task.scores["document_weight"] < 0.5
+    ndcg = old_task.scores["probe_ndcg@10"]
+    assert ndcg["0"] > ndcg["1"] and old_task.scores["probe_queries"] == 40
+    # No probe: the ranking map alone.
+    alone = fit_corpus_adapter(pairs, seed=0)
+    assert alone.scores["chosen"] == "blend@1" and "probe_ndcg@10" not in alone.scores
+    with pytest.raises(ValueError, match="two"):
+        fit_corpus_adapter(
+            CorpusPairs(child_docs[:1], parent_docs[:1], queries, parent_queries), seed=0
+        )

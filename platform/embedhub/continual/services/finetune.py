@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 from django.conf import settings
 
+from embedhub.continual.services.corpus_adapters import corpus_adapters_fit
 from embedhub.core.errors import ApplicationError
 from embedhub.corpora.models import Corpus, Document
 from embedhub.evaluation import selectors as evaluation_selectors
@@ -352,6 +353,16 @@ def finetune_job_run(*, job, ctx) -> dict:
         ),
         export_dir=export_dir,
     )
+
+    def report(note: str) -> None:
+        ctx.check_cancel()
+        ctx.progress(outcome.steps, unit="steps", note=note)
+
+    corpora = corpus_adapters_fit(
+        job=job, parent=parent, child_encoder=child_encoder, export_dir=export_dir, report=report
+    )
+    if corpora:
+        adapter = {**(adapter or {}), "per_corpus": corpora}
     ctx.check_cancel()  # the last point where a cancel still leaves no child behind
     provenance.update(
         {
