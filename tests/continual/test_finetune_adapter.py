@@ -86,6 +86,7 @@ def test_finetune_stores_an_adapter_and_adapter_compensation_searches_with_it(
     assert detail["adapter"]["method"] == info["method"]
     page = client_page(client, user)
     assert f'adapter <strong class="adapter-method">{info["method"]}' in page
+    assert "corpus-adapters" in page and "<strong>1</strong> corpus adapter<" in page
 
     # Search the parent's index with the child's queries through the adapter.
     body = {"index": index_id, "query": "what is zorbl?", "model_version": child.pk, "k": 3}
