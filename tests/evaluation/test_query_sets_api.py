@@ -105,3 +105,18 @@ def test_query_set_upload_declaring_too_much_is_refused_before_it_is_read(api, u
     assert response.status_code == 413
     assert response.json()["error"]["details"]["size"] == 10 * 1024**2
     assert not corpus.query_sets.exists()
+
+
+def test_query_set_counts_are_subqueries_not_a_join_of_queries_with_qrels(api, user):
+    # Joining both tables in one GROUP BY made NFCorpus's train set (2.6k queries × 110k
+    # qrels) a 285M-row listing that never returned; the counts must not multiply.
+    from embedhub.evaluation.selectors import query_set_list
+
+    corpus = CorpusFactory(owner=user)
+    add_documents(corpus, {"d1": "one", "d2": "two", "d3": "three"})
+    _upload(api, corpus)
+    listed = query_set_list(user=user, corpus_id=corpus.pk)
+    joined = {table for table in listed.query.alias_map}
+    assert not joined & {"evaluation_query", "evaluation_qrel"}, joined
+    assert not listed.query.group_by
+    assert [(q.query_count, q.qrel_count) for q in listed] == [(2, 3)]
