@@ -277,6 +277,10 @@ def corpus_detail(request: HttpRequest, corpus_id: int) -> HttpResponse:
         "indexes": indexes.order_by("-created_at"),
         "ready_indexes": indexes.filter(state__in=["ready", "retired"]),
         "query_sets": _query_sets(request.user, corpus),
+        # The evaluate form starts on the set a policy job would measure (never "train").
+        "measured_query_set": getattr(
+            continual_selectors.policy_query_set(corpus=corpus), "pk", None
+        ),
         "eval_runs": _eval_runs(request.user, {"index__corpus": corpus})[:20],
         "jobs": jobs[:10],
         "versions": _version_list(request.user).filter(status="ready"),

@@ -8,7 +8,7 @@ import re
 import pytest
 from django.urls import reverse
 
-from embedhub.evaluation.models import EvalRun, QuerySet
+from embedhub.evaluation.models import EvalRun, Qrel, QuerySet
 from embedhub.jobs.models import Job
 from embedhub.vectors.compensation import COMPENSATIONS
 from embedhub.vectors.models import ServingPolicy
@@ -155,6 +155,8 @@ def test_forgetting_matrix_renders_each_version_and_option_with_the_choice_marke
     assert cells[(child.pk, "old_index_adapter")][column]["eval_run"] is None
     body = response.content.decode()
     assert 'id="forgetting-table"' in body and "✓ 0.6600" in body
+    # Rows read as serving options; the root's only row is its own index.
+    assert ">its own index</td>" in body and ">old index + QDC</td>" in body
     # Another account sees none of it.
     response = client_for(other_user).get(f"/evaluations/forgetting/?version={child.pk}")
     assert response.status_code == 200
@@ -178,6 +180,12 @@ def qdc_policy(lineage):
     return ServingPolicy.objects.create(
         corpus=lineage["corpus"], query_version=child, compensation="qdc"
     )
+
+
+def _selected(html: str, select_id: str) -> str | None:
+    select = html.split(f'id="{select_id}"', 1)[1].split("</select>", 1)[0]
+    found = re.findall(r'<option value="([^"]*)" selected', select)
+    return found[0] if found else None
 
 
 def _options(html: str, select_id: str) -> list[str]:
@@ -240,3 +248,17 @@ def test_the_evaluate_form_follows_the_serving_policy_unless_overridden(
         "none",
     ]
     assert "policy" not in job.params
+
+
+def test_the_evaluate_form_starts_on_the_query_set_a_policy_job_measures(client_for, user, lineage):
+    client, corpus = client_for(user), lineage["corpus"]
+    page = client.get(f"/corpora/{corpus.pk}/").content.decode()
+    assert _selected(page, "eval-qs") is None  # no judged set yet: the first listed
+    # "train" is listed first (newer), but a version fine-tuned on it would flatter itself.
+    judged = {}
+    for name in ("test", "train"):
+        judged[name] = QuerySet.objects.create(owner=user, corpus=corpus, name=name)
+        Qrel.objects.create(query_set=judged[name], query_external_id="q", document_external_id="d")
+    page = client.get(f"/corpora/{corpus.pk}/").content.decode()
+    assert _options(page, "eval-qs")[0] == str(judged["train"].pk)
+    assert _selected(page, "eval-qs") == str(judged["test"].pk)

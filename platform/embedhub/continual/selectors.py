@@ -168,6 +168,12 @@ def policy_query_set(*, corpus: Corpus) -> QuerySetModel | None:
 # ------------------------------------------------------------------ the forgetting matrix
 
 MATRIX_OPTIONS = ("old_index_none", "old_index_qdc", "old_index_adapter", "reindexed")
+MATRIX_LABELS = {
+    "old_index_none": "old index, no compensation",
+    "old_index_qdc": "old index + QDC",
+    "old_index_adapter": "old index + adapter",
+    "reindexed": "reindexed",
+}
 
 
 def version_chain(*, leaf: ModelVersion) -> list[ModelVersion]:
@@ -238,5 +244,6 @@ def forgetting_matrix(*, user, leaf: ModelVersion) -> dict:
                         "chosen": bool(run and run.pk in chosen),
                     }
                 )
-            rows.append({"version": version, "option": option, "cells": row})
+            label = "its own index" if version.pk == root.pk else MATRIX_LABELS[option]
+            rows.append({"version": version, "option": option, "label": label, "cells": row})
     return {"chain": chain, "root": root, "tasks": ordered, "rows": rows}

@@ -121,10 +121,17 @@ def _corpus_queries(corpus, *, leave_out: set[str]) -> list[str]:
 
 
 def corpus_adapter_fit(
-    *, index: VectorIndex, child_encoder: Encoder, budget: int, export_dir: Path, seed: int
+    *,
+    index: VectorIndex,
+    child_encoder: Encoder,
+    budget: int,
+    export_dir: Path,
+    seed: int,
+    report: Callable[[str], None] = lambda note: None,
 ) -> dict | None:
     """Fit, save and describe the adapter for the index's corpus; None when the corpus
-    has too few documents or queries to fit one."""
+    has too few documents or queries to fit one. `report` gets each stage: the child's
+    pass over the sample and the fit take minutes each on a CPU."""
     ids = vector_selectors.document_ids_sample(corpus_id=index.corpus_id, n=budget)
     parent_vecs = vector_selectors.index_vectors_of(index=index, document_ids=ids)
     rows = vector_selectors.document_texts(corpus_id=index.corpus_id, document_ids=parent_vecs)
@@ -132,6 +139,7 @@ def corpus_adapter_fit(
     parent_docs = np.stack([parent_vecs[i] for i in sample_ids]) if rows else None
     if parent_docs is None or len(rows) < MIN_DOCUMENTS:
         return None
+    report(f"embedding {len(rows):,} of its documents with the new version")
     child_docs = child_encoder.encode([text for _, _, text in rows], kind="document")
     probe, probe_texts, probe_sets = _probe(
         index=index, child_encoder=child_encoder, sample_ids=sample_ids, pool=parent_docs
@@ -146,6 +154,7 @@ def corpus_adapter_fit(
         child_queries=child_encoder.encode(texts, kind="query"),
         parent_queries=parent_q,
     )
+    report(f"fitting its ranking and query maps ({len(texts):,} queries)")
     adapter = fit_corpus_adapter(pairs, probe=probe, seed=seed)
     name = f"adapter-corpus-{index.corpus_id}.npz"
     (export_dir / name).write_bytes(adapter.to_bytes())
@@ -173,13 +182,15 @@ def corpus_adapters_fit(
     fitted = {}
     indexes = corpus_adapter_indexes(owner=job.owner, parent=parent) if budget else []
     for i, index in enumerate(indexes):
-        report(f"fitting the adapter of corpus {index.corpus_id} ({i + 1}/{len(indexes)})")
+        prefix = f"adapter for corpus {index.corpus.name!r} ({i + 1}/{len(indexes)})"
+        report(prefix)
         entry = corpus_adapter_fit(
             index=index,
             child_encoder=child_encoder,
             budget=budget,
             export_dir=export_dir,
             seed=seed,
+            report=lambda note, prefix=prefix: report(f"{prefix}: {note}"),
         )
         if entry is None:
             logger.info("job %s: corpus %s too small for an adapter", job.pk, index.corpus_id)
