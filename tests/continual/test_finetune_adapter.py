@@ -67,12 +67,13 @@ def test_finetune_stores_an_adapter_and_adapter_compensation_searches_with_it(
     assert -1 <= info["held_out_cosine"] <= 1 and "identity" in info["candidates"]
     assert job.result["adapter"]["method"] == info["method"]
     # Its corpus got an adapter of its own, into the index's version; the other account's
-    # corpus (same parent) got none. Only the policy's query set is judged: no probe, so
-    # the ranking map serves alone.
+    # corpus (same parent) got none. Only the policy's query set is judged: no probe, and
+    # the fine-tune trained on this corpus, so the ranking map serves alone.
     entry = info["per_corpus"][str(corpus.pk)]
     assert entry["target_version"] == parent.pk and entry["index"] == index_id
     assert (Path(child.artifact_path) / entry["file"]).is_file()
     assert entry["document_weight"] == 1.0 and entry["probe_query_sets"] == []
+    assert entry["new_task"] is True and entry["blend_chosen_by"] == "task"
     assert (entry["documents"], entry["queries"]) == (12, 12)
     assert list(info["per_corpus"]) == [str(corpus.pk)]
     assert job.result["adapter"]["per_corpus"][str(corpus.pk)]["chosen"] == "blend@1"

@@ -434,6 +434,7 @@ def fit_corpus_adapter(
     pairs: CorpusPairs,
     *,
     probe: RetrievalProbe | None = None,
+    unprobed_weight: float = 1.0,
     lambdas: Sequence[float] = RIDGE_LAMBDAS,
     seed: int = 0,
 ) -> Adapter:
@@ -446,8 +447,10 @@ def fit_corpus_adapter(
     Which is better depends on the corpus: on the fine-tune's own task the child is better,
     on an old task it has forgotten. Only judged queries can tell, so with a probe (judged
     queries of the corpus, searched among the sampled documents) its nDCG@10 picks the blend
-    weight; without one the document map serves alone (a reindex is what the adapter
-    stands in for)."""
+    weight. Without one the caller says which side to trust (`unprobed_weight`): the
+    ranking map (1) on the fine-tune's own task, where the reindex is the change being
+    adopted; the query map (0) on an old task, where the parent's ranking is what drift
+    loses."""
     for name in ("child_docs", "child_queries"):
         if len(getattr(pairs, name)) < 2:
             raise ValueError(f"a corpus adapter needs at least two {name.split('_')[1]}")
@@ -458,11 +461,12 @@ def fit_corpus_adapter(
         for weight in BLEND_WEIGHTS:
             blends[weight] = round(probe_ndcg(blend(documents, queries, weight=weight), probe), 6)
     # Ties go to the heavier document weight: the reindex is the change being adopted.
-    chosen = max(blends, key=lambda w: (blends[w], w)) if blends else 1.0
+    chosen = max(blends, key=lambda w: (blends[w], w)) if blends else unprobed_weight
     final = blend(documents, queries, weight=chosen)
     final.scores = {
         "chosen": f"blend@{chosen:g}",
         "document_weight": chosen,
+        "blend_chosen_by": "probe" if blends else "task",
         "ranking_map": doc_scores,
         "query_map": {
             "chosen": queries.scores["chosen"],

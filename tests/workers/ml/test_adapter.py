@@ -18,6 +18,7 @@ from workers.ml.adapter import (
     neighbour_overlap,
     normalize,
     probe_mrr,
+    probe_ndcg,
     reindex_fidelity,
 )
 
@@ -186,9 +187,16 @@ def test_a_corpus_adapter_blends_towards_the_parent_where_the_probe_finds_it_bet
     assert old_task.scores["document_weight"] < 0.5
     ndcg = old_task.scores["probe_ndcg@10"]
     assert ndcg["0"] > ndcg["1"] and old_task.scores["probe_queries"] == 40
-    # No probe: the ranking map alone.
+    assert old_task.scores["blend_chosen_by"] == "probe"
+    # No probe: the caller's side alone. The ranking map on the fine-tune's own task...
     alone = fit_corpus_adapter(pairs, seed=0)
     assert alone.scores["chosen"] == "blend@1" and "probe_ndcg@10" not in alone.scores
+    assert alone.scores["blend_chosen_by"] == "task"
+    # ...and on an old task the query map, which ranks as the parent's own queries did.
+    parent_like = fit_corpus_adapter(pairs, unprobed_weight=0.0, seed=0)
+    assert parent_like.scores["chosen"] == "blend@0"
+    assert probe_ndcg(parent_like, probe) == pytest.approx(ndcg["0"], abs=1e-6)
+    assert probe_ndcg(parent_like, probe) > probe_ndcg(alone, probe)
     with pytest.raises(ValueError, match="two"):
         fit_corpus_adapter(
             CorpusPairs(child_docs[:1], parent_docs[:1], queries, parent_queries), seed=0

@@ -127,11 +127,14 @@ def corpus_adapter_fit(
     budget: int,
     export_dir: Path,
     seed: int,
+    new_task: bool,
     report: Callable[[str], None] = lambda note: None,
 ) -> dict | None:
     """Fit, save and describe the adapter for the index's corpus; None when the corpus
-    has too few documents or queries to fit one. `report` gets each stage: the child's
-    pass over the sample and the fit take minutes each on a CPU."""
+    has too few documents or queries to fit one. `new_task`: the fine-tune trained on this
+    corpus, so without judged queries to choose by, the adapter imitates a reindex there
+    and the parent elsewhere. `report` gets each stage: the child's pass over the sample
+    and the fit take minutes each on a CPU."""
     ids = vector_selectors.document_ids_sample(corpus_id=index.corpus_id, n=budget)
     parent_vecs = vector_selectors.index_vectors_of(index=index, document_ids=ids)
     rows = vector_selectors.document_texts(corpus_id=index.corpus_id, document_ids=parent_vecs)
@@ -155,7 +158,9 @@ def corpus_adapter_fit(
         parent_queries=parent_q,
     )
     report(f"fitting its ranking and query maps ({len(texts):,} queries)")
-    adapter = fit_corpus_adapter(pairs, probe=probe, seed=seed)
+    adapter = fit_corpus_adapter(
+        pairs, probe=probe, unprobed_weight=1.0 if new_task else 0.0, seed=seed
+    )
     name = f"adapter-corpus-{index.corpus_id}.npz"
     (export_dir / name).write_bytes(adapter.to_bytes())
     return {
@@ -163,6 +168,7 @@ def corpus_adapter_fit(
         "index": index.pk,
         "file": name,
         "probe_query_sets": probe_sets if probe is not None else [],
+        "new_task": new_task,
         **adapter.scores,
     }
 
@@ -190,6 +196,7 @@ def corpus_adapters_fit(
             budget=budget,
             export_dir=export_dir,
             seed=seed,
+            new_task=index.corpus_id == job.params.get("corpus"),
             report=lambda note, prefix=prefix: report(f"{prefix}: {note}"),
         )
         if entry is None:
