@@ -27,7 +27,7 @@ TORCH, ONNX, ONNX_INT8 = "torch", "onnx", "onnx-int8"
 RUNTIMES = (TORCH, ONNX, ONNX_INT8)
 # Part of the cache key: a change to the export or quantisation recipe (onnx_export.py)
 # must bump it, or old files would be served as the new recipe's.
-RECIPE = "r1-fused-perchannel-ffn-out-fp32"
+RECIPE = "r2-fused-perchannel-all"
 # Weights and the config the graph depends on; tokenizer files are not in the graph.
 _GRAPH_FILES = ("config.json", "*.safetensors", "pytorch_model*.bin")
 
