@@ -104,12 +104,13 @@ def test_onnx_fp32_streams_chunked_windows_like_torch(torch_encoder, fp32) -> No
 
 @pytest.mark.slow
 def test_onnx_int8_stays_close_to_fp32(fp32, int8) -> None:
-    # Measured on these texts: mean 0.9973, min 0.9954 (on all of SciFact: mean 0.9974,
-    # benchmarks/runtimes); naive per-tensor int8 stays under 0.94 on average.
+    # Per-channel int8 everywhere, measured on these texts: mean 0.9946 (on all of SciFact:
+    # mean 0.9947, no nDCG@10 loss, benchmarks/runtimes); naive per-tensor int8 stays under
+    # 0.94 on average.
     texts = _scifact_texts(48)
     cosines = _cosines(int8.encode(texts), fp32.encode(texts))
-    assert cosines.mean() >= 0.995
-    assert cosines.min() >= 0.99
+    assert cosines.mean() >= 0.993, cosines.mean()
+    assert cosines.min() >= 0.985, cosines.min()
     # Not the fp32 graph under another name: the weights really are int8.
     assert cosines.mean() < 0.99999
 
