@@ -182,16 +182,18 @@ def qdc_policy(lineage):
     )
 
 
+def _select(html: str, select_id: str) -> str:
+    start = html.index(f'id="{select_id}"')
+    return html[start : html.index("</select>", start)]
+
+
 def _selected(html: str, select_id: str) -> str | None:
-    select = html.split(f'id="{select_id}"', 1)[1].split("</select>", 1)[0]
-    found = re.findall(r'<option value="([^"]*)" selected', select)
+    found = re.findall(r'<option value="([^"]*)" selected', _select(html, select_id))
     return found[0] if found else None
 
 
 def _options(html: str, select_id: str) -> list[str]:
-    start = html.index(f'id="{select_id}"')
-    select = html[start : html.index("</select>", start)]
-    return re.findall(r'<option value="([^"]*)"', select)
+    return re.findall(r'<option value="([^"]*)"', _select(html, select_id))
 
 
 def test_search_page_offers_the_policy_and_every_compensation_of_the_server(
