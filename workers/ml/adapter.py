@@ -389,9 +389,10 @@ def reindex_fidelity(
 @dataclass(frozen=True)
 class CorpusPairs:
     """One corpus seen by both versions: a document sample as the index holds it (parent)
-    and as the child embeds it, and the corpus's query texts embedded by each."""
+    and as the child embeds it, and the corpus's query texts embedded by each. child_docs
+    is None where the ranking map cannot matter (needs_ranking_map)."""
 
-    child_docs: np.ndarray
+    child_docs: np.ndarray | None
     parent_docs: np.ndarray
     child_queries: np.ndarray
     parent_queries: np.ndarray
@@ -430,6 +431,13 @@ def _ranking_map_fit(pairs: CorpusPairs, *, seed: int) -> tuple[Adapter, dict]:
     return final, scores
 
 
+def needs_ranking_map(*, probe: RetrievalProbe | None, unprobed_weight: float) -> bool:
+    """Whether fit_corpus_adapter can use the ranking map, and so whether the child's pass
+    over the document sample (minutes on a CPU) is worth making: not on an old task with no
+    judged queries to choose a blend by, where the query map alone is the adapter."""
+    return probe is not None or unprobed_weight > 0
+
+
 def fit_corpus_adapter(
     pairs: CorpusPairs,
     *,
@@ -451,11 +459,16 @@ def fit_corpus_adapter(
     ranking map (1) on the fine-tune's own task, where the reindex is the change being
     adopted; the query map (0) on an old task, where the parent's ranking is what drift
     loses."""
-    for name in ("child_docs", "child_queries"):
-        if len(getattr(pairs, name)) < 2:
-            raise ValueError(f"a corpus adapter needs at least two {name.split('_')[1]}")
-    documents, doc_scores = _ranking_map_fit(pairs, seed=seed)
+    if len(pairs.child_queries) < 2:
+        raise ValueError("a corpus adapter needs at least two queries")
     queries = fit_adapter(pairs.child_queries, pairs.parent_queries, lambdas=lambdas, seed=seed)
+    if needs_ranking_map(probe=probe, unprobed_weight=unprobed_weight):
+        if pairs.child_docs is None or len(pairs.child_docs) < 2:
+            raise ValueError("a corpus adapter needs at least two documents")
+        documents, doc_scores = _ranking_map_fit(pairs, seed=seed)
+    else:
+        # Weight 0 is the query map alone: the ranking map would go unused.
+        documents, doc_scores = queries, None
     blends = {}
     if probe is not None:
         for weight in BLEND_WEIGHTS:
@@ -473,7 +486,7 @@ def fit_corpus_adapter(
             "held_out_cosine": queries.scores["held_out_cosine"],
             "identity_cosine": queries.scores["identity_cosine"],
         },
-        "documents": len(pairs.child_docs),
+        "documents": 0 if doc_scores is None else len(pairs.child_docs),
         "queries": len(pairs.child_queries),
     }
     if probe is not None:

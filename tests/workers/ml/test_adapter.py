@@ -201,3 +201,20 @@ def test_a_corpus_adapter_blends_towards_the_parent_where_the_probe_finds_it_bet
         fit_corpus_adapter(
             CorpusPairs(child_docs[:1], parent_docs[:1], queries, parent_queries), seed=0
         )
+
+
+def test_a_corpus_adapter_without_child_documents_is_the_query_map_alone():
+    rng = np.random.default_rng(13)
+    _, parent_docs, queries, _ = _drifted_corpus(rng, n_queries=60)
+    parent_queries = normalize(queries @ _rotation(rng, 16))
+    pairs = CorpusPairs(None, parent_docs, queries, parent_queries)
+    # An old task with no probe: the documents are never needed, so none are computed.
+    alone = fit_corpus_adapter(pairs, unprobed_weight=0.0, seed=0)
+    full = fit_corpus_adapter(
+        CorpusPairs(parent_docs, parent_docs, queries, parent_queries), unprobed_weight=0.0
+    )
+    assert alone.scores["ranking_map"] is None and alone.scores["documents"] == 0
+    np.testing.assert_allclose(alone.weight, full.weight, atol=1e-6)
+    # Where the ranking map is used, documents are required.
+    with pytest.raises(ValueError, match="two documents"):
+        fit_corpus_adapter(pairs, unprobed_weight=1.0, seed=0)

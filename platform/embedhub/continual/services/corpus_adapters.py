@@ -27,7 +27,7 @@ from embedhub.registry.models import ModelVersion
 from embedhub.vectors import selectors as vector_selectors
 from embedhub.vectors.compensation import query_vectors
 from embedhub.vectors.models import VectorIndex
-from workers.ml.adapter import CorpusPairs, RetrievalProbe, fit_corpus_adapter
+from workers.ml.adapter import CorpusPairs, RetrievalProbe, fit_corpus_adapter, needs_ranking_map
 from workers.ml.encoder import Encoder
 
 # Documents per corpus the child embeds for its corpus adapter (config key
@@ -37,7 +37,7 @@ CORPUS_ADAPTER_DOCUMENTS = 5000
 CORPUS_ADAPTER_QUERIES = 1000
 PROBE_QUERIES = 200
 MIN_PROBE_QUERIES = 5
-MIN_DOCUMENTS = 10  # fewer and the held-out fifth cannot rank ten
+MIN_DOCUMENTS = 10
 
 logger = logging.getLogger(__name__)
 
@@ -120,6 +120,19 @@ def _corpus_queries(corpus, *, leave_out: set[str]) -> list[str]:
     return _stable(list(found), CORPUS_ADAPTER_QUERIES)
 
 
+def _document_sample(*, index, budget: int) -> tuple[list[int], list[str], np.ndarray] | None:
+    """(document ids, their texts, their vectors in the index) of a stable sample; None when
+    the corpus has too few documents for the held-out fifth to rank ten."""
+    ids = vector_selectors.document_ids_sample(corpus_id=index.corpus_id, n=budget)
+    parent_vecs = vector_selectors.index_vectors_of(index=index, document_ids=ids)
+    rows = vector_selectors.document_texts(corpus_id=index.corpus_id, document_ids=parent_vecs)
+    if len(rows) < MIN_DOCUMENTS:
+        return None
+    sample_ids = [doc_id for doc_id, _, _ in rows]
+    parent_docs = np.stack([parent_vecs[i] for i in sample_ids])
+    return sample_ids, [text for _, _, text in rows], parent_docs
+
+
 def corpus_adapter_fit(
     *,
     index: VectorIndex,
@@ -133,23 +146,24 @@ def corpus_adapter_fit(
     """Fit, save and describe the adapter for the index's corpus; None when the corpus
     has too few documents or queries to fit one. `new_task`: the fine-tune trained on this
     corpus, so without judged queries to choose by, the adapter imitates a reindex there
-    and the parent elsewhere. `report` gets each stage: the child's pass over the sample
-    and the fit take minutes each on a CPU."""
-    ids = vector_selectors.document_ids_sample(corpus_id=index.corpus_id, n=budget)
-    parent_vecs = vector_selectors.index_vectors_of(index=index, document_ids=ids)
-    rows = vector_selectors.document_texts(corpus_id=index.corpus_id, document_ids=parent_vecs)
-    sample_ids = [doc_id for doc_id, _, _ in rows]
-    parent_docs = np.stack([parent_vecs[i] for i in sample_ids]) if rows else None
-    if parent_docs is None or len(rows) < MIN_DOCUMENTS:
+    and the parent elsewhere (where the child's pass over the sample is then skipped: the
+    query map alone needs only queries). `report` gets each stage: the child's pass over
+    the sample and the fit take minutes each on a CPU."""
+    sample = _document_sample(index=index, budget=budget)
+    if sample is None:
         return None
-    report(f"embedding {len(rows):,} of its documents with the new version")
-    child_docs = child_encoder.encode([text for _, _, text in rows], kind="document")
+    sample_ids, doc_texts, parent_docs = sample
     probe, probe_texts, probe_sets = _probe(
         index=index, child_encoder=child_encoder, sample_ids=sample_ids, pool=parent_docs
     )
     texts = _corpus_queries(index.corpus, leave_out=probe_texts)
     if len(texts) < 2:
         return None
+    unprobed_weight = 1.0 if new_task else 0.0
+    child_docs = None
+    if needs_ranking_map(probe=probe, unprobed_weight=unprobed_weight):
+        report(f"embedding {len(doc_texts):,} of its documents with the new version")
+        child_docs = child_encoder.encode(doc_texts, kind="document")
     parent_q, _ = query_vectors(index=index, texts=texts, compensation="none")
     pairs = CorpusPairs(
         child_docs=child_docs,
@@ -157,10 +171,9 @@ def corpus_adapter_fit(
         child_queries=child_encoder.encode(texts, kind="query"),
         parent_queries=parent_q,
     )
-    report(f"fitting its ranking and query maps ({len(texts):,} queries)")
-    adapter = fit_corpus_adapter(
-        pairs, probe=probe, unprobed_weight=1.0 if new_task else 0.0, seed=seed
-    )
+    maps = "ranking and query maps" if child_docs is not None else "query map"
+    report(f"fitting its {maps} ({len(texts):,} queries)")
+    adapter = fit_corpus_adapter(pairs, probe=probe, unprobed_weight=unprobed_weight, seed=seed)
     name = f"adapter-corpus-{index.corpus_id}.npz"
     (export_dir / name).write_bytes(adapter.to_bytes())
     return {
