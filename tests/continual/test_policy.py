@@ -16,6 +16,7 @@ import pytest
 from django.db import connection
 
 from embedhub.corpora.models import Document
+from embedhub.evaluation import services as evaluation_services
 from embedhub.evaluation.models import EvalRun, Qrel, Query, QuerySet
 from embedhub.jobs.models import Job
 from embedhub.jobs.runner import job_execute
@@ -512,6 +513,29 @@ def test_cancelling_a_policy_job_stops_its_shards_and_a_retry_resumes_the_shadow
     shadow.refresh_from_db()
     assert shadow.vector_count == 300 and tables.hnsw_exists(table=shadow.table_name)
     _assert_exactly_once(shadow, corpus, encoder)
+
+
+def test_a_cancel_stops_a_policy_job_inside_a_candidate_evaluation(user, lineage, monkeypatch):
+    """Each chunk of encoded queries is a cancel point: a cancel requested while the qdc
+    candidate encodes stops the job there, before that evaluation is stored and before any
+    shadow is built."""
+    corpus, index, _ = qdc_wins(user, lineage)
+    monkeypatch.setattr(evaluation_services, "ENCODE_CHUNK", 4)
+    job, _ = job_submit_checked(user=user, kind="policy", params={"corpus": corpus.pk})
+    encode = qdc.query_vectors
+
+    def cancel_during_qdc(**kwargs):
+        if kwargs["compensation"] == "qdc":
+            job_cancel(job=Job.objects.get(pk=job.pk))
+        return encode(**kwargs)
+
+    monkeypatch.setattr(qdc, "query_vectors", cancel_during_qdc)
+    assert job_execute(job_id=job.pk, worker="test@inline") == "cancelled"
+    job.refresh_from_db()
+    assert job.status == "cancelled"
+    assert EvalRun.objects.filter(query_set__corpus=corpus).count() == 2  # current, none
+    assert not VectorIndex.objects.filter(corpus=corpus).exclude(pk=index.pk).exists()
+    assert job.progress_done == 2 and "old_index_qdc: encoded 4/12" in job.progress_note
 
 
 @pytest.mark.slow

@@ -1,11 +1,16 @@
 """Eval runs read back over the API and for the dashboard; QDC applied when versions differ.
 The evaluation service runs in-process here (the worker path is in test_evaluate_job)."""
 
+import re
+
 import numpy as np
 import pytest
 
+from embedhub.evaluation import services
+from embedhub.evaluation.models import EvalRun
 from embedhub.evaluation.selectors import eval_run_table
 from embedhub.evaluation.services import _Searcher, evaluation_run
+from embedhub.jobs.services import JobCancelled
 from embedhub.vectors.selectors import index_vectors
 from tests.evaluation.conftest import add_documents, build_index, numbered_texts
 from tests.factories import ModelVersionFactory
@@ -158,3 +163,31 @@ def test_streamed_exact_search_ranks_exactly_as_the_whole_index_in_memory(
         if not exclude_self:
             assert next(iter(streamed[0])) == "d3"  # its own text: cosine 1
     assert "d3" not in streamed[0] and "d500" not in streamed[1]  # each excluded its own
+
+
+class _CancelAfter:
+    """A job context that records its progress reports and cancels at the n-th one."""
+
+    def __init__(self, n: int):
+        self.n, self.reports = n, []
+
+    def progress(self, done, *, note=None, **kwargs) -> None:
+        self.reports.append((done, note))
+        if len(self.reports) == self.n:
+            raise JobCancelled()
+
+
+def test_queries_are_encoded_in_chunks_each_a_cancel_point_and_a_cancel_stores_no_run(
+    runs, user, monkeypatch
+):
+    monkeypatch.setattr(services, "ENCODE_CHUNK", 4)
+    index, first = runs["index"], runs["sets"][0]
+    whole = _CancelAfter(0)  # never cancels
+    run = evaluation_run(owner=user, index=index, query_set=first, ctx=whole)
+    encoded = [done for done, note in whole.reports if re.match(r"encoded \d", note)]
+    assert encoded == [4, 6] and whole.reports[-1][0] == 6
+    assert run.metrics == runs["base"].metrics  # chunking changes no number
+    before = EvalRun.objects.count()
+    with pytest.raises(JobCancelled):
+        evaluation_run(owner=user, index=index, query_set=first, ctx=_CancelAfter(2))
+    assert EvalRun.objects.count() == before

@@ -124,8 +124,10 @@ class _Measure:
     corpus: Corpus
     query_set: QuerySet
     metric: str
+    ctx: object  # the job's context: each evaluation reports into one step of it
+    total: int
 
-    def evaluate(self, name: str, *, index, version, compensation: str) -> dict:
+    def evaluate(self, name: str, *, step: int, index, version, compensation: str) -> dict:
         record = {
             "name": name,
             "index": index.pk,
@@ -140,6 +142,15 @@ class _Measure:
                 query_set=self.query_set,
                 model_version=version,
                 compensation=compensation,
+                # Its reports (the queries encoded so far) are the cancel points of a step
+                # that takes a minute on a large query set.
+                ctx=_Scaled(
+                    self.ctx,
+                    base=step,
+                    units=1,
+                    total=self.total,
+                    label=f"corpus {self.corpus.pk}: {name}",
+                ),
             )
         except ApplicationError as exc:  # cannot apply here: unrelated version, no Δ, ...
             return {**record, "status": "skipped", "reason": exc.message}
@@ -158,10 +169,12 @@ def _skipped(name: str, reason: str, **fields) -> dict:
     return {"name": name, "status": "skipped", "reason": reason, **fields}
 
 
-def _old_index_candidates(measure: _Measure, *, serving, version: ModelVersion) -> list[dict]:
-    """The candidate version's queries on the index serving today."""
+def _old_index_candidates(
+    measure: _Measure, *, serving, version: ModelVersion, base: int
+) -> list[dict]:
+    """The candidate version's queries on the index serving today (steps base, base + 1, …)."""
     out = []
-    for compensation in OLD_INDEX_COMPENSATIONS:
+    for step, compensation in enumerate(OLD_INDEX_COMPENSATIONS, start=base):
         name = f"old_index_{compensation}"
         if compensation not in qdc.COMPENSATIONS:
             out.append(_skipped(name, f"this server has no {compensation!r} compensation"))
@@ -172,7 +185,11 @@ def _old_index_candidates(measure: _Measure, *, serving, version: ModelVersion) 
         else:
             out.append(
                 measure.evaluate(
-                    name, index=serving.index, version=version, compensation=compensation
+                    name,
+                    step=step,
+                    index=serving.index,
+                    version=version,
+                    compensation=compensation,
                 )
             )
     return out
@@ -217,7 +234,13 @@ def _reindex_candidate(measure: _Measure, *, serving, version, plan, progress: _
         VectorIndex.objects.filter(pk=shadow.pk).update(state=VectorIndex.State.FAILED)
         return _skipped("reindex", f"shadow build refused: {exc.message}", index=shadow.pk), None
     shadow.refresh_from_db()
-    record = measure.evaluate("reindex", index=shadow, version=version, compensation="none")
+    record = measure.evaluate(
+        "reindex",
+        step=progress.base + progress.units,
+        index=shadow,
+        version=version,
+        compensation="none",
+    )
     return record, shadow
 
 
@@ -259,19 +282,20 @@ def _corpus_decide(*, job, ctx, plan: dict, base: int, total: int) -> dict:
         corpus=corpus,
         query_set=QuerySet.objects.get(pk=plan["query_set"]),
         metric=plan["metric"],
+        ctx=ctx,
+        total=total,
     )
     label = f"corpus {corpus.pk}"
-    ctx.progress(base, total=total, unit="steps", note=f"{label}: evaluating the current policy")
     candidates = [
         measure.evaluate(
             "current",
+            step=base,
             index=serving.index,
             version=serving.model_version,
             compensation=serving.compensation,
         )
     ]
-    ctx.progress(base + 1, total=total, unit="steps", note=f"{label}: the new version, old index")
-    candidates += _old_index_candidates(measure, serving=serving, version=version)
+    candidates += _old_index_candidates(measure, serving=serving, version=version, base=base + 1)
     build = _Scaled(
         ctx,
         base=base + 4,
