@@ -22,8 +22,8 @@ gate's sampled estimate can be read beside the full-corpus delta measured here.
 
 Extra variants for choosing a recipe, all on the fused fp32 graph: pt-all (every op
 quantised, per-tensor weights; onnx-int8 is the same per-channel), pc-keep-ffn / pt-keep-ffn
-(the feed-forward output projections kept fp32). Writes benchmarks/runtimes/out/result.json (--out names
-another file there).
+(the feed-forward output projections kept fp32). Writes benchmarks/runtimes/out/result.json
+(--out names another file there).
 """
 
 from __future__ import annotations

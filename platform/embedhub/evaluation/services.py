@@ -42,8 +42,7 @@ from embedhub.vectors.models import VectorIndex
 from workers.ml.metrics import evaluate_run
 from workers.ml.search import TopK
 
-# Queries encoded and searched between two progress reports; an exact batch is one pass
-# over the index's vectors.
+# Queries searched together; an exact batch is one pass over the index's vectors.
 QUERY_BATCH = 2048
 # Queries encoded between two progress reports, each a cancel point: encoding dominates a
 # CPU evaluation (1,406 ArguAna queries take about a minute), and a cancel must not wait
