@@ -11,7 +11,9 @@ marked. Every job runs in-process through job_execute, the worker's code path.
 
 CPU-sized by default: each corpus is cut to --max-docs documents (the test queries'
 judged documents first, then the training positives, then a random fill; judgements of
-documents left out are dropped), --test-queries test queries, --train-pairs training pairs,
+documents left out are dropped), --test-queries test queries, --train-pairs training pairs
+(0: every training judgement, as a user uploads it; the finetune job draws the pairs its
+steps use, and every judgement still masks its query's negatives),
 --steps fine-tune steps. The numbers are of that subset, not of the full BEIR tasks.
 
     .venv/bin/python benchmarks/forgetting/run.py [--data ../shared/data] [--steps 8]
@@ -62,7 +64,8 @@ def _subset(folder: Path, test_file: str, train_file: str, args, work: Path) -> 
     test_q = test_q[: args.test_queries]
     train_pairs = sorted((q, d) for q, docs in train.items() for d, r in docs.items() if r > 0)
     rng.shuffle(train_pairs)
-    train_pairs = train_pairs[: args.train_pairs]
+    if args.train_pairs > 0:  # 0 uploads every judgement; the job draws what its steps use
+        train_pairs = train_pairs[: args.train_pairs]
     docs = [json.loads(line) for line in (folder / "corpus.jsonl").open()]
     by_id = {d["_id"]: d for d in docs}
     wanted = list(dict.fromkeys([d for q in test_q for d in test[q]] + [d for _, d in train_pairs]))

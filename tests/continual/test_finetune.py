@@ -146,6 +146,50 @@ def test_finetune_registers_a_child_with_drift_and_search_compensates(
     assert "does not descend" in refused.json()["error"]["message"]
 
 
+@pytest.mark.django_db(transaction=True)
+def test_a_short_run_draws_its_pairs_but_every_judgement_keeps_out_of_the_negatives(
+    user, start_worker
+):
+    parent = ModelVersionFactory()
+    corpus = CorpusFactory(owner=user, name="topics")
+    _documents(corpus)
+    query_set = _query_set(user, corpus)
+    # Each query is judged relevant to the next topic's document too: 24 judgements.
+    Qrel.objects.bulk_create(
+        Qrel(query_set=query_set, query_external_id=f"q{i}", document_external_id=f"t{j}")
+        for i in range(len(TOPICS))
+        for j in [(i + 1) % len(TOPICS)]
+    )
+    start_worker("ft-drawn")
+    embed = job_submit_checked(
+        user=user, kind="embed", params={"corpus": corpus.pk, "model_version": parent.pk}
+    )[0]
+    assert wait_for_job(embed.pk).status == "succeeded"
+    job, _ = job_submit_checked(
+        user=user,
+        kind="finetune",
+        params={"parent": parent.pk, "query_set": query_set.pk, "config": CONFIG},
+    )
+    job = wait_for_job(job.pk, timeout=300)
+    assert job.status == "succeeded", job.error
+    child = ModelVersion.objects.get(pk=job.result["model_version"])
+    # 3 steps of 4 pairs reach 12 of the 24 judgements: only those are mined and trained on.
+    assert (child.provenance["judgements"], child.provenance["pairs"]) == (24, 12)
+    job_dir = Path(settings.ARTIFACT_ROOT) / "jobs" / str(job.pk)
+    pairs = [json.loads(line) for line in (job_dir / "pairs.jsonl").read_text().splitlines()]
+    assert len(pairs) == 12
+    judged = {
+        f"what is {TOPICS[i][0]}?": {TOPICS[i][1], TOPICS[(i + 1) % len(TOPICS)][1]}
+        for i in range(len(TOPICS))
+    }
+    drawn = {(p["query"], p["positive"]) for p in pairs}
+    undrawn = {(q, d) for q, docs in judged.items() for d in docs} - drawn
+    assert undrawn  # some queries train on one of their two judgements
+    for p in pairs:
+        assert len(p["negatives"]) == 2
+        assert not judged[p["query"]] & set(p["negatives"])  # not even the undrawn judgement
+
+
 @pytest.mark.django_db
 def test_training_set_upload_validates_lines_and_feeds_a_finetune_job(api, user, other_user):
     parent = ModelVersionFactory()

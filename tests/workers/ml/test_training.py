@@ -16,7 +16,9 @@ from workers.ml.training import (
     FinetuneConfig,
     StepInfo,
     TrainPair,
+    assemble_batch,
     finetune,
+    known_positives,
     mine_hard_negatives,
     plan_batches,
 )
@@ -134,6 +136,35 @@ def test_plan_batches_is_seeded_and_covers_every_pair_each_epoch():
     assert a != plan_batches(n_pairs=10, batch_size=4, total_steps=6, seed=4)
     assert sorted(i for batch in a[:3] for i in batch) == list(range(10))
     assert len(a) == 6  # cycles into a second epoch when max_steps asks for it
+
+
+def test_a_judged_positive_of_the_query_is_masked_wherever_it_sits_in_the_batch():
+    spec = read_model_spec(default_model_path())
+    pairs = [
+        TrainPair("q1", "d1", ["n1"]),
+        TrainPair("q2", "d2", ["d3"]),
+    ]
+    # q1 is also judged relevant to d2 (q2's positive) and d3 (q2's hard negative), as on
+    # NFCorpus, where queries share relevant documents; d9 is not in the batch.
+    known = {"q1": {"d1", "d2", "d3", "d9"}, "q2": {"d2"}}
+    batch = assemble_batch(pairs, negatives_per_query=1, spec=spec, known=known)
+    col = {text: j for j, text in enumerate(batch.document_keys)}
+    masked = {
+        (batch.query_keys[i], text)
+        for (i, j) in batch.mask.nonzero().tolist()
+        for text in [batch.document_keys[j]]
+    }
+    assert masked == {("q1", "d2"), ("q1", "d3")}
+    assert batch.targets == [col["d1"], col["d2"]]  # a query's own positive stays its target
+
+
+def test_by_default_only_the_positives_among_the_pairs_are_known():
+    spec = read_model_spec(default_model_path())
+    pairs = [TrainPair("q1", "d1"), TrainPair("q1", "d2"), TrainPair("q2", "d3")]
+    assert known_positives(pairs) == {"q1": {"d1", "d2"}, "q2": {"d3"}}
+    batch = assemble_batch(pairs, negatives_per_query=0, spec=spec)
+    # Each q1 pair masks q1's other positive; q2 sees both of q1's documents as negatives.
+    assert batch.mask.tolist() == [[False, True, False], [True, False, False], [False] * 3]
 
 
 # --------------------------------------------------------------------------- real model

@@ -45,6 +45,7 @@ from workers.ml.training import (
     FinetuneConfig,
     TrainPair,
     finetune,
+    known_positives,
     mine_hard_negatives,
 )
 
@@ -107,23 +108,26 @@ def _index_texts(index: VectorIndex) -> tuple[list[int], list[str], np.ndarray]:
 def _mine(
     *,
     pairs: list[TrainPair],
+    known: dict[str, set[str]],
     index: VectorIndex,
     texts: list[str],
     doc_vecs: np.ndarray,
     k: int,
     skip_top: int,
 ) -> int:
-    """Fill in hard negatives for pairs that have none; returns how many pairs got some."""
+    """Fill in hard negatives for pairs that have none; returns how many pairs got some.
+    `known` holds every positive text of each query, the undrawn pairs' too."""
     todo = [p for p in pairs if not p.negatives]
     if not todo or not texts:
         return 0
     rows_by_text: dict[str, set[int]] = {}
     for row, text in enumerate(texts):
         rows_by_text.setdefault(text, set()).add(row)
-    # Every positive of a query (it may have several pairs) is excluded from its negatives.
-    positives_of: dict[str, set[int]] = {}
-    for p in pairs:
-        positives_of.setdefault(p.query, set()).update(rows_by_text.get(p.positive, ()))
+    # Every positive of a query (it may have many judgements) is excluded from its negatives.
+    positives_of = {
+        q: {row for text in known.get(q, ()) for row in rows_by_text.get(text, ())}
+        for q in dict.fromkeys(p.query for p in todo)
+    }
     queries = list(dict.fromkeys(p.query for p in todo))
     qvecs, _ = query_vectors(index=index, texts=queries, model_version=index.model_version)
     mined = mine_hard_negatives(
@@ -180,35 +184,54 @@ def _distill_targets(*, job, pairs: list[TrainPair], parent_queries: dict) -> Di
     return DistillTargets(queries=parent_queries, documents=documents)
 
 
-def _build_pairs(*, job, parent: ModelVersion, ctx) -> tuple[list[TrainPair], dict]:
-    """The training pairs and their provenance; saved on the first attempt so that a resumed
-    run trains on exactly the same data (the checkpoint is tied to it)."""
-    params = job.params
-    saved = _pairs_file(job)
-    meta_file = saved.with_suffix(".meta.json")
-    if saved.exists() and meta_file.exists():
-        pairs = training_sets.pairs_read(source=saved, file=saved.name)
-        return pairs, json.loads(meta_file.read_text())
-    ctx.progress(0, unit="steps", note="collecting training pairs")
+def _source_pairs(params: dict) -> tuple[list[TrainPair], dict]:
+    """Every pair the job's source holds (a query set's judgements or a pairs file)."""
     if params.get("query_set"):
         query_set = QuerySet.objects.get(pk=params["query_set"])
-        pairs = _query_set_pairs(query_set)
         provenance = {
             "source": "query_set",
             "query_set": query_set.pk,
             "query_set_name": query_set.name,
         }
-    else:
-        path = Path(params["pairs_path"])
-        pairs = training_sets.pairs_read(source=path, file=path.name)
-        provenance = {
-            "source": "file",
-            "file": str(path),
-            "file_sha256": training_sets.file_sha256(path),
-        }
-    if not pairs:
+        return _query_set_pairs(query_set), provenance
+    path = Path(params["pairs_path"])
+    provenance = {
+        "source": "file",
+        "file": str(path),
+        "file_sha256": training_sets.file_sha256(path),
+    }
+    return training_sets.pairs_read(source=path, file=path.name), provenance
+
+
+def _pairs_drawn(pairs: list[TrainPair], config: FinetuneConfig) -> list[TrainPair]:
+    """The pairs a run of `max_steps` can reach when that is fewer than all, drawn by the
+    seed and kept in source order: mining, the saved file and the distillation targets then
+    cover only what trains (NFCorpus's train set is 110k judgements; 58 steps use 928)."""
+    if config.max_steps is None or config.max_steps * config.batch_size >= len(pairs):
+        return pairs
+    rng = np.random.default_rng([config.seed, len(pairs)])
+    rows = rng.choice(len(pairs), size=config.max_steps * config.batch_size, replace=False)
+    return [pairs[i] for i in sorted(rows)]
+
+
+def _build_pairs(*, job, parent: ModelVersion, ctx) -> tuple[list[TrainPair], dict, dict]:
+    """The training pairs, their provenance and every positive the source knows per query.
+    The pairs are saved on the first attempt so that a resumed run trains on exactly the
+    same data (the checkpoint is tied to it); the positives are read again from the source."""
+    params = job.params
+    saved = _pairs_file(job)
+    meta_file = saved.with_suffix(".meta.json")
+    if saved.exists() and meta_file.exists():
+        pairs = training_sets.pairs_read(source=saved, file=saved.name)
+        source, _ = _source_pairs(params)
+        return pairs, json.loads(meta_file.read_text()), known_positives(source)
+    ctx.progress(0, unit="steps", note="collecting training pairs")
+    source, provenance = _source_pairs(params)
+    if not source:
         raise ApplicationError("no training pairs: the query set's judgements match no documents")
     config = _training_config(params["config"])
+    known = known_positives(source)
+    pairs = _pairs_drawn(source, config)
     index = _parent_index(corpus_id=params.get("corpus"), parent=parent)
     mined = targets = 0
     saved.parent.mkdir(parents=True, exist_ok=True)
@@ -219,6 +242,7 @@ def _build_pairs(*, job, parent: ModelVersion, ctx) -> tuple[list[TrainPair], di
             ctx.progress(0, unit="steps", note=f"mining hard negatives from index {index.pk}")
             mined = _mine(
                 pairs=pairs,
+                known=known,
                 index=index,
                 texts=texts,
                 doc_vecs=doc_vecs,
@@ -230,6 +254,7 @@ def _build_pairs(*, job, parent: ModelVersion, ctx) -> tuple[list[TrainPair], di
     provenance.update(
         {
             "corpus": params.get("corpus"),
+            "judgements": len(source),
             "negatives_index": index.pk if index is not None and mined else None,
             "pairs_with_mined_negatives": mined,
             "negatives_skip_top": config.negatives_skip_top,
@@ -242,7 +267,7 @@ def _build_pairs(*, job, parent: ModelVersion, ctx) -> tuple[list[TrainPair], di
     ]
     saved.write_text("\n".join(lines) + "\n")
     meta_file.write_text(json.dumps(provenance))
-    return pairs, provenance
+    return pairs, provenance, known
 
 
 def _same_space(*, index: VectorIndex, parent: ModelVersion) -> bool:
@@ -315,7 +340,7 @@ def finetune_job_run(*, job, ctx) -> dict:
     if existing is not None:
         return _result(existing)
     parent = ModelVersion.objects.select_related("model").get(pk=job.params["parent"])
-    pairs, provenance = _build_pairs(job=job, parent=parent, ctx=ctx)
+    pairs, provenance, known = _build_pairs(job=job, parent=parent, ctx=ctx)
     config = _training_config(job.params["config"])
     reporter = _Reporter(ctx)
     export_dir = _job_dir(job) / "export"
@@ -334,6 +359,7 @@ def finetune_job_run(*, job, ctx) -> dict:
         on_step=reporter.on_step,
         should_stop=reporter.should_stop,
         targets=targets,
+        known=known,
     )
     if outcome.stopped:
         raise reporter.stop_reason or JobCancelled()
