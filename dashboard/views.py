@@ -515,6 +515,12 @@ def forgetting_matrix(request: HttpRequest) -> HttpResponse:
     if metric not in CHART_METRICS + ("recall@10", "mrr@10", "map@100"):
         metric = "ndcg@10"
     matrix = continual_selectors.forgetting_matrix(user=request.user, leaf=leaf) if leaf else None
+    rows = []
+    if matrix and matrix["tasks"]:
+        sources = continual_selectors.version_training_sources(
+            user=request.user, versions=matrix["chain"]
+        )
+        rows = _matrix_rows(matrix=matrix, metric=metric, sources=sources)
     context = {
         "section": "evaluations",
         "leaves": children,
@@ -522,8 +528,49 @@ def forgetting_matrix(request: HttpRequest) -> HttpResponse:
         "metric": metric,
         "metrics": ("ndcg@10", "recall@10", "recall@100", "mrr@10", "map@100"),
         "matrix": matrix,
+        "rows": rows,
     }
     return render(request, "dashboard/forgetting.html", context)
+
+
+# A change of this many metric points from the root's score shades a cell fully.
+SHADE_FULL = 0.05
+SHADE_NONE = 0.002  # smaller changes are noise on a few hundred queries: left unshaded
+
+
+def _matrix_rows(*, matrix: dict, metric: str, sources: dict) -> list[dict]:
+    """The matrix's rows as the page draws them: each cell's change from the root's own
+    score on its task, shaded green or red by size, and the task the version trained on."""
+    root_row = matrix["rows"][0]
+    before = [cell["metrics"].get(metric) for cell in root_row["cells"]]
+    rows = []
+    for row in matrix["rows"]:
+        source = sources.get(row["version"].pk, {})
+        cells = []
+        for cell, task, base in zip(row["cells"], matrix["tasks"], before, strict=True):
+            value = cell["metrics"].get(metric)
+            known = row is not root_row and value is not None and base is not None
+            delta = value - base if known else None
+            cells.append(
+                {
+                    **cell,
+                    "value": value,
+                    "delta": "" if delta is None else f"{delta:+.4f}",
+                    "shade": _shade(delta),
+                    "trained": source.get("corpus_id") == task.corpus_id,
+                }
+            )
+        rows.append({**row, "cells": cells, "trained_on": source.get("label", "")})
+    return rows
+
+
+def _shade(delta: float | None) -> str:
+    """A background for a change from the root: green up, red down, deeper when larger."""
+    if delta is None or abs(delta) < SHADE_NONE:
+        return ""
+    alpha = 0.06 + 0.34 * min(1.0, abs(delta) / SHADE_FULL)
+    rgb = "43, 138, 62" if delta > 0 else "201, 42, 42"
+    return f"background: rgba({rgb}, {alpha:.2f})"
 
 
 # ------------------------------------------------------------------ audits

@@ -163,6 +163,50 @@ def test_forgetting_matrix_renders_each_version_and_option_with_the_choice_marke
     assert response.context["matrix"]["tasks"] == []
 
 
+def test_forgetting_matrix_shades_each_change_from_the_root_and_names_what_trained_it(
+    client_for, user, other_user, lineage
+):
+    base, child, old, new = lineage["base"], lineage["child"], lineage["old"], lineage["new"]
+    corpus = lineage["corpus"]
+    qs = QuerySet.objects.create(owner=user, corpus=corpus, name="test")
+    train = QuerySet.objects.create(owner=user, corpus=corpus, name="train")
+    child.provenance = {"source": "query_set", "query_set": train.pk, "corpus": corpus.pk}
+    child.save(update_fields=["provenance"])
+    _run(user, qs, old, base, "none", 0.61)
+    _run(user, qs, old, child, "qdc", 0.6001)
+    _run(user, qs, new, child, "none", 0.71)
+    response = client_for(user).get(f"/evaluations/forgetting/?version={child.pk}")
+    rows = {(row["version"].pk, row["option"]): row for row in response.context["rows"]}
+    column = [t.pk for t in response.context["matrix"]["tasks"]].index(qs.pk)
+    root = rows[(base.pk, "old_index_none")]
+    assert root["trained_on"] == "" and root["cells"][column]["delta"] == ""
+    reindexed = rows[(child.pk, "reindexed")]
+    assert reindexed["trained_on"] == "lineage-corpus · train"
+    cell = reindexed["cells"][column]
+    assert (cell["delta"], cell["trained"]) == ("+0.1000", True)
+    assert cell["shade"] == "background: rgba(43, 138, 62, 0.40)"  # beyond ±0.05: full
+    qdc = rows[(child.pk, "old_index_qdc")]["cells"][column]
+    assert qdc["delta"] == "-0.0099" and qdc["shade"].startswith("background: rgba(201, 42, 42,")
+    body = response.content.decode()
+    assert '<small class="fm-delta">+0.1000</small>' in body and 'data-trained="1"' in body
+
+
+def test_a_shared_version_trained_on_another_accounts_data_names_none_of_it(
+    user, other_user, lineage
+):
+    from embedhub.continual.selectors import version_training_sources
+
+    child, corpus = lineage["child"], lineage["corpus"]
+    train = QuerySet.objects.create(owner=user, corpus=corpus, name="secret-train")
+    child.provenance = {"source": "query_set", "query_set": train.pk, "corpus": corpus.pk}
+    child.save(update_fields=["provenance"])
+    mine = version_training_sources(user=user, versions=[lineage["base"], child])
+    assert mine[child.pk] == {"label": "lineage-corpus · secret-train", "corpus_id": corpus.pk}
+    assert mine[lineage["base"].pk] == {"label": "", "corpus_id": None}
+    theirs = version_training_sources(user=other_user, versions=[child])
+    assert theirs[child.pk] == {"label": "another account's judgements", "corpus_id": None}
+
+
 def test_forgetting_matrix_page_renders_empty(client_for, other_user):
     response = client_for(other_user).get("/evaluations/forgetting/")
     assert response.status_code == 200 and "No matrix yet" in response.content.decode()

@@ -247,3 +247,33 @@ def forgetting_matrix(*, user, leaf: ModelVersion) -> dict:
             label = "its own index" if version.pk == root.pk else MATRIX_LABELS[option]
             rows.append({"version": version, "option": option, "label": label, "cells": row})
     return {"chain": chain, "root": root, "tasks": ordered, "rows": rows}
+
+
+def version_training_sources(*, user, versions: list[ModelVersion]) -> dict[int, dict]:
+    """What each version was fine-tuned on, as far as `user` may know: the query set and
+    its corpus when they are the user's own; a shared version trained on another account's
+    judgements names none of them. {version id: {"label", "corpus_id"}}."""
+    wanted = {
+        v.pk: (v.provenance or {}).get("query_set")
+        for v in versions
+        if (v.provenance or {}).get("source") == "query_set"
+    }
+    own = {
+        qs.pk: qs
+        for qs in owned_by(QuerySetModel.objects.all(), user=user)
+        .filter(pk__in=[pk for pk in wanted.values() if pk is not None])
+        .select_related("corpus")
+    }
+    sources = {}
+    for version in versions:
+        source = (version.provenance or {}).get("source")
+        if version.parent_id is None or source is None:
+            sources[version.pk] = {"label": "", "corpus_id": None}
+        elif source != "query_set":
+            sources[version.pk] = {"label": "a training-set file", "corpus_id": None}
+        elif (qs := own.get(wanted[version.pk])) is not None:
+            label = f"{qs.corpus.name} · {qs.name}"
+            sources[version.pk] = {"label": label, "corpus_id": qs.corpus_id}
+        else:
+            sources[version.pk] = {"label": "another account's judgements", "corpus_id": None}
+    return sources
