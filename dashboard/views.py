@@ -529,11 +529,13 @@ def forgetting_matrix(request: HttpRequest) -> HttpResponse:
         "metrics": ("ndcg@10", "recall@10", "recall@100", "mrr@10", "map@100"),
         "matrix": matrix,
         "rows": rows,
+        "shade_full": SHADE_FULL,
+        "shade_none": SHADE_NONE,
     }
     return render(request, "dashboard/forgetting.html", context)
 
 
-# A change of this many metric points from the root's score shades a cell fully.
+# A change of this much in the metric (0.05 nDCG@10 = 5 points) shades a cell fully.
 SHADE_FULL = 0.05
 SHADE_NONE = 0.002  # smaller changes are noise on a few hundred queries: left unshaded
 

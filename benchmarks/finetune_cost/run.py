@@ -94,6 +94,7 @@ def interleaved(*, pairs, base: dict, index: dict, steps: int) -> dict:
         parent_path=parent, pairs=pairs, config=new_config, given=DistillTargets(documents=index)
     )
     query_pass = time.perf_counter() - t
+    known = training.known_positives(pairs)  # what finetune() masks with
     times = {"old": [], "new": []}
     losses = {"old": [], "new": []}
     for step in range(steps):
@@ -101,7 +102,7 @@ def interleaved(*, pairs, base: dict, index: dict, steps: int) -> dict:
         for name, run, config in (("old", old, old_config), ("new", new, new_config)):
             # Same dropout masks for both: the losses then differ only by the targets.
             torch.manual_seed(base["seed"] * 100_003 + step)
-            info = training._train_step(run, batch, config, steps)
+            info = training._train_step(run, batch, config, steps, known)
             times[name].append(info.seconds)
             losses[name].append(info.loss)
     return {"times": times, "losses": losses, "query_pass_seconds": query_pass}

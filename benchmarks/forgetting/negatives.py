@@ -8,7 +8,9 @@ and the in-batch documents the loss treats as negatives. Each negative is then l
 the task's *full* training judgements. Two query sets are compared:
 - `sample`: the forgetting run's cut (--train-pairs judgements, as run.py uploads it), so
   mining and masking know only the sampled positives;
-- `full`: every training judgement uploaded, the same steps drawing from all of them.
+- `full`: every training judgement uploaded, the same number of steps drawing from all of
+  them (a seeded draw like the job's, not the job's own: the shares are what compare).
+Documents are matched by id here, by text in the platform: the same on these corpora.
 
     .venv/bin/python benchmarks/forgetting/negatives.py [--data ../shared/data]
         [--task nfcorpus] [--train-pairs 928] [--steps 58] [--batch-size 16]
@@ -23,10 +25,14 @@ import json
 import random
 import sys
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+from benchmarks.forgetting.run import qrels_read  # noqa: E402
 from workers.ml.encoder import Encoder  # noqa: E402
 from workers.ml.spec import default_model_path, read_model_spec  # noqa: E402
 from workers.ml.training import mine_hard_negatives, plan_batches  # noqa: E402
@@ -34,19 +40,19 @@ from workers.ml.training import mine_hard_negatives, plan_batches  # noqa: E402
 OUT = Path(__file__).resolve().parent / "out"
 
 
-def _qrels(path: Path) -> dict[str, dict[str, int]]:
-    out: dict[str, dict[str, int]] = defaultdict(dict)
-    for line in path.read_text().splitlines()[1:]:
-        qid, did, score = line.split("\t")[:3]
-        out[qid][did] = int(score)
-    return dict(out)
-
-
-def _judged(qrels: dict) -> list[tuple[str, str]]:
+def _judged(qrels: dict[str, dict[str, int]]) -> list[tuple[str, str]]:
     return sorted((q, d) for q, docs in qrels.items() for d, r in docs.items() if r > 0)
 
 
-def _census(*, pairs, batches, mined, truth, known, score) -> dict:
+def _census(
+    *,
+    pairs: list[tuple[str, str]],
+    batches: list[list[int]],
+    mined: dict[str, list[str]],
+    truth: dict[str, set[str]],
+    known: dict[str, set[str]],
+    score: Callable[[str, str], float],
+) -> dict:
     """Share of the negatives each query meets that the full judgements call relevant, under
     three masks: today's (only the query's own pairs in the batch), every positive the query
     set knows, and that plus the parent's guide (a negative the parent scores at least as
@@ -79,7 +85,16 @@ def _census(*, pairs, batches, mined, truth, known, score) -> dict:
     return {mask: dict(tally) for mask, tally in counts.items()}
 
 
-def _mine(*, queries, doc_ids, doc_vecs, qvecs, known, k, skip_top) -> dict[str, list[str]]:
+def _mine(
+    *,
+    queries: list[str],
+    doc_ids: list[str],
+    doc_vecs: np.ndarray,
+    qvecs: np.ndarray,
+    known: dict[str, set[str]],
+    k: int,
+    skip_top: int,
+) -> dict[str, list[str]]:
     row = {d: i for i, d in enumerate(doc_ids)}
     picked = mine_hard_negatives(
         query_vecs=qvecs,
@@ -107,11 +122,11 @@ def main() -> int:
     test_file = args.test_file or (
         "qrels_test.tsv" if (folder / "qrels_test.tsv").exists() else "qrels.tsv"
     )
-    truth_qrels = _qrels(folder / "qrels_train.tsv")
+    truth_qrels = qrels_read(folder / "qrels_train.tsv")
     judged = _judged(truth_qrels)
     # run.py's random cut, replayed: one Random(13) shuffles the test ids, then the pairs.
     rng = random.Random(13)
-    rng.shuffle(sorted(_qrels(folder / test_file)))
+    rng.shuffle(sorted(qrels_read(folder / test_file)))
     shuffled = list(judged)
     rng.shuffle(shuffled)
     sample = sorted(shuffled[: args.train_pairs])

@@ -47,7 +47,7 @@ OPTIONS = ("old_index_none", "old_index_qdc", "old_index_adapter", "reindexed")
 # ------------------------------------------------------------------ data subsets
 
 
-def _qrels(path: Path) -> dict[str, dict[str, int]]:
+def qrels_read(path: Path) -> dict[str, dict[str, int]]:
     out: dict[str, dict[str, int]] = defaultdict(dict)
     for line in path.read_text().splitlines()[1:]:
         qid, did, score = line.split("\t")[:3]
@@ -58,7 +58,7 @@ def _qrels(path: Path) -> dict[str, dict[str, int]]:
 def _subset(folder: Path, test_file: str, train_file: str, args, work: Path) -> dict:
     """Write a corpus / test / train subset as BEIR files; returns their paths and sizes."""
     rng = random.Random(13)
-    test, train = _qrels(folder / test_file), _qrels(folder / train_file)
+    test, train = qrels_read(folder / test_file), qrels_read(folder / train_file)
     test_q = sorted(test)
     rng.shuffle(test_q)
     test_q = test_q[: args.test_queries]
@@ -236,7 +236,7 @@ def main() -> int:
     parser.add_argument("--db", default="embedhub_forgetting")
     parser.add_argument("--max-docs", type=int, default=600)
     parser.add_argument("--test-queries", type=int, default=100)
-    parser.add_argument("--train-pairs", type=int, default=128)
+    parser.add_argument("--train-pairs", type=int, default=128, help="0: every training judgement")
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--lr", type=float, default=5e-5)

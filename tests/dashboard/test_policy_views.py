@@ -164,7 +164,7 @@ def test_forgetting_matrix_renders_each_version_and_option_with_the_choice_marke
 
 
 def test_forgetting_matrix_shades_each_change_from_the_root_and_names_what_trained_it(
-    client_for, user, other_user, lineage
+    client_for, user, lineage
 ):
     base, child, old, new = lineage["base"], lineage["child"], lineage["old"], lineage["new"]
     corpus = lineage["corpus"]

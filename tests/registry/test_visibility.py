@@ -280,3 +280,28 @@ def test_staff_cannot_register_a_shared_child_of_a_private_version(staff_api, ma
     assert response.status_code == 400, response.content
     assert response.json()["error"]["details"]["field"] == "parent"
     assert not ModelVersion.objects.filter(model__name="other").exists()
+
+
+def test_a_published_version_shows_other_accounts_how_it_was_made_not_on_what(
+    api, other_api, staff_api, mallorys_child
+):
+    child = mallorys_child
+    child.provenance = {
+        "source": "query_set",
+        "query_set": 41,
+        "query_set_name": "mallory-private-train",
+        "corpus": 7,
+        "pairs": 928,
+        "judgements": 110075,
+    }
+    child.adapter = {"method": "procrustes", "per_corpus": {"7": {"index": 3}}}
+    child.save(update_fields=["provenance", "adapter"])
+    assert staff_api.post(f"/api/v1/model-versions/{child.pk}/publish/").status_code == 200
+    seen = api.get(f"/api/v1/model-versions/{child.pk}/").json()
+    assert seen["provenance"] == {"source": "query_set", "pairs": 928, "judgements": 110075}
+    assert seen["adapter"] == {"method": "procrustes"}
+    # Its owner and staff still read all of it.
+    for client in (other_api, staff_api):
+        full = client.get(f"/api/v1/model-versions/{child.pk}/").json()
+        assert full["provenance"]["query_set_name"] == "mallory-private-train"
+        assert full["adapter"]["per_corpus"] == {"7": {"index": 3}}

@@ -207,9 +207,10 @@ def assemble_batch(
     spec: ModelSpec,
     known: Mapping[str, Collection[str]] | None = None,
 ) -> _Batch:
-    """The batch's texts and its mask. `known` maps a query to every document the training
-    data judges relevant to it; each one in the batch (another pair's positive or hard
-    negative) is masked out of that query's negatives."""
+    """The batch's texts and its mask. `known` maps a query to the documents the training
+    data judges relevant to it beyond the batch's own pairs; each one in the batch (another
+    pair's positive or hard negative) is masked out of that query's negatives, as are the
+    positives of the query's other pairs in the batch."""
     doc_index: dict[str, int] = {}
 
     def index_of(text: str) -> int:
@@ -219,12 +220,13 @@ def assemble_batch(
     for p in pairs:
         for neg in p.negatives[:negatives_per_query]:
             index_of(neg)
-    known = known if known is not None else known_positives(pairs)
+    known = known or {}
+    known = known_positives(pairs, also={p.query: known.get(p.query, ()) for p in pairs})
     mask = torch.zeros(len(pairs), len(doc_index), dtype=torch.bool)
     # On corpora whose queries share relevant documents (NFCorpus: 8 % of in-batch
     # negatives) a judged positive of one query is often in the batch as another's.
     for i, p in enumerate(pairs):
-        for text in known.get(p.query, ()):
+        for text in known[p.query]:
             j = doc_index.get(text)
             if j is not None and j != targets[i]:
                 mask[i, j] = True
@@ -239,9 +241,11 @@ def assemble_batch(
     )
 
 
-def known_positives(pairs: Sequence[TrainPair]) -> dict[str, set[str]]:
-    """Every positive document text of each query among `pairs`."""
-    known: dict[str, set[str]] = {}
+def known_positives(
+    pairs: Sequence[TrainPair], *, also: Mapping[str, Collection[str]] | None = None
+) -> dict[str, set[str]]:
+    """Every positive document text of each query among `pairs`, and those in `also`."""
+    known: dict[str, set[str]] = {q: set(texts) for q, texts in (also or {}).items()}
     for p in pairs:
         known.setdefault(p.query, set()).add(p.positive)
     return known
@@ -542,7 +546,7 @@ def _train_step(
     pairs: Sequence[TrainPair],
     config: FinetuneConfig,
     total: int,
-    known: Mapping[str, Collection[str]],
+    known: Mapping[str, Collection[str]] | None = None,
 ) -> StepInfo:
     started = time.perf_counter()
     batch = assemble_batch(
@@ -593,9 +597,9 @@ def finetune(
     `targets` are parent embeddings the caller already has (the parent index's document
     vectors); the missing ones are encoded once before the first step.
 
-    `known` maps a query text to every document text judged relevant to it, when the
-    judgements are more than `pairs` (a run drawn from a larger set); a known positive is
-    never a negative. By default the positives among `pairs`.
+    `known` maps a query text to document texts judged relevant to it beyond `pairs` (a run
+    drawn from a larger set of judgements); such a positive is never a negative, and
+    neither is any positive among `pairs`.
 
     Resumes from `checkpoint_dir` when it holds a checkpoint of this same run. `should_stop`
     is polled between steps; when it returns True the run checkpoints and returns with
@@ -608,7 +612,7 @@ def finetune(
         n_pairs=len(pairs), batch_size=config.batch_size, total_steps=total, seed=config.seed
     )
     fingerprint = _fingerprint(pairs, config, parent_path)
-    known = known if known is not None else known_positives(pairs)
+    known = known_positives(pairs, also=known)  # the whole set's, not only each batch's
     run = _start(
         parent_path=parent_path,
         config=config,

@@ -251,29 +251,26 @@ def forgetting_matrix(*, user, leaf: ModelVersion) -> dict:
 
 def version_training_sources(*, user, versions: list[ModelVersion]) -> dict[int, dict]:
     """What each version was fine-tuned on, as far as `user` may know: the query set and
-    its corpus when they are the user's own; a shared version trained on another account's
-    judgements names none of them. {version id: {"label", "corpus_id"}}."""
-    wanted = {
-        v.pk: (v.provenance or {}).get("query_set")
-        for v in versions
-        if (v.provenance or {}).get("source") == "query_set"
-    }
-    own = {
-        qs.pk: qs
-        for qs in owned_by(QuerySetModel.objects.all(), user=user)
-        .filter(pk__in=[pk for pk in wanted.values() if pk is not None])
-        .select_related("corpus")
-    }
-    sources = {}
-    for version in versions:
-        source = (version.provenance or {}).get("source")
-        if version.parent_id is None or source is None:
-            sources[version.pk] = {"label": "", "corpus_id": None}
-        elif source != "query_set":
-            sources[version.pk] = {"label": "a training-set file", "corpus_id": None}
-        elif (qs := own.get(wanted[version.pk])) is not None:
-            label = f"{qs.corpus.name} · {qs.name}"
-            sources[version.pk] = {"label": label, "corpus_id": qs.corpus_id}
-        else:
-            sources[version.pk] = {"label": "another account's judgements", "corpus_id": None}
-    return sources
+    its corpus only when they are the user's own (staff included: the page is about the
+    user's own runs); a shared version trained on another account's judgements names none
+    of them. {version id: {"label", "corpus_id"}}."""
+    provenance = {v.pk: v.provenance or {} for v in versions}
+    wanted = [p["query_set"] for p in provenance.values() if p.get("query_set") is not None]
+    mine = QuerySetModel.objects.filter(owner=user, pk__in=wanted).select_related("corpus")
+    own = {qs.pk: qs for qs in mine}
+    return {v.pk: _training_source(v, provenance[v.pk], own, user) for v in versions}
+
+
+def _training_source(version: ModelVersion, provenance: dict, own: dict, user) -> dict:
+    source = provenance.get("source")
+    if version.parent_id is None or source is None:
+        label = ""
+    elif source != "query_set":
+        label = "a training-set file"
+    elif (qs := own.get(provenance.get("query_set"))) is not None:
+        return {"label": f"{qs.corpus.name} · {qs.name}", "corpus_id": qs.corpus_id}
+    elif version.owner_id == user.pk:
+        label = "a query set since deleted"
+    else:
+        label = "another account's judgements"
+    return {"label": label, "corpus_id": None}

@@ -48,10 +48,17 @@ class ModelOutput(serializers.ModelSerializer):
         return VersionSummaryOutput(model.versions.all(), many=True).data
 
 
+# What a version's provenance says to an account other than its owner: how it was made,
+# not which query set, corpus or file (those are the owner's).
+PUBLIC_PROVENANCE = ("source", "kind", "package", "hub_id", "pairs", "queries", "judgements")
+
+
 class VersionDetailOutput(serializers.ModelSerializer):
     model = serializers.CharField(source="model.name", read_only=True)
     ancestors = serializers.SerializerMethodField()
     children = serializers.SerializerMethodField()
+    provenance = serializers.SerializerMethodField()
+    adapter = serializers.SerializerMethodField()
 
     class Meta:
         model = ModelVersion
@@ -89,6 +96,23 @@ class VersionDetailOutput(serializers.ModelSerializer):
     def get_children(self, version) -> list[dict]:
         children = selectors.model_version_children(user=self.context["user"], version=version)
         return VersionSummaryOutput(children, many=True).data
+
+    def _owned(self, version) -> bool:
+        user = self.context["user"]
+        return user.is_staff or version.owner_id in (None, user.pk)
+
+    def get_provenance(self, version) -> dict:
+        provenance = version.provenance or {}
+        if self._owned(version):
+            return provenance
+        return {k: v for k, v in provenance.items() if k in PUBLIC_PROVENANCE}
+
+    def get_adapter(self, version) -> dict:
+        # Per-corpus adapters are keyed by the owner's corpora and indexes.
+        adapter = version.adapter or {}
+        if self._owned(version):
+            return adapter
+        return {k: v for k, v in adapter.items() if k != "per_corpus"}
 
 
 def _detail(version: ModelVersion, *, user) -> dict:

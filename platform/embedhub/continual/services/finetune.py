@@ -124,11 +124,10 @@ def _mine(
     for row, text in enumerate(texts):
         rows_by_text.setdefault(text, set()).add(row)
     # Every positive of a query (it may have many judgements) is excluded from its negatives.
-    positives_of = {
-        q: {row for text in known.get(q, ()) for row in rows_by_text.get(text, ())}
-        for q in dict.fromkeys(p.query for p in todo)
-    }
     queries = list(dict.fromkeys(p.query for p in todo))
+    positives_of = {
+        q: {row for text in known.get(q, ()) for row in rows_by_text.get(text, ())} for q in queries
+    }
     qvecs, _ = query_vectors(index=index, texts=queries, model_version=index.model_version)
     mined = mine_hard_negatives(
         query_vecs=qvecs,
@@ -139,7 +138,7 @@ def _mine(
     )
     negatives = {q: [texts[r] for r in rows] for q, rows in zip(queries, mined, strict=True)}
     for p in todo:
-        p.negatives = [t for t in negatives[p.query] if t != p.positive]
+        p.negatives = list(negatives[p.query])  # never a positive: all known ones were excluded
     return sum(1 for p in todo if p.negatives)
 
 
@@ -184,7 +183,7 @@ def _distill_targets(*, job, pairs: list[TrainPair], parent_queries: dict) -> Di
     return DistillTargets(queries=parent_queries, documents=documents)
 
 
-def _source_pairs(params: dict) -> tuple[list[TrainPair], dict]:
+def _source_pairs(*, params: dict) -> tuple[list[TrainPair], dict]:
     """Every pair the job's source holds (a query set's judgements or a pairs file)."""
     if params.get("query_set"):
         query_set = QuerySet.objects.get(pk=params["query_set"])
@@ -203,7 +202,7 @@ def _source_pairs(params: dict) -> tuple[list[TrainPair], dict]:
     return training_sets.pairs_read(source=path, file=path.name), provenance
 
 
-def _pairs_drawn(pairs: list[TrainPair], config: FinetuneConfig) -> list[TrainPair]:
+def _pairs_drawn(*, pairs: list[TrainPair], config: FinetuneConfig) -> list[TrainPair]:
     """The pairs a run of `max_steps` can reach when that is fewer than all, drawn by the
     seed and kept in source order: mining, the saved file and the distillation targets then
     cover only what trains (NFCorpus's train set is 110k judgements; 58 steps use 928)."""
@@ -214,27 +213,66 @@ def _pairs_drawn(pairs: list[TrainPair], config: FinetuneConfig) -> list[TrainPa
     return [pairs[i] for i in sorted(rows)]
 
 
-def _build_pairs(*, job, parent: ModelVersion, ctx) -> tuple[list[TrainPair], dict, dict]:
-    """The training pairs, their provenance and every positive the source knows per query.
-    The pairs are saved on the first attempt so that a resumed run trains on exactly the
-    same data (the checkpoint is tied to it); the positives are read again from the source."""
-    params = job.params
+def _pair_texts(pairs: list[TrainPair]) -> list[str]:
+    """The distinct document texts of `pairs` (positives and negatives), in a fixed order."""
+    return list(dict.fromkeys(t for p in pairs for t in (p.positive, *p.negatives)))
+
+
+def _known_save(*, path: Path, pairs: list[TrainPair], known: dict[str, set[str]]) -> None:
+    """Each query's known positives among the pairs' own texts (the only ones a batch can
+    hold), as rows of _pair_texts: a retry masks exactly what the first attempt did, even
+    if the query set has been replaced since."""
+    row = {text: i for i, text in enumerate(_pair_texts(pairs))}
+    rows = {
+        q: sorted(row[t] for t in known.get(q, ()) if t in row)
+        for q in dict.fromkeys(p.query for p in pairs)
+    }
+    path.write_text(json.dumps(rows))
+
+
+def _known_read(*, path: Path, pairs: list[TrainPair]) -> dict[str, set[str]]:
+    texts = _pair_texts(pairs)
+    return {q: {texts[i] for i in rows} for q, rows in json.loads(path.read_text()).items()}
+
+
+def _build_pairs(
+    *, job, parent: ModelVersion, ctx
+) -> tuple[list[TrainPair], dict, dict[str, set[str]]]:
+    """The training pairs, their provenance and each query's known positives. Saved on the
+    first attempt so that a resumed run trains on exactly the same data (the checkpoint is
+    tied to it)."""
     saved = _pairs_file(job)
-    meta_file = saved.with_suffix(".meta.json")
-    if saved.exists() and meta_file.exists():
+    meta_file, known_file = saved.with_suffix(".meta.json"), saved.with_suffix(".known.json")
+    if saved.exists() and meta_file.exists() and known_file.exists():
         pairs = training_sets.pairs_read(source=saved, file=saved.name)
-        source, _ = _source_pairs(params)
-        return pairs, json.loads(meta_file.read_text()), known_positives(source)
+        known = _known_read(path=known_file, pairs=pairs)
+        return pairs, json.loads(meta_file.read_text()), known
     ctx.progress(0, unit="steps", note="collecting training pairs")
-    source, provenance = _source_pairs(params)
+    source, provenance = _source_pairs(params=job.params)
     if not source:
         raise ApplicationError("no training pairs: the query set's judgements match no documents")
-    config = _training_config(params["config"])
+    config = _training_config(job.params["config"])
     known = known_positives(source)
-    pairs = _pairs_drawn(source, config)
-    index = _parent_index(corpus_id=params.get("corpus"), parent=parent)
-    mined = targets = 0
+    pairs = _pairs_drawn(pairs=source, config=config)
     saved.parent.mkdir(parents=True, exist_ok=True)
+    provenance.update(_negatives_prepare(job=job, parent=parent, ctx=ctx, pairs=pairs, known=known))
+    provenance["judgements"] = len(source)
+    lines = [
+        json.dumps({"query": p.query, "positive": p.positive, "negatives": p.negatives})
+        for p in pairs
+    ]
+    saved.write_text("\n".join(lines) + "\n")
+    _known_save(path=known_file, pairs=pairs, known=known)
+    meta_file.write_text(json.dumps(provenance))  # last: it marks the saved pairs complete
+    return pairs, provenance, known
+
+
+def _negatives_prepare(*, job, parent: ModelVersion, ctx, pairs, known) -> dict:
+    """Mine hard negatives from the parent's index of the job's corpus and save which
+    index document each pair text is (the distillation targets); returns the provenance."""
+    config = _training_config(job.params["config"])
+    index = _parent_index(corpus_id=job.params.get("corpus"), parent=parent)
+    mined = targets = 0
     if index is not None:
         ctx.progress(0, unit="steps", note=f"reading index {index.pk}")
         doc_ids, texts, doc_vecs = _index_texts(index)
@@ -251,23 +289,13 @@ def _build_pairs(*, job, parent: ModelVersion, ctx) -> tuple[list[TrainPair], di
             )
         if _same_space(index=index, parent=parent):
             targets = _targets_save(job=job, index=index, doc_ids=doc_ids, texts=texts, pairs=pairs)
-    provenance.update(
-        {
-            "corpus": params.get("corpus"),
-            "judgements": len(source),
-            "negatives_index": index.pk if index is not None and mined else None,
-            "pairs_with_mined_negatives": mined,
-            "negatives_skip_top": config.negatives_skip_top,
-            "distill_targets_from_index": targets,
-        }
-    )
-    lines = [
-        json.dumps({"query": p.query, "positive": p.positive, "negatives": p.negatives})
-        for p in pairs
-    ]
-    saved.write_text("\n".join(lines) + "\n")
-    meta_file.write_text(json.dumps(provenance))
-    return pairs, provenance, known
+    return {
+        "corpus": job.params.get("corpus"),
+        "negatives_index": index.pk if index is not None and mined else None,
+        "pairs_with_mined_negatives": mined,
+        "negatives_skip_top": config.negatives_skip_top,
+        "distill_targets_from_index": targets,
+    }
 
 
 def _same_space(*, index: VectorIndex, parent: ModelVersion) -> bool:
