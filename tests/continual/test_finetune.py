@@ -189,6 +189,9 @@ def test_a_short_run_draws_its_pairs_but_every_judgement_keeps_out_of_the_negati
     for p in pairs:
         assert len(p["negatives"]) == 2
         assert not judged[p["query"]] & set(p["negatives"])  # not even the undrawn judgement
+    # Δ and the adapter fit on every training query, drawn or not (a fifth probe the fit).
+    adapter = child.adapter
+    assert adapter["queries"] + adapter["probe_queries"] == len(TOPICS)
 
 
 @pytest.mark.django_db

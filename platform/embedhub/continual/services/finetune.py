@@ -223,10 +223,8 @@ def _known_save(*, path: Path, pairs: list[TrainPair], known: dict[str, set[str]
     hold), as rows of _pair_texts: a retry masks exactly what the first attempt did, even
     if the query set has been replaced since."""
     row = {text: i for i, text in enumerate(_pair_texts(pairs))}
-    rows = {
-        q: sorted(row[t] for t in known.get(q, ()) if t in row)
-        for q in dict.fromkeys(p.query for p in pairs)
-    }
+    # Every query of the source, in its order: undrawn ones still feed Δ and the adapter.
+    rows = {q: sorted(row[t] for t in texts if t in row) for q, texts in known.items()}
     path.write_text(json.dumps(rows))
 
 
@@ -372,7 +370,8 @@ def finetune_job_run(*, job, ctx) -> dict:
     config = _training_config(job.params["config"])
     reporter = _Reporter(ctx)
     export_dir = _job_dir(job) / "export"
-    queries = list(dict.fromkeys(p.query for p in pairs))
+    # Every query of the source, drawn or not: Δ and the adapter only need their embeddings.
+    queries = list(dict.fromkeys([*(p.query for p in pairs), *known]))
     ctx.progress(0, unit="steps", note="embedding the training queries with the parent")
     parent_q = encoder_for(model_version=parent).encode(queries, kind="query")
     targets = _distill_targets(
