@@ -58,6 +58,15 @@ def _query_set(owner, corpus) -> QuerySet:
     return qs
 
 
+def _embedded(user, corpus, version):
+    """The parent's index of the corpus, built by a worker: what the finetune mines from."""
+    embed = job_submit_checked(
+        user=user, kind="embed", params={"corpus": corpus.pk, "model_version": version.pk}
+    )[0]
+    assert wait_for_job(embed.pk).status == "succeeded"
+    return embed
+
+
 CONFIG = {
     "max_steps": 3,
     "batch_size": 4,
@@ -79,10 +88,7 @@ def test_finetune_registers_a_child_with_drift_and_search_compensates(
     _documents(corpus)
     query_set = _query_set(user, corpus)
     start_worker("ft")
-    embed = job_submit_checked(
-        user=user, kind="embed", params={"corpus": corpus.pk, "model_version": parent.pk}
-    )[0]
-    assert wait_for_job(embed.pk).status == "succeeded"
+    embed = _embedded(user, corpus, parent)
 
     job, _ = job_submit_checked(
         user=user,
@@ -162,10 +168,7 @@ def test_a_short_run_draws_its_pairs_but_every_judgement_keeps_out_of_the_negati
         for j in [(i + 1) % len(TOPICS)]
     )
     start_worker("ft-drawn")
-    embed = job_submit_checked(
-        user=user, kind="embed", params={"corpus": corpus.pk, "model_version": parent.pk}
-    )[0]
-    assert wait_for_job(embed.pk).status == "succeeded"
+    _embedded(user, corpus, parent)
     job, _ = job_submit_checked(
         user=user,
         kind="finetune",
