@@ -23,8 +23,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 from benchmarks._django import machine  # noqa: E402
@@ -40,6 +38,7 @@ from workers.ml.training import (  # noqa: E402
     finetune,
     known_positives,
     mine_hard_negatives,
+    pairs_drawn,
 )
 
 OUT = Path(__file__).resolve().parent / "out"
@@ -65,9 +64,7 @@ def _pairs(*, judged, texts_of, doc_text, doc_vecs, doc_row, parent, args) -> tu
     """The drawn pairs with mined negatives, and every judged positive per query text."""
     source = [TrainPair(query=texts_of[q], positive=doc_text[doc_row[d]]) for q, d in judged]
     known = known_positives(source)
-    n = args.steps * args.batch_size
-    rng = np.random.default_rng([0, len(source)])  # the job's draw (seed 0)
-    drawn = [source[i] for i in sorted(rng.choice(len(source), size=n, replace=False))]
+    drawn = pairs_drawn(source, config=_config(args))  # the job's draw
     queries = list(dict.fromkeys(p.query for p in drawn))
     row_of = {t: i for i, t in enumerate(doc_text)}
     mined = mine_hard_negatives(
@@ -81,6 +78,10 @@ def _pairs(*, judged, texts_of, doc_text, doc_vecs, doc_row, parent, args) -> tu
     for p in drawn:
         p.negatives = list(negatives[p.query])
     return drawn, known
+
+
+def _config(args, **change) -> FinetuneConfig:
+    return FinetuneConfig(max_steps=args.steps, batch_size=args.batch_size, **change)
 
 
 def _variant(spec: str) -> tuple[str, dict]:
@@ -133,7 +134,7 @@ def main() -> int:
     )
     targets = DistillTargets(documents=dict(zip(doc_text, doc_vecs, strict=True)))
     for name, change in map(_variant, args.variant or ["base", "temperature=0.05"]):
-        config = FinetuneConfig(max_steps=args.steps, batch_size=args.batch_size, **change)
+        config = _config(args, **change)
         t = time.monotonic()
         with tempfile.TemporaryDirectory() as out:
             finetune(

@@ -47,6 +47,7 @@ from workers.ml.training import (
     finetune,
     known_positives,
     mine_hard_negatives,
+    pairs_drawn,
 )
 
 # Documents sampled (over all the owner's corpora indexed by the parent) to fit the adapter
@@ -202,17 +203,6 @@ def _source_pairs(*, params: dict) -> tuple[list[TrainPair], dict]:
     return training_sets.pairs_read(source=path, file=path.name), provenance
 
 
-def _pairs_drawn(*, pairs: list[TrainPair], config: FinetuneConfig) -> list[TrainPair]:
-    """The pairs a run of `max_steps` can reach when that is fewer than all, drawn by the
-    seed and kept in source order: mining, the saved file and the distillation targets then
-    cover only what trains (NFCorpus's train set is 110k judgements; 58 steps use 928)."""
-    if config.max_steps is None or config.max_steps * config.batch_size >= len(pairs):
-        return pairs
-    rng = np.random.default_rng([config.seed, len(pairs)])
-    rows = rng.choice(len(pairs), size=config.max_steps * config.batch_size, replace=False)
-    return [pairs[i] for i in sorted(rows)]
-
-
 def _pair_texts(pairs: list[TrainPair]) -> list[str]:
     """The distinct document texts of `pairs` (positives and negatives), in a fixed order."""
     return list(dict.fromkeys(t for p in pairs for t in (p.positive, *p.negatives)))
@@ -251,9 +241,11 @@ def _build_pairs(
         raise ApplicationError("no training pairs: the query set's judgements match no documents")
     config = _training_config(job.params["config"])
     known = known_positives(source)
-    pairs = _pairs_drawn(pairs=source, config=config)
+    pairs = pairs_drawn(source, config=config)
     saved.parent.mkdir(parents=True, exist_ok=True)
-    provenance.update(_negatives_prepare(job=job, parent=parent, ctx=ctx, pairs=pairs, known=known))
+    provenance.update(
+        _negatives_prepare(job=job, parent=parent, ctx=ctx, config=config, pairs=pairs, known=known)
+    )
     provenance["judgements"] = len(source)
     lines = [
         json.dumps({"query": p.query, "positive": p.positive, "negatives": p.negatives})
@@ -265,10 +257,11 @@ def _build_pairs(
     return pairs, provenance, known
 
 
-def _negatives_prepare(*, job, parent: ModelVersion, ctx, pairs, known) -> dict:
+def _negatives_prepare(
+    *, job, parent: ModelVersion, ctx, config: FinetuneConfig, pairs, known
+) -> dict:
     """Mine hard negatives from the parent's index of the job's corpus and save which
     index document each pair text is (the distillation targets); returns the provenance."""
-    config = _training_config(job.params["config"])
     index = _parent_index(corpus_id=job.params.get("corpus"), parent=parent)
     mined = targets = 0
     if index is not None:
