@@ -1,4 +1,4 @@
-"""Which part of the NFCorpus fine-tune damages NFCorpus: one knob at a time, pure compute.
+"""Which part of a fine-tune's recipe helps or damages its corpus: one knob at a time, pure compute.
 
 Replays the finetune job's recipe outside the platform: from the bundled model, the
 pairs the job draws from every training judgement (`max_steps` × `batch_size`, seeded),
@@ -9,9 +9,10 @@ Each variant changes one setting of FinetuneConfig; each child then re-encodes t
 (top 100 per query), beside the child's queries on the parent's vectors ("old index").
 
     .venv/bin/python benchmarks/forgetting/ablate.py [--data ../shared/data]
-        [--variant base] [--variant temperature=0.05] [--steps 58]
+        [--corpus nfcorpus] [--variant base] [--variant temperature=0.05] [--steps 58]
 
-Writes benchmarks/forgetting/out/ablate-nfcorpus.json.
+The corpus needs a `qrels_train.tsv` (scifact, nfcorpus). Writes
+benchmarks/forgetting/out/ablate-<corpus>.json.
 """
 
 from __future__ import annotations
@@ -94,11 +95,12 @@ def _variant(spec: str) -> tuple[str, dict]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
+    parser.add_argument("--corpus", default="nfcorpus", help="a folder under --data")
     parser.add_argument("--variant", action="append", default=None)
     parser.add_argument("--steps", type=int, default=58)
     parser.add_argument("--batch-size", type=int, default=16)
     args = parser.parse_args()
-    folder = args.data / "nfcorpus"
+    folder = args.data / args.corpus
     doc_ids, doc_text = _corpus(folder)
     doc_row = {d: i for i, d in enumerate(doc_ids)}
     texts_of = {q["_id"]: q["text"] for q in map(json.loads, (folder / "queries.jsonl").open())}
@@ -120,9 +122,16 @@ def main() -> int:
     started = time.monotonic()
     doc_vecs = parent.encode(doc_text)
     parent_q = parent.encode([texts_of[q] for q in qids], kind="query")
-    report: dict = {"machine": machine(), "steps": args.steps, "variants": {}}
-    report["v1"] = _ndcg(qvecs=parent_q, doc_vecs=doc_vecs, doc_ids=doc_ids, qids=qids, qrels=test)
-    print(f"v1 {report['v1']:.4f} ({time.monotonic() - started:.0f} s)", flush=True)
+    report: dict = {
+        "machine": machine(),
+        "corpus": args.corpus,
+        "steps": args.steps,
+        "variants": {},
+    }
+    report["parent"] = _ndcg(
+        qvecs=parent_q, doc_vecs=doc_vecs, doc_ids=doc_ids, qids=qids, qrels=test
+    )
+    print(f"parent {report['parent']:.4f} ({time.monotonic() - started:.0f} s)", flush=True)
     pairs, known = _pairs(
         judged=judged,
         texts_of=texts_of,
@@ -160,7 +169,7 @@ def main() -> int:
         report["variants"][name] = scores
         print(name, json.dumps(scores), flush=True)
     OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "ablate-nfcorpus.json").write_text(json.dumps(report, indent=2))
+    (OUT / f"ablate-{args.corpus}.json").write_text(json.dumps(report, indent=2))
     return 0
 
 

@@ -253,7 +253,7 @@ def evaluation_run(
             "ef_search": ef_search,
             "exclude_self": exclude_self,
             "compensation_requested": compensation,
-            # Which adapter answered: the corpus's own, or the chain of version adapters.
+            # Which adapters answered: "corpus", "version" or "corpus+version" (its hops).
             "adapter": adapter_scope,
             "skipped_unjudged": len(queries) - len(judged),
             # What encoded the queries (and the index's documents): the index's runtime.

@@ -2,9 +2,10 @@
 index built by its ancestor k as normalize(f_T(q) - sum of the drift vectors of versions
 k+1..T). Old indexes stay usable the moment a new version exists.
 
-compensation "adapter" applies the learned adapters instead (workers.ml.adapter): the
-corpus's own adapter where the fine-tune fitted one from T straight to the index's version k,
-else each version's map to its parent's space, chained T → T−1 → … → k as one affine map."""
+compensation "adapter" applies the learned adapters instead (workers.ml.adapter), chained
+T → … → k as one affine map: at each version its adapter for the index's corpus where its
+fine-tune fitted one into a version on the way (adapter_hops), else its map to its
+parent's space."""
 
 from __future__ import annotations
 
@@ -50,36 +51,56 @@ def drift_deltas(path: list[ModelVersion]) -> list[np.ndarray]:
     return [np.asarray(v.drift, dtype=np.float32) for v in path]
 
 
-def adapter_chain(path: list[ModelVersion]) -> Adapter:
-    """The composed map of the versions on `path` (T first), each to its parent's space."""
-    missing = [str(v) for v in path if not v.adapter_path]
+def _adapters_stored(versions: list[ModelVersion]) -> None:
+    """Refuse a path through a version with no adapter to its parent's space."""
+    missing = [str(v) for v in versions if not v.adapter_path]
     if missing:
         raise ApplicationError(
             f"no compensation adapter stored for {', '.join(missing)} (fine-tuned before "
             'adapters existed, or its fit found no pairs); use compensation "qdc" or "none"',
             code="no_adapter",
         )
-    return chain([_adapter_load(v.adapter_path, _mtime(v.adapter_path)) for v in path])
 
 
-def corpus_adapter_entry(*, version: ModelVersion, index: VectorIndex) -> dict | None:
-    """What `version`'s fine-tune recorded of the adapter it fitted for the index's corpus
-    (workers.ml.adapter.fit_corpus_adapter), when it maps into the index's version."""
-    entry = (version.adapter or {}).get("per_corpus", {}).get(str(index.corpus_id))
-    if entry and entry.get("target_version") == index.model_version_id:
-        return entry
-    return None
+def _corpus_entry(*, version: ModelVersion, corpus_id: int) -> dict | None:
+    """What `version`'s fine-tune recorded of the adapter it fitted for this corpus
+    (workers.ml.adapter.fit_corpus_adapter): its file and the version it maps into."""
+    return (version.adapter or {}).get("per_corpus", {}).get(str(corpus_id))
+
+
+def adapter_hops(*, path: list[ModelVersion], index: VectorIndex) -> list[tuple]:
+    """[(version, its corpus adapter entry or None), …] from path[0] to the index's version.
+
+    Each hop takes the version's own adapter for the index's corpus where it maps into a
+    version still on the way (it knows the corpus's documents and whether the child or the
+    parent ranks them better), else the version's adapter to its parent's space. So v3's
+    queries on v1's index, where v3 fitted this corpus into v2's index and v2 fitted it into
+    v1's, go through both corpus adapters, not the chain fitted on the training tasks."""
+    ahead = {v.pk: i for i, v in enumerate(path)} | {index.model_version_id: len(path)}
+    hops, i = [], 0
+    while i < len(path):
+        entry = _corpus_entry(version=path[i], corpus_id=index.corpus_id)
+        target = ahead.get(entry.get("target_version")) if entry else None
+        if target is not None and target > i:
+            hops.append((path[i], entry))
+            i = target
+        else:
+            hops.append((path[i], None))
+            i += 1
+    return hops
 
 
 def adapter_for(*, path: list[ModelVersion], index: VectorIndex) -> tuple[Adapter, str]:
-    """(the map for queries of path[0] on `index`, "corpus" or "version"): an adapter fitted
-    on this corpus knows its documents and whether the child or the parent ranks it better,
-    so it wins over the chain of version adapters fitted on the training task."""
-    entry = corpus_adapter_entry(version=path[0], index=index)
-    if entry is None:
-        return adapter_chain(path), "version"
-    file = str(Path(path[0].artifact_path) / entry["file"])
-    return _adapter_load(file, _mtime(file)), "corpus"
+    """(the map for queries of path[0] on `index`, "corpus", "version" or "corpus+version":
+    which kinds of adapter its hops used)."""
+    hops = adapter_hops(path=path, index=index)
+    _adapters_stored([version for version, entry in hops if entry is None])
+    adapters = []
+    for version, entry in hops:
+        file = str(Path(version.artifact_path) / entry["file"]) if entry else version.adapter_path
+        adapters.append(_adapter_load(file, _mtime(file)))
+    scopes = {"corpus" if entry else "version" for _, entry in hops}
+    return chain(adapters), "+".join(sorted(scopes))
 
 
 def _mtime(path: str) -> float:
@@ -107,10 +128,9 @@ def compensation_path_check(
         return
     if compensation in ("auto", "qdc"):
         drift_deltas(path)
-    elif compensation == "adapter" and (
-        index is None or corpus_adapter_entry(version=path[0], index=index) is None
-    ):
-        adapter_chain(path)
+    elif compensation == "adapter":
+        hops = [(v, None) for v in path] if index is None else adapter_hops(path=path, index=index)
+        _adapters_stored([version for version, entry in hops if entry is None])
 
 
 def _applied(path: list, compensation: str) -> str:

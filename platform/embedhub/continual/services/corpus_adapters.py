@@ -6,8 +6,8 @@ that index's space: a ranking map on a document sample (the index holds the old 
 only the child's are computed) blended with a query map on the corpus's own query texts,
 by nDCG@10 on judged queries the serving policy does not measure with. It is recorded in
 the child's `adapter["per_corpus"]` beside a file in its artifact directory, and
-compensation "adapter" prefers it to the chain of version adapters
-(vectors/compensation.py).
+compensation "adapter" takes it, not the child's version adapter, for the child's hop on
+any index of that corpus its target version or an ancestor built (vectors/compensation.py).
 """
 
 from __future__ import annotations
