@@ -21,6 +21,8 @@ steps use, and every judgement still masks its query's negatives),
         [--batch-size 8] [--lr 5e-5] [--negatives 0] [--max-tokens 128]
 
 Writes benchmarks/forgetting/out/results.json and results.md and prints the table.
+`--rescore old_index_adapter` (repeatable) evaluates that option's cells again on the run
+already in --db, with the same ARTIFACT_ROOT, under today's code: results-rescored.*.
 """
 
 from __future__ import annotations
@@ -157,8 +159,9 @@ def _finetune(user, parent, train_set, args):
     return ModelVersion.objects.get(pk=job.result["model_version"]), job
 
 
-def _fill(user, corpora: dict, chain: list) -> list[dict]:
-    """Evaluate every (task, version, option) the policy jobs did not measure."""
+def _fill(user, corpora: dict, chain: list, *, again: tuple = ()) -> list[dict]:
+    """Evaluate every (task, version, option) the policy jobs did not measure, and every
+    cell of the options in `again` (a rescore under today's code)."""
     from embedhub.continual.selectors import forgetting_matrix
     from embedhub.vectors.models import VectorIndex
 
@@ -167,7 +170,7 @@ def _fill(user, corpora: dict, chain: list) -> list[dict]:
         (row["version"].pk, row["option"], task.pk)
         for row in matrix["rows"]
         for task, cell in zip(matrix["tasks"], row["cells"], strict=True)
-        if cell["eval_run"]
+        if cell["eval_run"] and row["option"] not in again
     }
     missing = []
     for corpus, sets in corpora.values():
@@ -244,9 +247,18 @@ def main() -> int:
     # CPU-sized run trains on in-batch negatives over 128 tokens.
     parser.add_argument("--negatives", type=int, default=0)
     parser.add_argument("--max-tokens", type=int, default=128)
+    parser.add_argument(
+        "--rescore",
+        action="append",
+        choices=OPTIONS,
+        help="evaluate this option's cells again on the finished run in --db (with its "
+        "ARTIFACT_ROOT) under today's code; writes results-rescored.*",
+    )
     args = parser.parse_args()
     started = time.monotonic()
     setup(args.db)
+    if args.rescore:
+        return _rescore(args, started)
     from embedhub.continual.selectors import forgetting_matrix
     from embedhub.registry.services import model_version_default
 
@@ -289,6 +301,35 @@ def main() -> int:
     (OUT / "results.md").write_text(table + "\n")
     print(json.dumps(result["policy_decisions"], indent=2))
     print(f"unmeasured: {missing}\n{result['seconds']} s on {result['machine']}")
+    return 0
+
+
+def _rescore(args, started: float) -> int:
+    """Re-evaluate the --rescore options' cells of the run already in --db."""
+    from embedhub.continual.selectors import forgetting_matrix
+    from embedhub.corpora.models import Corpus
+    from embedhub.registry.models import ModelVersion
+    from embedhub.registry.services import model_version_default
+
+    user = bench_user("forgetting")
+    corpora = {}
+    for task, name, _, _ in TASKS:
+        corpus = Corpus.objects.get(owner=user, name=f"{name}-{task}")
+        corpora[task] = (corpus, {qs.name: qs for qs in corpus.query_sets.all()})
+    chain = [model_version_default(), *ModelVersion.objects.filter(owner=user).order_by("pk")]
+    missing = _fill(user, corpora, chain, again=tuple(args.rescore))
+    table = _table(forgetting_matrix(user=user, leaf=chain[-1]))
+    print("\n" + table)
+    result = {
+        "machine": machine(),
+        "db": args.db,
+        "rescored": args.rescore,
+        "unmeasured": missing,
+        "table": table,
+        "seconds": round(time.monotonic() - started, 1),
+    }
+    (OUT / "results-rescored.json").write_text(json.dumps(result, indent=2, default=str))
+    (OUT / "results-rescored.md").write_text(table + "\n")
     return 0
 
 
