@@ -297,3 +297,5 @@ def test_training_length_is_bounded_once_the_pairs_are_counted(api, user):
     assert "5,120,000 examples" in refused.value.message
     params, _ = prepare(epochs=99, batch_size=2)  # 99,099 steps: within the bounds
     assert params["config"] == {"epochs": 99, "batch_size": 2}
+    params, _ = prepare(max_steps=3, temperature=0.05)  # the loss's temperature is a setting
+    assert params["config"] == {"max_steps": 3, "temperature": 0.05}

@@ -138,6 +138,8 @@ KNOWN = [
     ("finetune", {"config": {"lr": "fast"}}, "params.config.lr"),
     ("finetune", {"config": {"epochs": 1.5}}, "params.config.epochs"),
     ("finetune", {"config": {"warp": 9}}, "params.config.warp"),
+    ("finetune", {"config": {"temperature": 0}}, "params.config.temperature"),
+    ("finetune", {"config": {"temperature": "warm"}}, "params.config.temperature"),
     ("finetune", {"config": "s"}, "params.config"),
     ("finetune", {"training_set": "abc"}, "params"),
     ("policy", {"tolerance": 2}, "params.tolerance"),

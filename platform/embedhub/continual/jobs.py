@@ -68,6 +68,13 @@ class FinetuneConfigParams(ParamsSerializer):
     batch_size = integer(2, 1024, "pairs per step; the others in a batch are its negatives")
     seed = integer(0, 2**31 - 1, "shuffling and initialisation seed")
     max_tokens = integer(8, 512, "tokens kept per text while training")
+    temperature = number(
+        0.005,
+        1.0,
+        "contrastive temperature: logits are cosine / temperature (default "
+        f"{FinetuneConfig.temperature}). Sharper pulls each query harder onto its judged "
+        "positive; on corpora with many weak judgements per query 0.05 damaged less",
+    )
     distill_weight = number(0.0, 100.0, "weight of the embedding-distillation term")
     negatives_per_query = integer(0, 64, "hard negatives mined from the parent's index")
     negatives_skip_top = integer(
