@@ -9,7 +9,7 @@ Each variant changes one setting of FinetuneConfig; each child then re-encodes t
 (top 100 per query), beside the child's queries on the parent's vectors ("old index").
 
     .venv/bin/python benchmarks/forgetting/ablate.py [--data ../shared/data]
-        [--corpus nfcorpus] [--variant base] [--variant temperature=0.05] [--steps 58]
+        [--corpus nfcorpus] [--variant base] [--variant temperature=0.02] [--steps 58]
 
 The corpus needs a `qrels_train.tsv` (scifact, nfcorpus). Writes
 benchmarks/forgetting/out/ablate-<corpus>.json.
@@ -142,7 +142,7 @@ def main() -> int:
         args=args,
     )
     targets = DistillTargets(documents=dict(zip(doc_text, doc_vecs, strict=True)))
-    for name, change in map(_variant, args.variant or ["base", "temperature=0.05"]):
+    for name, change in map(_variant, args.variant or ["temperature=0.02", "temperature=0.05"]):
         config = _config(args, **change)
         t = time.monotonic()
         with tempfile.TemporaryDirectory() as out:
