@@ -393,6 +393,27 @@ def test_policy_settings_are_read_and_changed_through_the_api(api, other_api, us
     )
 
 
+def test_every_candidate_is_scored_with_the_corpus_exclude_self_setting(api, user, lineage):
+    corpus, _, _ = qdc_wins(user, lineage)
+    url = f"/api/v1/corpora/{corpus.pk}/policy/"
+    assert api.patch(url, {"exclude_self": True}, format="json").status_code == 200
+    job = _policy(user, corpus=corpus.pk, allow_reindex=False, apply=False)
+    report = job.result["corpora"][0]
+    assert report["exclude_self"] is True
+    runs = [c["eval_run"] for c in report["candidates"] if c["status"] == "evaluated"]
+    assert len(runs) >= 3
+    assert all(EvalRun.objects.get(pk=pk).params["exclude_self"] for pk in runs)
+    asked = _policy(user, corpus=corpus.pk, allow_reindex=False, apply=False, exclude_self=False)
+    assert asked.result["corpora"][0]["exclude_self"] is False
+    response = api.post(
+        "/api/v1/jobs/",
+        {"kind": "policy", "params": {"corpus": corpus.pk, "exclude_self": "yes"}},
+        format="json",
+    )
+    assert response.status_code == 400
+    assert response.json()["error"]["details"]["field"] == "params.exclude_self"
+
+
 def test_the_schedule_submits_one_policy_job_per_corpus_of_the_owner(user, other_user, lineage):
     from workers.tasks.schedules import serving_policy_corpora
 

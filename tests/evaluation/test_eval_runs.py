@@ -12,6 +12,7 @@ from embedhub.evaluation.selectors import eval_run_table
 from embedhub.evaluation.services import _Searcher, evaluation_run
 from embedhub.jobs.services import JobCancelled
 from embedhub.vectors.selectors import index_vectors
+from embedhub.vectors.services import serving_policy_settings_update
 from tests.evaluation.conftest import add_documents, build_index, numbered_texts
 from tests.factories import ModelVersionFactory
 from workers.ml.drift import compensate
@@ -191,3 +192,22 @@ def test_queries_are_encoded_in_chunks_each_a_cancel_point_and_a_cancel_stores_n
     with pytest.raises(JobCancelled):
         evaluation_run(owner=user, index=index, query_set=first, ctx=_CancelAfter(2))
     assert EvalRun.objects.count() == before
+
+
+def test_an_evaluation_that_does_not_say_follows_the_corpus_exclude_self_setting(
+    user, corpus, model_version, make_query_set
+):
+    docs = numbered_texts(30)
+    add_documents(corpus, docs)
+    index = build_index(owner=user, corpus=corpus, model_version=model_version)
+    # The query is document d4 itself, judged against d4: only its own document is relevant.
+    query_set = make_query_set(
+        owner=user, corpus=corpus, queries={"d4": docs["d4"]}, qrels=[("d4", "d4", 1)]
+    )
+    kept = evaluation_run(owner=user, index=index, query_set=query_set)
+    assert kept.params["exclude_self"] is False and kept.metrics["ndcg@10"] == 1.0
+    serving_policy_settings_update(corpus=corpus, exclude_self=True)
+    dropped = evaluation_run(owner=user, index=index, query_set=query_set)
+    assert dropped.params["exclude_self"] is True and dropped.metrics["ndcg@10"] == 0.0
+    asked = evaluation_run(owner=user, index=index, query_set=query_set, exclude_self=False)
+    assert asked.metrics["ndcg@10"] == 1.0

@@ -123,3 +123,24 @@ def test_other_users_index_and_query_set_are_404(
     assert response.status_code == 404
     assert f"query set {query_set.pk} not found" in response.json()["error"]["message"]
     assert not Job.objects.exists()
+
+
+def test_exclude_self_defaults_to_the_corpus_setting_and_a_request_overrides_it(api, setup):
+    index, query_set = setup
+    url = f"/api/v1/corpora/{index.corpus_id}/policy/"
+    base = {"index": index.pk, "query_set": query_set.pk}
+    assert _submit(api, **base).json()["params"]["exclude_self"] is False
+    response = api.patch(url, {"exclude_self": True}, format="json")
+    assert response.status_code == 200 and response.json()["exclude_self"] is True
+    assert _submit(api, **base).json()["params"]["exclude_self"] is True
+    assert _submit(api, **base, exclude_self=False).json()["params"]["exclude_self"] is False
+    refused = api.patch(url, {"exclude_self": "sometimes"}, format="json")
+    assert refused.status_code == 400 and "exclude_self" in refused.content.decode()
+
+
+def test_another_users_exclude_self_setting_is_404_and_changes_nothing(api, other_api, setup):
+    index, query_set = setup
+    url = f"/api/v1/corpora/{index.corpus_id}/policy/"
+    assert other_api.patch(url, {"exclude_self": True}, format="json").status_code == 404
+    response = _submit(api, index=index.pk, query_set=query_set.pk)
+    assert response.json()["params"]["exclude_self"] is False

@@ -440,6 +440,12 @@ class PolicyParams(ParamsSerializer):
         help_text="keep the current policy unless a candidate beats it by more than this "
         "(default: the corpus's setting, 0.01)",
     )
+    exclude_self = StrictBooleanField(
+        required=False,
+        allow_null=True,
+        help_text="drop a query's own document from its ranking in every candidate's "
+        "evaluation, as BEIR scores ArguAna (default: the corpus's setting, false)",
+    )
     apply = StrictBooleanField(
         default=True, help_text="false: measure and report only, change nothing"
     )
@@ -509,6 +515,7 @@ def _policy_plan(*, user, corpus: Corpus, params: dict, named: bool) -> dict:
         "metric": given("metric"),
         "tolerance": given("tolerance"),
         "allow_reindex": given("allow_reindex"),
+        "exclude_self": given("exclude_self"),
         "documents": corpus.documents.count(),
         "apply": params["apply"],
         "batch_size": params.get("batch_size"),

@@ -65,7 +65,10 @@ class EvaluateParams(SearchTargetParams):
     )
     k = StrictIntegerField(default=100, min_value=1, max_value=MAX_K, help_text="ranking depth")
     exclude_self = StrictBooleanField(
-        default=False, help_text="drop a query's own document from its ranking (ArguAna)"
+        required=False,
+        allow_null=True,
+        help_text="drop a query's own document from its ranking, as BEIR scores ArguAna "
+        "(default: the corpus's setting, false unless set)",
     )
 
     def validate(self, attrs: dict) -> dict:
@@ -106,6 +109,12 @@ def _serving(params: dict) -> Serving:
     return replace(serving, compensation=compensation) if compensation else serving
 
 
+def _exclude_self(params: dict, *, corpus_id: int) -> bool:
+    # Fixed at submission, so a retry scores the way the first attempt did.
+    given = params.get("exclude_self")
+    return vector_selectors.corpus_excludes_self(corpus_id=corpus_id) if given is None else given
+
+
 def evaluate_prepare(*, user, params: dict) -> tuple[dict, Corpus]:
     serving = _serving(params)
     index, version = serving.index, serving.model_version
@@ -121,7 +130,7 @@ def evaluate_prepare(*, user, params: dict) -> tuple[dict, Corpus]:
         "mode": params["mode"],
         "ef_search": params.get("ef_search"),
         "k": params["k"],
-        "exclude_self": params["exclude_self"],
+        "exclude_self": _exclude_self(params, corpus_id=index.corpus_id),
     }
     if serving.policy is not None:
         prepared["policy"] = serving.policy.pk

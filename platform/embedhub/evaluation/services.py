@@ -191,13 +191,16 @@ def evaluation_run(
     mode: str = EvalRun.Mode.EXACT,
     k: int = 100,
     ef_search: int | None = None,
-    exclude_self: bool = False,
+    exclude_self: bool | None = None,
     ctx=None,
     job=None,
 ) -> EvalRun:
-    """Evaluate `index` on `query_set` and store the EvalRun (see the module docstring)."""
+    """Evaluate `index` on `query_set` and store the EvalRun (see the module docstring).
+    `exclude_self` None follows the corpus's setting."""
     if index.state not in SEARCHABLE:
         raise ApplicationError(f"index {index.pk} is {index.state}, not searchable")
+    if exclude_self is None:
+        exclude_self = vector_selectors.corpus_excludes_self(corpus_id=index.corpus_id)
     started = time.monotonic()
     version = model_version or index.model_version
     qrels = selectors.query_set_qrels(query_set=query_set)

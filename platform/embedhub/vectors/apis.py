@@ -176,6 +176,11 @@ class ServingPolicyApi(APIView):
         metric = serializers.ChoiceField(choices=METRICS, required=False)
         tolerance = serializers.FloatField(min_value=0.0, max_value=1.0, required=False)
         allow_reindex = serializers.BooleanField(required=False)
+        exclude_self = serializers.BooleanField(
+            required=False,
+            help_text="the queries are documents of the corpus (ArguAna): drop a query's own "
+            "document from its ranking in every evaluation that does not say otherwise",
+        )
 
     class OutputSerializer(serializers.ModelSerializer):
         serving = serializers.SerializerMethodField()
@@ -190,6 +195,7 @@ class ServingPolicyApi(APIView):
                 "metric",
                 "tolerance",
                 "allow_reindex",
+                "exclude_self",
                 "decision",
                 "decided_by",
                 "decided_at",

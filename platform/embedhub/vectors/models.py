@@ -100,6 +100,11 @@ class ServingPolicy(BaseModel):
     tolerance = models.FloatField(default=0.01)
     # A reindex candidate re-embeds the whole corpus: off means "never spend that here".
     allow_reindex = models.BooleanField(default=True)
+    # The corpus's queries are documents of it (ArguAna: a query is an argument, judged
+    # against its counter-arguments), so a query's own document never counts as a hit.
+    # Every evaluation of the corpus that does not say otherwise follows it: the evaluate
+    # job's default, the policy job's candidates and the reindex gate.
+    exclude_self = models.BooleanField(default=False)
     # The last decision: candidates (EvalRun ids, metric values, skipped ones and why),
     # the chosen one and the reason, as the policy job recorded them.
     decision = models.JSONField(default=dict, blank=True)

@@ -457,6 +457,11 @@ def serving_policy_of(*, corpus: Corpus) -> ServingPolicy | None:
     )
 
 
+def corpus_excludes_self(*, corpus_id: int) -> bool:
+    """The corpus's setting for evaluations that do not say (false without a policy row)."""
+    return ServingPolicy.objects.filter(corpus_id=corpus_id, exclude_self=True).exists()
+
+
 def serving_resolve(*, corpus: Corpus) -> Serving:
     """The corpus's serving policy applied to its present state. Without a policy (or one
     whose index is gone, or whose version can no longer search it), today's default: the

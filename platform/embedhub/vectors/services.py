@@ -460,9 +460,16 @@ def serving_policy_settings_update(
     metric: str | None = None,
     tolerance: float | None = None,
     allow_reindex: bool | None = None,
+    exclude_self: bool | None = None,
 ) -> ServingPolicy:
-    """The corpus's settings for policy jobs (the serving choice itself is left alone)."""
-    given = {"metric": metric, "tolerance": tolerance, "allow_reindex": allow_reindex}
+    """The corpus's settings for policy jobs and evaluations (the serving choice itself is
+    left alone)."""
+    given = {
+        "metric": metric,
+        "tolerance": tolerance,
+        "allow_reindex": allow_reindex,
+        "exclude_self": exclude_self,
+    }
     with transaction.atomic():
         policy, _ = ServingPolicy.objects.select_for_update().get_or_create(corpus=corpus)
         for field, value in given.items():

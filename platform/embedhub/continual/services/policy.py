@@ -13,7 +13,9 @@ It keeps the current policy unless a candidate beats it on the corpus's metric b
 the tolerance; candidates are listed cheapest first, so a tie goes to the cheaper one. The
 shadow is activated only when the reindex wins (otherwise it is retired, and retention drops
 it). A candidate that cannot apply (an unrelated version, no drift vector, no adapter) is
-recorded as skipped with its reason. Every candidate goes into the job's result and onto the
+recorded as skipped with its reason. Every candidate is scored alike: with the queries' own
+documents dropped where the corpus's `exclude_self` setting (or the job) says so. Every
+candidate goes into the job's result and onto the
 corpus's ServingPolicy. The reindex gate is the special case "current vs reindex".
 
 Progress counts units: one per candidate evaluation and, for a reindex, one per document of
@@ -124,6 +126,7 @@ class _Measure:
     corpus: Corpus
     query_set: QuerySet
     metric: str
+    exclude_self: bool
     ctx: object  # the job's context: each evaluation reports into one step of it
     total: int
 
@@ -142,6 +145,7 @@ class _Measure:
                 query_set=self.query_set,
                 model_version=version,
                 compensation=compensation,
+                exclude_self=self.exclude_self,
                 # Its reports (the queries encoded so far) are the cancel points of a step
                 # that takes a minute on a large query set.
                 ctx=_Scaled(
@@ -269,7 +273,8 @@ def policy_choose(*, candidates: list[dict], tolerance: float) -> tuple[int, str
 
 def _corpus_decide(*, job, ctx, plan: dict, base: int, total: int) -> dict:
     corpus = Corpus.objects.select_related("active_index__model_version").get(pk=plan["corpus"])
-    report = {key: plan.get(key) for key in ("corpus", "query_set", "metric", "tolerance")}
+    keys = ("corpus", "query_set", "metric", "tolerance", "exclude_self")
+    report = {key: plan.get(key) for key in keys}
     report["corpus_name"] = corpus.name
     try:
         serving = vector_selectors.serving_resolve(corpus=corpus)
@@ -282,6 +287,8 @@ def _corpus_decide(*, job, ctx, plan: dict, base: int, total: int) -> dict:
         corpus=corpus,
         query_set=QuerySet.objects.get(pk=plan["query_set"]),
         metric=plan["metric"],
+        # A job planned before the setting existed scored with the queries' own documents.
+        exclude_self=plan.get("exclude_self", False),
         ctx=ctx,
         total=total,
     )
