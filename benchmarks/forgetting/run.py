@@ -19,8 +19,13 @@ steps use, and every judgement still masks its query's negatives),
     .venv/bin/python benchmarks/forgetting/run.py [--data ../shared/data] [--steps 8]
         [--max-docs 600] [--test-queries 100] [--train-pairs 128] [--db embedhub_forgetting]
         [--batch-size 8] [--lr 5e-5] [--negatives 0] [--max-tokens 128]
+        [--tasks scifact,nfcorpus] [--also ""] [--out results]
 
-Writes benchmarks/forgetting/out/results.json and results.md and prints the table.
+`--tasks arguana --also scifact` fine-tunes one version on ArguAna's synthetic GenQ pairs
+and scores SciFact beside it; ArguAna's corpus is set to drop each query's own document.
+
+Writes benchmarks/forgetting/out/<--out>.json and .md (default results) and prints the
+table.
 `--rescore old_index_adapter` (repeatable) evaluates that option's cells again on the run
 already in --db, with the same ARTIFACT_ROOT, under today's code: results-rescored.*.
 """
@@ -39,10 +44,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from benchmarks._django import ROOT, bench_user, machine, setup  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "out"
-TASKS = (
-    ("A", "scifact", "qrels_test.tsv", "qrels_train.tsv"),
-    ("B", "nfcorpus", "qrels.tsv", "qrels_train.tsv"),
-)
+# Each data set: its test judgements, its training judgements (a qrels file, or ArguAna's
+# GenQ pairs), and whether a query's own document must be dropped when it is scored.
+DATASETS = {
+    "scifact": ("qrels_test.tsv", "qrels_train.tsv", False),
+    "nfcorpus": ("qrels.tsv", "qrels_train.tsv", False),
+    "arguana": ("qrels.tsv", "train_genq_pairs.jsonl", True),
+}
 OPTIONS = ("old_index_none", "old_index_qdc", "old_index_adapter", "reindexed")
 
 
@@ -57,10 +65,38 @@ def qrels_read(path: Path) -> dict[str, dict[str, int]]:
     return dict(out)
 
 
+def _tasks(args) -> list[tuple[str, str, bool]]:
+    """(label, data set, trained) in order: --tasks train one version each, --also are
+    indexed and scored only."""
+    trained = [n for n in args.tasks.split(",") if n]
+    also = [n for n in args.also.split(",") if n]
+    labels = "ABCDEFGH"
+    return [(labels[i], n, i < len(trained)) for i, n in enumerate(trained + also)]
+
+
+def genq_read(path: Path) -> tuple[dict[str, dict[str, int]], dict[str, dict]]:
+    """ArguAna's synthetic (query, doc_id) pairs as judgements and queries, ids genq-N."""
+    judged: dict[str, dict[str, int]] = {}
+    queries: dict[str, dict] = {}
+    ids: dict[str, str] = {}
+    for line in path.open():
+        pair = json.loads(line)
+        qid = ids.setdefault(pair["query"], f"genq-{len(ids)}")
+        queries[qid] = {"_id": qid, "text": pair["query"]}
+        judged.setdefault(qid, {})[pair["doc_id"]] = 1
+    return judged, queries
+
+
 def _subset(folder: Path, test_file: str, train_file: str, args, work: Path) -> dict:
     """Write a corpus / test / train subset as BEIR files; returns their paths and sizes."""
     rng = random.Random(13)
-    test, train = qrels_read(folder / test_file), qrels_read(folder / train_file)
+    test = qrels_read(folder / test_file)
+    queries = {q["_id"]: q for q in map(json.loads, (folder / "queries.jsonl").open())}
+    if train_file.endswith(".jsonl"):
+        train, generated = genq_read(folder / train_file)
+        queries.update(generated)
+    else:
+        train = qrels_read(folder / train_file)
     test_q = sorted(test)
     rng.shuffle(test_q)
     test_q = test_q[: args.test_queries]
@@ -70,12 +106,19 @@ def _subset(folder: Path, test_file: str, train_file: str, args, work: Path) -> 
         train_pairs = train_pairs[: args.train_pairs]
     docs = [json.loads(line) for line in (folder / "corpus.jsonl").open()]
     by_id = {d["_id"]: d for d in docs}
-    wanted = list(dict.fromkeys([d for q in test_q for d in test[q]] + [d for _, d in train_pairs]))
+    # A test query that is itself a document (ArguAna) keeps its document, so that dropping
+    # it when scoring is measured as it would be on the whole corpus.
+    wanted = list(
+        dict.fromkeys(
+            [d for q in test_q for d in test[q]]
+            + [q for q in test_q if q in by_id]
+            + [d for _, d in train_pairs]
+        )
+    )
     wanted = [d for d in wanted if d in by_id][: args.max_docs]
     rest = [d for d in by_id if d not in set(wanted)]
     rng.shuffle(rest)
     keep = set(wanted + rest[: max(0, args.max_docs - len(wanted))])
-    queries = {q["_id"]: q for q in map(json.loads, (folder / "queries.jsonl").open())}
     out = work / folder.name
     out.mkdir(parents=True, exist_ok=True)
     (out / "corpus.jsonl").write_text("".join(json.dumps(by_id[d]) + "\n" for d in sorted(keep)))
@@ -118,14 +161,18 @@ def _seconds(job) -> float:
     return round((job.finished_at - job.started_at).total_seconds(), 1)
 
 
-def _load(user, name: str, subset: dict):
+def _load(user, name: str, subset: dict, *, exclude_self: bool):
     from embedhub.corpora.models import Corpus
     from embedhub.corpora.services import corpus_create, corpus_delete, corpus_ingest_file
     from embedhub.evaluation.services import query_set_create
+    from embedhub.vectors.services import serving_policy_settings_update
 
     for old in Corpus.objects.filter(owner=user, name=name):
         corpus_delete(corpus=old)
     corpus = corpus_create(owner=user, name=name)
+    # As a user of an ArguAna-style corpus sets it once: every evaluation, policy candidate
+    # and reindex gate of the corpus then drops each query's own document.
+    serving_policy_settings_update(corpus=corpus, exclude_self=exclude_self)
     corpus_ingest_file(
         corpus_id=corpus.pk, path=subset["dir"] / "corpus.jsonl", fmt="jsonl", owner_id=user.pk
     )
@@ -237,6 +284,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
     parser.add_argument("--db", default="embedhub_forgetting")
+    parser.add_argument(
+        "--tasks",
+        default="scifact,nfcorpus",
+        help="data sets fine-tuned on in order, one version each (" + ", ".join(DATASETS) + ")",
+    )
+    parser.add_argument("--also", default="", help="data sets indexed and scored, not trained")
+    parser.add_argument("--out", default="results", help="file name under out/, no suffix")
     parser.add_argument("--max-docs", type=int, default=600)
     parser.add_argument("--test-queries", type=int, default=100)
     parser.add_argument("--train-pairs", type=int, default=128, help="0: every training judgement")
@@ -265,29 +319,34 @@ def main() -> int:
     user = bench_user("forgetting")
     work = OUT / "work"
     corpora, subsets = {}, {}
-    for task, name, test_file, train_file in TASKS:
+    for task, name, _ in _tasks(args):
+        test_file, train_file, exclude_self = DATASETS[name]
         subsets[task] = _subset(args.data / name, test_file, train_file, args, work)
-        corpora[task] = _load(user, f"{name}-{task}", subsets[task])
+        corpora[task] = _load(user, f"{name}-{task}", subsets[task], exclude_self=exclude_self)
         print(f"task {task}: {name}, {subsets[task]}", flush=True)
     v0 = model_version_default()
     for corpus, _ in corpora.values():
         _run(user, "embed", {"corpus": corpus.pk, "model_version": v0.pk, "activate": True})
-    v1, ft1 = _finetune(user, v0, corpora["A"][1]["train"], args)
     from embedhub.jobs.models import Job
 
-    policies = [_run_existing(Job.objects.get(pk=ft1.result["policy_job"]))]
-    v2, ft2 = _finetune(user, v1, corpora["B"][1]["train"], args)
-    policies.append(_run_existing(Job.objects.get(pk=ft2.result["policy_job"])))
-    missing = _fill(user, corpora, [v0, v1, v2])
-    matrix = forgetting_matrix(user=user, leaf=v2)
+    chain, finetunes, policies = [v0], [], []
+    for task, _, trained in _tasks(args):
+        if not trained:
+            continue
+        version, finetune = _finetune(user, chain[-1], corpora[task][1]["train"], args)
+        policies.append(_run_existing(Job.objects.get(pk=finetune.result["policy_job"])))
+        chain.append(version)
+        finetunes.append(finetune)
+    missing = _fill(user, corpora, chain)
+    matrix = forgetting_matrix(user=user, leaf=chain[-1])
     table = _table(matrix)
     print("\n" + table)
     result = {
         "machine": machine(),
         "args": {k: str(v) for k, v in vars(args).items()},
         "subsets": {k: {**v, "dir": str(v["dir"])} for k, v in subsets.items()},
-        "versions": {"v0": v0.pk, "v1": v1.pk, "v2": v2.pk},
-        "finetune_seconds": [_seconds(ft1), _seconds(ft2)],
+        "versions": {f"v{i}": v.pk for i, v in enumerate(chain)},
+        "finetune_seconds": [_seconds(job) for job in finetunes],
         "policy_decisions": [
             {c["corpus_name"]: (c.get("chosen"), c.get("reason")) for c in p.result["corpora"]}
             for p in policies
@@ -297,8 +356,8 @@ def main() -> int:
         "seconds": round(time.monotonic() - started, 1),
     }
     OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "results.json").write_text(json.dumps(result, indent=2, default=str))
-    (OUT / "results.md").write_text(table + "\n")
+    (OUT / f"{args.out}.json").write_text(json.dumps(result, indent=2, default=str))
+    (OUT / f"{args.out}.md").write_text(table + "\n")
     print(json.dumps(result["policy_decisions"], indent=2))
     print(f"unmeasured: {missing}\n{result['seconds']} s on {result['machine']}")
     return 0
@@ -313,7 +372,7 @@ def _rescore(args, started: float) -> int:
 
     user = bench_user("forgetting")
     corpora = {}
-    for task, name, _, _ in TASKS:
+    for task, name, _ in _tasks(args):
         corpus = Corpus.objects.get(owner=user, name=f"{name}-{task}")
         corpora[task] = (corpus, {qs.name: qs for qs in corpus.query_sets.all()})
     chain = [model_version_default(), *ModelVersion.objects.filter(owner=user).order_by("pk")]

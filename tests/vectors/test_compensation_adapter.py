@@ -42,12 +42,18 @@ def _child(parent, tmp_path, seed: int | None):
     return child
 
 
-@pytest.mark.django_db
-def test_adapter_chain_maps_the_newest_queries_back_to_the_index_version(user, corpus, tmp_path):
+def _lineage(user, corpus, tmp_path, *, v1_seed: int | None = 1):
+    """v0 → v1 → v2 (v2's adapter seed 2) and an index of `corpus` built by v0."""
     v0 = ModelVersionFactory()
-    v1 = _child(v0, tmp_path, seed=1)
+    v1 = _child(v0, tmp_path, seed=v1_seed)
     v2 = _child(v1, tmp_path, seed=2)
     index = VectorIndex.objects.create(owner=user, corpus=corpus, model_version=v0, dimension=384)
+    return v0, v1, v2, index
+
+
+@pytest.mark.django_db
+def test_adapter_chain_maps_the_newest_queries_back_to_the_index_version(user, corpus, tmp_path):
+    v0, v1, v2, index = _lineage(user, corpus, tmp_path)
     assert "adapter" in COMPENSATIONS
 
     raw, info = query_vectors(index=index, texts=QUERIES, model_version=v2, compensation="none")
@@ -67,10 +73,8 @@ def test_adapter_chain_maps_the_newest_queries_back_to_the_index_version(user, c
 
 @pytest.mark.django_db
 def test_a_version_without_an_adapter_on_the_path_is_refused(user, corpus, tmp_path):
-    v0 = ModelVersionFactory()
-    v1 = _child(v0, tmp_path, seed=None)  # fine-tuned before adapters existed
-    v2 = _child(v1, tmp_path, seed=2)
-    index = VectorIndex.objects.create(owner=user, corpus=corpus, model_version=v0, dimension=384)
+    # v1 was fine-tuned before adapters existed
+    v0, v1, v2, index = _lineage(user, corpus, tmp_path, v1_seed=None)
     with pytest.raises(ApplicationError) as refused:
         query_vectors(index=index, texts=QUERIES, model_version=v2, compensation="adapter")
     assert refused.value.code == "no_adapter" and str(v1) in str(refused.value)
@@ -95,10 +99,7 @@ def _corpus_adapter(version, tmp_path, *, corpus, into, seed: int) -> None:
 
 @pytest.mark.django_db
 def test_each_hop_takes_the_corpus_adapter_where_the_version_fitted_one(user, corpus, tmp_path):
-    v0 = ModelVersionFactory()
-    v1 = _child(v0, tmp_path, seed=1)
-    v2 = _child(v1, tmp_path, seed=2)
-    index = VectorIndex.objects.create(owner=user, corpus=corpus, model_version=v0, dimension=384)
+    v0, v1, v2, index = _lineage(user, corpus, tmp_path)
     raw, _ = query_vectors(index=index, texts=QUERIES, model_version=v2, compensation="none")
     # v1 fitted this corpus into v0's index: v2's own version adapter, then v1's corpus one.
     _corpus_adapter(v1, tmp_path, corpus=corpus, into=v0, seed=11)
