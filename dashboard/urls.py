@@ -21,6 +21,11 @@ urlpatterns = [
         views.corpus_screening_settings,
         name="corpus-screening",
     ),
+    path(
+        "corpora/<int:corpus_id>/policy/",
+        views.corpus_policy_settings,
+        name="corpus-policy-settings",
+    ),
     path("indexes/<int:index_id>/activate/", views.index_activate, name="index-activate"),
     path("jobs/", views.job_list, name="job-list"),
     path("jobs/start/", views.job_start, name="job-start"),

@@ -26,7 +26,9 @@ from embedhub.jobs.submission import job_submit_checked
 from embedhub.registry import selectors as registry_selectors
 from embedhub.vectors import selectors as vector_selectors
 from embedhub.vectors import services as vector_services
+from embedhub.vectors.apis import ServingPolicyApi
 from embedhub.vectors.compensation import COMPENSATIONS
+from workers.ml.metrics import METRICS
 
 PAGE_SIZE = 50
 # What each compensation does, for the search and evaluate forms; one the server adds later
@@ -302,7 +304,38 @@ def _serving_context(corpus) -> dict:
     best = max((c.get("metric") or 0 for c in candidates), default=0) or 1
     for candidate in candidates:
         candidate["bar"] = round(100 * (candidate.get("metric") or 0) / best)
-    return {"policy": policy, "serving": serving, "policy_candidates": candidates}
+    return {
+        "policy": policy,
+        "serving": serving,
+        "policy_candidates": candidates,
+        # The form shows the model's defaults until the corpus has a policy row.
+        "policy_settings": vector_selectors.serving_policy_settings(corpus=corpus),
+        "policy_metrics": METRICS,
+    }
+
+
+@login_required
+@require_POST
+def corpus_policy_settings(request: HttpRequest, corpus_id: int) -> HttpResponse:
+    """The settings policy jobs and evaluations of the corpus follow, checked by the same
+    serializer as the API's PATCH. The form sends every setting: an unticked box is false."""
+    corpus = _corpus_get(request.user, corpus_id)
+    data = ServingPolicyApi.UpdateSerializer(
+        data={
+            "metric": request.POST.get("metric", ""),
+            "tolerance": request.POST.get("tolerance", ""),
+            "allow_reindex": request.POST.get("allow_reindex") == "on",
+            "exclude_self": request.POST.get("exclude_self") == "on",
+        }
+    )
+    if data.is_valid():
+        vector_services.serving_policy_settings_update(corpus=corpus, **data.validated_data)
+        messages.success(request, "Policy settings saved.")
+    else:
+        for field, errors in data.errors.items():
+            messages.error(request, f"{field}: {' '.join(str(e) for e in errors)}")
+    target = reverse("dashboard:corpus-detail", args=[corpus.pk]) + "#serving-policy"
+    return redirect(target)
 
 
 @login_required

@@ -103,6 +103,33 @@ def test_the_policy_form_submits_a_policy_job(client_for, user, lineage):
     assert not Job.objects.filter(kind="policy").exists()
 
 
+def test_the_settings_form_changes_what_policy_jobs_and_evaluations_follow(
+    client_for, user, other_user, lineage
+):
+    corpus = lineage["corpus"]
+    client = client_for(user)
+    page = client.get(f"/corpora/{corpus.pk}/").content.decode()
+    # No policy row yet: the form shows the defaults a first policy job would use.
+    assert (
+        'name="tolerance" id="policy-tolerance" min="0" max="1" step="0.001" value="0.01"' in page
+    )
+    url = f"/corpora/{corpus.pk}/policy/"
+    form = {"metric": "recall@100", "tolerance": "0.002", "exclude_self": "on"}
+    assert client.post(url, form).status_code == 302
+    policy = ServingPolicy.objects.get(corpus=corpus)
+    assert (policy.metric, policy.tolerance) == ("recall@100", 0.002)
+    assert policy.exclude_self is True and policy.allow_reindex is False  # unticked: false
+    page = client.get(f"/corpora/{corpus.pk}/").content.decode()
+    assert 'id="policy-setting-exclude-self" checked' in page
+    # Out of bounds: refused, named, and nothing changes.
+    response = client.post(url, {"metric": "recall@100", "tolerance": "7"}, follow=True)
+    assert "tolerance:" in response.content.decode()
+    assert ServingPolicy.objects.get(corpus=corpus).tolerance == 0.002
+    # Another account cannot change it.
+    assert client_for(other_user).post(url, {"metric": "ndcg@10"}).status_code == 404
+    assert ServingPolicy.objects.get(corpus=corpus).metric == "recall@100"
+
+
 def test_evaluation_charts_keep_same_named_query_sets_of_two_corpora_apart(
     client_for, user, lineage
 ):

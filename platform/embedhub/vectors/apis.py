@@ -216,7 +216,7 @@ class ServingPolicyApi(APIView):
 
     def _policy(self, request, corpus_id: int) -> ServingPolicy:
         corpus = selectors.corpus_for_user(user=request.user, corpus_id=corpus_id)
-        return selectors.serving_policy_of(corpus=corpus) or ServingPolicy(corpus=corpus)
+        return selectors.serving_policy_settings(corpus=corpus)
 
     @extend_schema(responses=OutputSerializer)
     def get(self, request, corpus_id: int):

@@ -457,6 +457,12 @@ def serving_policy_of(*, corpus: Corpus) -> ServingPolicy | None:
     )
 
 
+def serving_policy_settings(*, corpus: Corpus) -> ServingPolicy:
+    """The corpus's policy row, or an unsaved one holding the defaults a first policy job
+    would decide with."""
+    return serving_policy_of(corpus=corpus) or ServingPolicy(corpus=corpus)
+
+
 def corpus_excludes_self(*, corpus_id: int) -> bool:
     """The corpus's setting for evaluations that do not say (false without a policy row)."""
     return ServingPolicy.objects.filter(corpus_id=corpus_id, exclude_self=True).exists()
