@@ -35,7 +35,7 @@ from embedhub.vectors.jobs import (
     shard_size_field,
     version_lookup,
 )
-from embedhub.vectors.models import ServingPolicy, VectorIndex
+from embedhub.vectors.models import VectorIndex
 from workers.ml.metrics import METRICS
 from workers.ml.training import FinetuneConfig
 
@@ -502,8 +502,7 @@ def _policy_plan(*, user, corpus: Corpus, params: dict, named: bool) -> dict:
         raise _swap_conflict(blocker=blocker, corpus=corpus)
     if blocker is not None:  # a run over all corpora goes on with the others
         return {**plan, "skip": f"{blocker.kind} job {blocker.pk} is {blocker.status}"}
-    settings_row = vector_selectors.serving_policy_of(corpus=corpus)
-    defaults = settings_row or ServingPolicy()
+    defaults = vector_selectors.serving_policy_settings(corpus=corpus)
 
     def given(key: str):
         return params[key] if params.get(key) is not None else getattr(defaults, key)
