@@ -366,6 +366,38 @@ def test_a_corpus_with_nothing_newer_is_refused_by_name_and_skipped_otherwise(ap
     assert "no ready version descends" in job.params["corpora"][0]["skip"]
 
 
+def test_a_query_set_a_version_was_trained_on_is_never_measured_whatever_its_name(api, user):
+    from embedhub.continual.selectors import policy_query_set
+
+    parent = ModelVersionFactory()
+    corpus, _ = _corpus(user, parent)
+    sets = {}
+    for name in ("held-out", "test", "my-training-pairs"):  # created in this order
+        sets[name] = QuerySet.objects.create(owner=user, corpus=corpus, name=name)
+        Qrel.objects.create(query_set=sets[name], query_external_id="q", document_external_id="d1")
+    trained = {"source": "query_set", "query_set": sets["test"].pk}
+    ModelVersionFactory(model=parent.model, parent=parent, provenance=trained)
+    # "test" was trained on, so the newest other set would be measured: the user's training
+    # set under another name, unless the second fine-tune's provenance rules it out too.
+    child = ModelVersionFactory(
+        model=parent.model,
+        parent=parent,
+        provenance={"source": "query_set", "query_set": sets["my-training-pairs"].pk},
+    )
+    assert policy_query_set(corpus=corpus) == sets["held-out"]
+    sets["held-out"].delete()
+    assert policy_query_set(corpus=corpus) is None
+    response = api.post(
+        "/api/v1/jobs/",
+        {"kind": "policy", "params": {"corpus": corpus.pk, "model_version": child.pk}},
+        format="json",
+    )
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["details"]["field"] == "params.corpus"
+    assert "no held-out judged query set" in error["message"]
+
+
 def test_activating_an_index_by_hand_resets_the_policy_to_follow_it(api, user, lineage):
     v1, v2 = lineage
     corpus, index, _ = qdc_wins(user, lineage)

@@ -473,7 +473,10 @@ def _policy_problem(*, corpus: Corpus, query_set, serving, version) -> tuple[str
     if serving is None:
         return "corpus", f"corpus {corpus.pk} has no active index yet"
     if query_set is None:
-        return "corpus", f'corpus {corpus.pk} has no judged query set (other than "train")'
+        return "corpus", (
+            f'corpus {corpus.pk} has no held-out judged query set (one not named "train" '
+            "that no version was fine-tuned on)"
+        )
     if version is None:
         return "model_version", (
             f"no ready version descends from {serving.model_version}, which serves corpus "

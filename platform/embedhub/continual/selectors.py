@@ -156,13 +156,24 @@ def corpora_with_judgements(*, user) -> QuerySet[Corpus]:
 
 def policy_query_set(*, corpus: Corpus) -> QuerySetModel | None:
     """The query set a policy job measures a corpus on by default: the one named "test"
-    (BEIR's held-out split), else the newest with judgements that is not named "train"
-    (a version fine-tuned on those queries would always look best on them)."""
+    (BEIR's held-out split), else the newest with judgements that is not named "train".
+    Either way never one a version was fine-tuned on, whatever its name: that version would
+    always look best on its own training queries."""
     judged = QuerySetModel.objects.filter(corpus=corpus, qrels__isnull=False).distinct()
+    held_out = judged.exclude(pk__in=query_sets_trained_on(corpus=corpus))
     return (
-        judged.filter(name="test").first()
-        or judged.exclude(name="train").order_by("-created_at", "-pk").first()
+        held_out.filter(name="test").first()
+        or held_out.exclude(name="train").order_by("-created_at", "-pk").first()
     )
+
+
+def query_sets_trained_on(*, corpus: Corpus) -> set[int]:
+    """Ids of the corpus's query sets some fine-tune trained on (its version's provenance)."""
+    ids = list(QuerySetModel.objects.filter(corpus=corpus).values_list("pk", flat=True))
+    trained = ModelVersion.objects.filter(
+        provenance__source="query_set", provenance__query_set__in=ids
+    ).values_list("provenance__query_set", flat=True)
+    return set(trained)
 
 
 # ------------------------------------------------------------------ the forgetting matrix
