@@ -65,11 +65,21 @@ def qrels_read(path: Path) -> dict[str, dict[str, int]]:
     return dict(out)
 
 
+def _names(text: str) -> list[str]:
+    """A comma list of data set names, checked when the flag is parsed."""
+    names = [n for n in text.split(",") if n]
+    unknown = [n for n in names if n not in DATASETS]
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown data set {', '.join(unknown)}; known: {', '.join(DATASETS)}"
+        )
+    return names
+
+
 def _tasks(args) -> list[tuple[str, str, bool]]:
     """(label, data set, trained) in order: --tasks train one version each, --also are
     indexed and scored only."""
-    trained = [n for n in args.tasks.split(",") if n]
-    also = [n for n in args.also.split(",") if n]
+    trained, also = args.tasks, args.also
     labels = "ABCDEFGH"
     return [(labels[i], n, i < len(trained)) for i, n in enumerate(trained + also)]
 
@@ -286,10 +296,13 @@ def main() -> int:
     parser.add_argument("--db", default="embedhub_forgetting")
     parser.add_argument(
         "--tasks",
+        type=_names,
         default="scifact,nfcorpus",
         help="data sets fine-tuned on in order, one version each (" + ", ".join(DATASETS) + ")",
     )
-    parser.add_argument("--also", default="", help="data sets indexed and scored, not trained")
+    parser.add_argument(
+        "--also", type=_names, default="", help="data sets indexed and scored, not trained"
+    )
     parser.add_argument("--out", default="results", help="file name under out/, no suffix")
     parser.add_argument("--max-docs", type=int, default=600)
     parser.add_argument("--test-queries", type=int, default=100)

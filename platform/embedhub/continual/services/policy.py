@@ -15,8 +15,8 @@ shadow is activated only when the reindex wins (otherwise it is retired, and ret
 it). A candidate that cannot apply (an unrelated version, no drift vector, no adapter) is
 recorded as skipped with its reason. Every candidate is scored alike: with the queries' own
 documents dropped where the corpus's `exclude_self` setting (or the job) says so. Every
-candidate goes into the job's result and onto the
-corpus's ServingPolicy. The reindex gate is the special case "current vs reindex".
+candidate goes into the job's result and onto the corpus's ServingPolicy. The reindex gate
+is the special case "current vs reindex".
 
 Progress counts units: one per candidate evaluation and, for a reindex, one per document of
 the shadow build, so it only ever rises. Each finished corpus is checkpointed: a retried or
