@@ -8,6 +8,7 @@ from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from embedhub.core.serializers import StrictInputSerializer
 from embedhub.core.uploads import UploadLimit, upload_declared_check, upload_size_check
 from embedhub.corpora import parsing, screening, selectors, services
 from embedhub.corpora.models import Corpus, Document
@@ -58,7 +59,7 @@ class CorpusListCreateApi(ListAPIView):
     """Your corpora (`?name=` matches part of the name), or create one."""
 
     @extend_schema_serializer(component_name="CorpusCreateInput")
-    class InputSerializer(serializers.Serializer):
+    class InputSerializer(StrictInputSerializer):
         name = serializers.CharField(max_length=200)
         description = serializers.CharField(required=False, allow_blank=True, default="")
 
@@ -123,7 +124,7 @@ class _UploadApi(APIView):
     throttle_scope = "uploads"
 
     @extend_schema_serializer(component_name="CorpusUploadInput")
-    class InputSerializer(serializers.Serializer):
+    class InputSerializer(StrictInputSerializer):
         file = serializers.FileField()
         corpus = serializers.IntegerField(required=False)
         name = serializers.CharField(required=False, max_length=200)
@@ -222,7 +223,7 @@ class QuarantineDecisionOutput(serializers.Serializer):
 class CorpusScreeningApi(APIView):
     """The corpus's ingest screening: on/off, its false-positive rate, the fitted screen."""
 
-    class InputSerializer(serializers.Serializer):
+    class InputSerializer(StrictInputSerializer):
         enabled = serializers.BooleanField()
         fpr = serializers.FloatField(required=False, min_value=0.001, max_value=0.5)
         refit = serializers.BooleanField(

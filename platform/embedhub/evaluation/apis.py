@@ -6,6 +6,7 @@ from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from embedhub.core.serializers import StrictInputSerializer
 from embedhub.core.uploads import UploadLimit, upload_declared_check, upload_size_check
 from embedhub.corpora.selectors import corpus_get
 from embedhub.evaluation import selectors, services
@@ -33,7 +34,7 @@ class QuerySetListCreateApi(ListAPIView):
     class FilterSerializer(serializers.Serializer):
         corpus = serializers.IntegerField(required=False)
 
-    class InputSerializer(serializers.Serializer):
+    class InputSerializer(StrictInputSerializer):
         corpus = serializers.IntegerField()
         name = serializers.CharField(max_length=200)
         queries = serializers.FileField(help_text="BEIR queries.jsonl: {_id, text} per line")

@@ -6,6 +6,7 @@ from rest_framework.generics import ListAPIView
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from embedhub.core.serializers import StrictInputSerializer
 from embedhub.jobs import selectors, services
 from embedhub.jobs.kinds import JobKind, job_kinds
 from embedhub.jobs.models import Job, JobEvent
@@ -120,7 +121,7 @@ JOB_SUBMISSION = PolymorphicProxySerializer(
 class JobListCreateApi(ListAPIView):
     """List your jobs, or submit one (202 + Location; Idempotency-Key honoured)."""
 
-    class InputSerializer(serializers.Serializer):
+    class InputSerializer(StrictInputSerializer):
         kind = serializers.ChoiceField(choices=Job.Kind.choices)
         params = serializers.DictField(default=dict)
 

@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping
 from rest_framework import serializers
 
 from embedhub.core.errors import ApplicationError, error_fields
+from embedhub.core.serializers import StrictInputSerializer
 
 NOT_FOUND = "not_found"
 
@@ -137,7 +138,7 @@ class StrictChoiceField(serializers.ChoiceField):
         return super().to_internal_value(data)
 
 
-class ParamsSerializer(serializers.Serializer):
+class ParamsSerializer(StrictInputSerializer):
     """A kind's params: an object whose keys are exactly the declared fields."""
 
     default_error_messages = {"invalid": "must be an object of named params, not {datatype}"}
@@ -148,16 +149,6 @@ class ParamsSerializer(serializers.Serializer):
             field.error_messages["required"] = "required"
             field.error_messages["null"] = "must not be null"
         return fields
-
-    def to_internal_value(self, data):
-        if isinstance(data, Mapping):
-            unknown = sorted(set(data) - set(self.fields))
-            if unknown:
-                allowed = ", ".join(sorted(self.fields))
-                raise serializers.ValidationError(
-                    {key: [f"unknown field; allowed: {allowed}"] for key in unknown}
-                )
-        return super().to_internal_value(data)
 
 
 def _codes(detail) -> set[str]:

@@ -6,6 +6,7 @@ from rest_framework.permissions import IsAdminUser, IsAuthenticated
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from embedhub.core.serializers import StrictInputSerializer
 from embedhub.registry import selectors, services
 from embedhub.registry.models import EmbeddingModel, ModelVersion
 
@@ -134,7 +135,7 @@ class ModelVersionListCreateApi(ListAPIView):
     shared ones with POST."""
 
     @extend_schema_serializer(component_name="ModelVersionRegisterInput")
-    class InputSerializer(serializers.Serializer):
+    class InputSerializer(StrictInputSerializer):
         source = serializers.CharField(
             required=False,
             allow_null=True,

@@ -6,6 +6,7 @@ from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from embedhub.core.serializers import StrictInputSerializer
 from embedhub.core.uploads import UploadLimit, upload_declared_check, upload_size_check
 from embedhub.registry.training_sets import training_set_store
 
@@ -23,7 +24,7 @@ class TrainingSetUploadApi(APIView):
     parser_classes = [MultiPartParser, FormParser]
     throttle_scope = "uploads"
 
-    class InputSerializer(serializers.Serializer):
+    class InputSerializer(StrictInputSerializer):
         file = serializers.FileField()
 
     class OutputSerializer(serializers.Serializer):

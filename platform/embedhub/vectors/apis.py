@@ -5,6 +5,7 @@ from rest_framework.generics import ListAPIView
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from embedhub.core.serializers import StrictInputSerializer
 from embedhub.registry.selectors import model_version_resolve
 from embedhub.vectors import compensation, selectors, services
 from embedhub.vectors.models import ServingPolicy, VectorIndex
@@ -82,7 +83,7 @@ class IndexActivateApi(APIView):
 class SearchApi(APIView):
     throttle_scope = "search"
 
-    class InputSerializer(serializers.Serializer):
+    class InputSerializer(StrictInputSerializer):
         corpus = serializers.IntegerField(required=False, help_text="searches its active index")
         index = serializers.IntegerField(required=False)
         query = serializers.CharField(max_length=10000)
@@ -172,7 +173,7 @@ class ServingPolicyApi(APIView):
     """A corpus's serving policy: what its queries use now, the numbers behind the last
     decision (written by policy jobs), and the settings policy jobs decide with."""
 
-    class UpdateSerializer(serializers.Serializer):
+    class UpdateSerializer(StrictInputSerializer):
         metric = serializers.ChoiceField(choices=METRICS, required=False)
         tolerance = serializers.FloatField(min_value=0.0, max_value=1.0, required=False)
         allow_reindex = serializers.BooleanField(required=False)
