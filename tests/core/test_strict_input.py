@@ -61,3 +61,14 @@ def test_a_multipart_upload_with_an_undeclared_field_is_refused(api, user):
     body = {"corpus": corpus.pk, "name": "t", "queries": queries, "qrels": qrels, "skip": "1"}
     _unknown(api.post("/api/v1/query-sets/", body, format="multipart"), "skip")
     assert not QuerySet.objects.exists()
+
+
+def test_the_browsable_api_form_csrf_token_is_not_an_unknown_field(user):
+    from rest_framework.test import APIClient
+
+    browser = APIClient()
+    browser.force_login(user)
+    body = {"name": "from-form", "csrfmiddlewaretoken": "x"}
+    response = browser.post("/api/v1/corpora/", body, format="multipart")
+    assert response.status_code == 201, response.content
+    assert Corpus.objects.filter(owner=user, name="from-form").exists()

@@ -6,6 +6,9 @@ from collections.abc import Mapping
 
 from rest_framework import serializers
 
+# Sent by the browsable API's HTML forms beside the fields: transport, not input.
+TRANSPORT_KEYS = frozenset({"csrfmiddlewaretoken"})
+
 
 class StrictInputSerializer(serializers.Serializer):
     """A request body whose keys are exactly the declared fields. DRF drops an undeclared
@@ -14,7 +17,7 @@ class StrictInputSerializer(serializers.Serializer):
 
     def to_internal_value(self, data):
         if isinstance(data, Mapping):
-            unknown = sorted(set(data) - set(self.fields))
+            unknown = sorted(set(data) - set(self.fields) - TRANSPORT_KEYS)
             if unknown:
                 allowed = ", ".join(sorted(self.fields))
                 raise serializers.ValidationError(
