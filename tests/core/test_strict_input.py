@@ -72,3 +72,12 @@ def test_the_browsable_api_form_csrf_token_is_not_an_unknown_field(user):
     response = browser.post("/api/v1/corpora/", body, format="multipart")
     assert response.status_code == 201, response.content
     assert Corpus.objects.filter(owner=user, name="from-form").exists()
+
+
+def test_a_csrf_token_inside_job_params_is_an_unknown_param(api, user):
+    corpus = CorpusFactory(owner=user)
+    body = {"kind": "embed", "params": {"corpus": corpus.pk, "csrfmiddlewaretoken": "x"}}
+    response = api.post("/api/v1/jobs/", body, format="json")
+    assert response.status_code == 400, response.content
+    assert response.json()["error"]["details"]["field"] == "params.csrfmiddlewaretoken"
+    assert not Job.objects.exists()

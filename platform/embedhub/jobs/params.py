@@ -142,6 +142,7 @@ class ParamsSerializer(StrictInputSerializer):
     """A kind's params: an object whose keys are exactly the declared fields."""
 
     default_error_messages = {"invalid": "must be an object of named params, not {datatype}"}
+    transport_keys = frozenset()  # params are nested in the body: no form token belongs here
 
     def get_fields(self):
         fields = super().get_fields()
