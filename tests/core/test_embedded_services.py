@@ -165,3 +165,11 @@ def test_unusable_data_dir_gives_a_clear_error(tmp_path):
         assert "not a PostgreSQL data directory" in str(exc)
     else:
         raise AssertionError("expected ServiceError")
+
+
+def test_the_embedded_server_gives_a_big_box_enough_parallel_workers_for_hnsw_builds():
+    # Postgres's default caps every parallel operation at 8 background workers.
+    big = embedded.pg_server_options(port=5432, cores=32)
+    assert "-c max_parallel_workers=32" in big and "-c max_worker_processes=34" in big
+    small = embedded.pg_server_options(port=5432, cores=2)
+    assert "-c max_parallel_workers=8" in small and "-c max_worker_processes=10" in small

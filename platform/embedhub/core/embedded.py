@@ -305,6 +305,19 @@ def _pg_prepare(root: Path) -> dict:
     return run_as
 
 
+def pg_server_options(*, port: int, cores: int) -> str:
+    """The embedded server's command-line settings for a machine with `cores` cores."""
+    # Postgres caps background workers at 8 whatever the machine, and a parallel HNSW build
+    # takes its workers from that pool: on a bigger box the build would stop scaling at 8.
+    # Two spare slots stay for the server's own background workers.
+    parallel = max(8, cores)
+    return (
+        # TCP only (-k ''): a unix socket path under a deep checkout can exceed 107 bytes.
+        f"-h 127.0.0.1 -p {port} -k '' -c max_connections=200"
+        f" -c max_worker_processes={parallel + 2} -c max_parallel_workers={parallel}"
+    )
+
+
 def postgres_start(var_dir: Path) -> str:
     root = _pg_dir(var_dir).resolve()
     run_as = _pg_prepare(root)
@@ -314,8 +327,7 @@ def postgres_start(var_dir: Path) -> str:
         port = _port_for(root)
         _chown_tree(root)
         log = root / "postgres.log"
-        # TCP only (-k ''): a unix socket path under a deep checkout can exceed 107 bytes.
-        options = f"-h 127.0.0.1 -p {port} -k '' -c max_connections=200"
+        options = pg_server_options(port=port, cores=os.cpu_count() or 1)
         _run(
             [_pg_bin("pg_ctl"), "-D", str(root / "data"), "-w", "-t", "60", "-l", str(log)]
             + ["-o", options, "start"],
