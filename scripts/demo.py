@@ -16,6 +16,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "samples" / "scifact-mini"
+# The settings' var/ (EMBEDHUB_VAR_DIR moves it): the services the demo starts and stops are
+# the ones its web server and worker connect to.
+VAR = Path(os.environ.get("EMBEDHUB_VAR_DIR", ROOT / "var"))
 for path in (str(ROOT), str(ROOT / "platform")):
     if path not in sys.path:
         sys.path.append(path)
@@ -41,9 +44,8 @@ def start_services() -> bool:
     """Returns whether this script started them (and so must stop them)."""
     from embedhub.core import embedded
 
-    var = ROOT / "var"
-    was_running = all(s.running for s in embedded.services_status(var))
-    for status in embedded.services_start(var):
+    was_running = all(s.running for s in embedded.services_status(VAR))
+    for status in embedded.services_start(VAR):
         say(f"{status.name}: {status.url}")
     return not was_running
 
@@ -64,7 +66,7 @@ def admin_user():
 
 
 def sample_zip() -> Path:
-    target = ROOT / "var" / "demo" / "scifact-mini.zip"
+    target = VAR / "demo" / "scifact-mini.zip"
     target.parent.mkdir(parents=True, exist_ok=True)
     with zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as zf:
         for file in sorted(SAMPLE.rglob("*")):
@@ -139,7 +141,7 @@ def main() -> None:
     call_command("migrate", verbosity=0)
     call_command("register_model")
     user, password, token = admin_user()
-    log_dir = ROOT / "var" / "demo"
+    log_dir = VAR / "demo"
     log_dir.mkdir(parents=True, exist_ok=True)
     port = free_port(int(os.environ.get("PORT", 8000)))
     py = sys.executable
@@ -191,7 +193,7 @@ def main() -> None:
         )
         while all(p.poll() is None for p in procs):
             time.sleep(1)
-        say("a process exited; see its log in var/demo/")
+        say(f"a process exited; see its log in {log_dir}/")
     except KeyboardInterrupt:
         pass
     finally:
@@ -208,7 +210,7 @@ def main() -> None:
             from embedhub.core import embedded
 
             say("stopping the embedded services")
-            embedded.services_stop(ROOT / "var")
+            embedded.services_stop(VAR)
 
 
 if __name__ == "__main__":
