@@ -256,3 +256,12 @@ def test_a_bad_batch_size_leaves_no_orphan_index_or_table(api, world, user):
     response = _submit(api, "embed", {"corpus": corpus.pk, "batch_size": 99999})
     _assert_refused(response, "params.batch_size", statuses=(400,))
     assert not VectorIndex.objects.filter(corpus=corpus).exists() and _tables() == before
+
+
+def test_a_finetune_mining_another_corpus_than_its_query_sets_is_refused(api, world):
+    # The query set's positives live in its own corpus; another corpus's index is no place
+    # to mine their negatives from.
+    params = {**world["valid"]["finetune"], "corpus": world["empty"].pk}
+    error = _assert_refused(_submit(api, "finetune", params), "params.corpus", statuses=(400,))
+    assert "is not the corpus of query set" in error["message"]
+    assert not Job.objects.exists()

@@ -151,7 +151,16 @@ class FinetuneParams(ParamsSerializer):
                 raise serializers.ValidationError(
                     {"query_set": f"query set {query_set.pk} has no positive judgements"}
                 )
-            attrs.setdefault("corpus", None)
+            corpus = attrs.setdefault("corpus", None)
+            # The pairs' positives and their known-positive mask are documents of the query
+            # set's corpus: negatives mined from another corpus's index would mean nothing.
+            if corpus is not None and corpus.pk != query_set.corpus_id:
+                raise serializers.ValidationError(
+                    {
+                        "corpus": f"corpus {corpus.pk} is not the corpus of query set "
+                        f"{query_set.pk} ({query_set.corpus_id}); leave it out or name that one"
+                    }
+                )
         return attrs
 
 
