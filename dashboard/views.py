@@ -16,6 +16,7 @@ from dashboard import selectors as dash_selectors
 from embedhub.audits import selectors as audit_selectors
 from embedhub.continual import selectors as continual_selectors
 from embedhub.core.errors import ApplicationError, NotFound
+from embedhub.core.querystrings import query_id
 from embedhub.corpora import screening as corpus_screening
 from embedhub.corpora import selectors as corpus_selectors
 from embedhub.evaluation import selectors as evaluation_selectors
@@ -95,8 +96,9 @@ def job_list(request: HttpRequest) -> HttpResponse:
         filters["kind"] = chosen["kind"]
     if chosen["status"] in Job.Status.values:
         filters["status"] = chosen["status"]
-    if chosen["corpus"].isdigit():
-        filters["corpus_id"] = int(chosen["corpus"])
+    corpus_id = query_id(chosen["corpus"])
+    if corpus_id is not None:
+        filters["corpus_id"] = corpus_id
     jobs = job_selectors.job_list(user=request.user, filters=filters)
     page = Paginator(jobs, PAGE_SIZE).get_page(request.GET.get("page"))
     query = request.GET.copy()
@@ -541,7 +543,8 @@ def forgetting_matrix(request: HttpRequest) -> HttpResponse:
     versions = _version_list(request.user)
     children = versions.filter(parent__isnull=False).order_by("-created_at", "-pk")
     chosen = request.GET.get("version", "")
-    leaf = versions.filter(pk=int(chosen)).first() if chosen.isdigit() else children.first()
+    # A version that is not an id ("²") is one not found, like an id the user may not see.
+    leaf = versions.filter(pk=query_id(chosen)).first() if chosen else children.first()
     if chosen and leaf is None:
         raise Http404(f"model version {chosen} not found")
     metric = request.GET.get("metric", "ndcg@10")

@@ -8,13 +8,11 @@ serializer, so a field added later is covered too.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
-from django.conf import settings
 from django.db import connection
 from rest_framework import serializers
 
+from embedhub.corpora.services import upload_folder
 from embedhub.evaluation.models import Qrel, Query, QuerySet
 from embedhub.jobs.kinds import job_kind_get
 from embedhub.jobs.models import Job
@@ -52,7 +50,7 @@ def world(user, other_user):
         Query(query_set=query_set, external_id=f"q{i}", text=t) for i, t in enumerate(VITAMIN_D)
     )
     Qrel.objects.create(query_set=query_set, query_external_id="q0", document_external_id="d1")
-    upload = Path(settings.MEDIA_ROOT) / "uploads" / "malformed"
+    upload = upload_folder(owner_id=user.pk) / "malformed"
     upload.mkdir(parents=True, exist_ok=True)
     (upload / "docs.jsonl").write_text('{"_id": "x", "text": "y"}\n')
     foreign = CorpusFactory(owner=other_user, name="theirs")

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
 
 import pytest
-from django.conf import settings
 from django.db import connection
 
 from embedhub.corpora.models import Document
+from embedhub.corpora.services import upload_folder
 from embedhub.evaluation.models import Qrel, Query, QuerySet
 from embedhub.jobs.kinds import job_kinds
 from embedhub.jobs.models import Job
@@ -89,7 +88,7 @@ def test_every_kind_is_covered_here():
 
 def test_ingest_progress_counts_bytes_up_to_the_file_size(user, progress_history):
     corpus = CorpusFactory(owner=user)
-    folder = Path(settings.MEDIA_ROOT) / "uploads" / "progress-test"
+    folder = upload_folder(owner_id=user.pk) / "progress-test"
     folder.mkdir(parents=True, exist_ok=True)
     lines = [
         json.dumps({"_id": f"d{i}", "text": f"document number {i} " * 20}) for i in range(3000)

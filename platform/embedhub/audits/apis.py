@@ -7,6 +7,9 @@ from rest_framework.views import APIView
 
 from embedhub.audits import selectors
 from embedhub.audits.models import RobustnessAudit
+from embedhub.core.filters import VisibleObjectFilter
+from embedhub.registry.selectors import model_version_visible
+from embedhub.vectors.selectors import index_list
 
 SUMMARY_FIELDS = [
     "id",
@@ -71,6 +74,9 @@ class AuditDetailOutput(AuditSummaryOutput):
 
 
 class AuditFilter(filters.FilterSet):
+    index = VisibleObjectFilter(visible=index_list)
+    model_version = VisibleObjectFilter(visible=model_version_visible)
+
     class Meta:
         model = RobustnessAudit
         fields = ["index", "model_version", "concept", "state"]

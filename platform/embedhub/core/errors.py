@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from django.core.exceptions import PermissionDenied
+from django.conf import settings
+from django.core.exceptions import (
+    PermissionDenied,
+    RequestDataTooBig,
+    TooManyFieldsSent,
+    TooManyFilesSent,
+)
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http import Http404
 from rest_framework import exceptions, status
@@ -57,13 +63,35 @@ def error_fields(detail, *, prefix: str = "") -> dict[str, list[str]]:
     return {prefix: [str(item) for item in (detail if isinstance(detail, list) else [detail])]}
 
 
-def _body(code: str, message: str, details=None) -> dict:
+class RequestTooLarge(ApplicationError):
+    status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
+    code = "request_too_large"
+
+
+def error_body(code: str, message: str, details=None) -> dict:
+    """The one error shape, also for answers made outside DRF (core.middleware)."""
     return {"error": {"code": code, "message": message, "details": details or {}}}
 
 
+def _request_refusal(exc: Exception) -> ApplicationError | None:
+    """Django's refusals of a request body as it is read (raised inside the view, where DRF
+    parses it), which Django itself would answer with an HTML page."""
+    if isinstance(exc, RequestDataTooBig):
+        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+        return RequestTooLarge(
+            f"the request body is over the {limit}-byte limit of a request that is not a "
+            "file upload (DATA_UPLOAD_MAX_MEMORY_SIZE)",
+            details={"limit": limit},
+        )
+    if isinstance(exc, TooManyFieldsSent | TooManyFilesSent):
+        return ApplicationError(str(exc), code="too_many_fields")
+    return None
+
+
 def api_exception_handler(exc, context):
+    exc = _request_refusal(exc) or exc
     if isinstance(exc, ApplicationError):
-        return Response(_body(exc.code, exc.message, exc.details), status=exc.status_code)
+        return Response(error_body(exc.code, exc.message, exc.details), status=exc.status_code)
     if isinstance(exc, DjangoValidationError):
         exc = exceptions.ValidationError(getattr(exc, "message_dict", None) or exc.messages)
     elif isinstance(exc, Http404):
@@ -85,5 +113,5 @@ def api_exception_handler(exc, context):
     if isinstance(exc, exceptions.APIException) and hasattr(exc, "get_codes"):
         codes = exc.get_codes()
         code = codes if isinstance(codes, str) else code
-    response.data = _body(code, message, details)
+    response.data = error_body(code, message, details)
     return response

@@ -1,5 +1,3 @@
-import json
-
 from django.urls import reverse
 from drf_spectacular.utils import extend_schema, extend_schema_field, extend_schema_serializer
 from rest_framework import serializers, status
@@ -106,9 +104,10 @@ class _MappingField(serializers.Field):
             if not data.strip():
                 return {}
             try:
-                data = json.loads(data)
-            except json.JSONDecodeError as exc:
-                raise serializers.ValidationError(f"not valid JSON: {exc}") from None
+                data = parsing.json_loads(data)
+            except parsing.JsonRefused as exc:
+                where = "" if exc.field == "json" else f"{exc.field}: "
+                raise serializers.ValidationError(f"{where}{exc.problem}") from None
         if not isinstance(data, dict):
             raise serializers.ValidationError(
                 'must be a JSON object of field -> column, e.g. {"id": "doc_id", "text": "body"}'
@@ -263,13 +262,17 @@ class CorpusScreeningApi(APIView):
     @extend_schema(request=InputSerializer, responses=OutputSerializer)
     def patch(self, request, corpus_id: int):
         corpus = selectors.corpus_get(user=request.user, corpus_id=corpus_id)
-        data = self.InputSerializer(data=request.data)
+        # Partial: a form-encoded body that leaves out `enabled` would otherwise read as
+        # false (HTML forms omit unchecked boxes) and turn screening off unasked.
+        data = self.InputSerializer(data=request.data, partial=True)
         data.is_valid(raise_exception=True)
         values = data.validated_data
         corpus = screening.corpus_screening_update(
-            corpus=corpus, enabled=values["enabled"], fpr=values.get("fpr")
+            corpus=corpus,
+            enabled=values.get("enabled", corpus.screening_enabled),
+            fpr=values.get("fpr"),
         )
-        if values["refit"] and corpus.screening_enabled:
+        if values.get("refit") and corpus.screening_enabled:
             screening.corpus_screen_fit(corpus=corpus)
         return Response(self._output(corpus))
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
-
 from rest_framework import serializers
 
 from embedhub.core.errors import ApplicationError
@@ -11,6 +9,7 @@ from embedhub.corpora import parsing, screening, selectors, services
 from embedhub.corpora.models import Corpus
 from embedhub.jobs.kinds import JobKind, job_kind_register
 from embedhub.jobs.params import (
+    NOT_FOUND,
     ParamsSerializer,
     StrictBooleanField,
     StrictCharField,
@@ -25,17 +24,31 @@ def _corpus(*, user, pk: int) -> Corpus:
 
 
 class MappingField(serializers.DictField):
-    """field -> column name (or a list of columns for "metadata")."""
+    """field -> column name; "metadata" alone takes a list of columns (parsing.resolve_mapping)."""
+
+    LISTED = "metadata"
+    HELP = {
+        True: 'must be a list of column names, e.g. {"metadata": ["lang", "year"]}',
+        False: 'must be one column name, e.g. {"id": "doc_id", "text": "body"}',
+    }
 
     def to_internal_value(self, data):
         mapping = super().to_internal_value(data)
         for key, value in mapping.items():
-            columns = value if isinstance(value, list) else [value]
-            if not columns or not all(isinstance(column, str) for column in columns):
-                raise serializers.ValidationError(
-                    {key: 'a column name, e.g. {"id": "doc_id", "text": "body"}'}
-                )
+            problem = self._problem(key, value)
+            if problem:
+                raise serializers.ValidationError({key: problem})
         return mapping
+
+    def _problem(self, key: str, value) -> str | None:
+        listed = key == self.LISTED
+        columns = value if listed and isinstance(value, list) else [value]
+        shaped = listed == isinstance(value, list) and bool(columns)
+        if not shaped or not all(isinstance(column, str) for column in columns):
+            return self.HELP[listed]
+        if any("\x00" in name for name in (key, *columns)):
+            return "must not contain a NUL character"  # Postgres (the job's params) cannot hold one
+        return None
 
 
 class IngestParams(ParamsSerializer):
@@ -43,7 +56,7 @@ class IngestParams(ParamsSerializer):
 
     corpus = owned(_corpus, "corpus", "the corpus to fill")
     path = StrictCharField(
-        max_length=500, help_text="a stored upload, uploads/<id>/<name> (POST /corpora/upload/)"
+        max_length=500, help_text="one of your stored uploads, <id>/<name> (POST /corpora/upload/)"
     )
     filename = StrictCharField(
         required=False, max_length=255, help_text="the name shown in errors; the file's own"
@@ -62,13 +75,11 @@ class IngestParams(ParamsSerializer):
 
 def ingest_prepare(*, user, params: dict) -> tuple[dict, Corpus]:
     try:
-        path = services.upload_path(params["path"])
+        path = services.upload_path(owner_id=user.pk, relative=params["path"])
     except ApplicationError as exc:
-        raise serializers.ValidationError({"path": exc.message}) from None
-    if not path.is_file():
-        raise serializers.ValidationError(
-            {"path": f"uploaded file {params['path']!r} is not there; upload it again"}
-        )
+        # Another account's upload is not in this user's folder: a 404 like a missing one.
+        code = NOT_FOUND if exc.status_code == 404 else None
+        raise serializers.ValidationError({"path": exc.message}, code=code) from None
     fmt = params.get("format")
     if not fmt:
         try:
@@ -90,7 +101,7 @@ def ingest_prepare(*, user, params: dict) -> tuple[dict, Corpus]:
 
 def ingest_run(*, job, ctx) -> dict:
     params = job.params
-    path = services.upload_path(params["path"])
+    path = services.upload_path(owner_id=job.owner_id, relative=params["path"])
     total = path.stat().st_size
 
     def report(done: int) -> None:
@@ -111,7 +122,8 @@ def ingest_run(*, job, ctx) -> dict:
     refit = screening.corpus_screen_refresh(corpus_id=params["corpus"])
     if refit is not None:
         result.setdefault("screening", {"enabled": True})["screen"] = refit
-    shutil.rmtree(path.parent, ignore_errors=True)  # kept on failure so a retry can reread it
+    # Kept on failure so that a retry can reread it.
+    services.upload_discard(owner_id=job.owner_id, path=path)
     return result
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import re
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +22,19 @@ from embedhub.core.errors import ApplicationError
 MAX_EXTERNAL_ID = 512  # Document.external_id / Query.external_id max_length
 MAX_SKIPPED_LISTED = 1000
 BOM = b"\xef\xbb\xbf"
+# Python's json nests as deep as the interpreter's stack allows, which depends on where it
+# is called; everything after parsing (json.dumps for COPY, jsonb, every later read of the
+# row) must cope too, so a fixed bound far from the recursion limit is what we accept.
+MAX_JSON_DEPTH = 100
+TOO_DEEP = f"nested deeper than {MAX_JSON_DEPTH} levels"
+# \ud800-\udfff: escapes that decode to a lone surrogate when unpaired. A cheap filter:
+# only a line that has one is searched for a lone surrogate.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")  # json.loads joins the valid pairs
+LONE_SURROGATE = "holds a lone surrogate (an unpaired \\ud800-\\udfff escape), which is not text"
+# Python's csv refuses fields over 128 KiB by default; a JSONL line has no such cap, and a
+# document must not be refused as CSV that is accepted as JSONL. (A process-wide setting.)
+CSV_FIELD_LIMIT = sys.maxsize
 
 
 class InvalidLine(Exception):
@@ -110,7 +125,8 @@ def read_lines(stream: IO) -> Iterator[Line]:
     offset = 0
     for number, raw in enumerate(stream, start=1):
         if isinstance(raw, str):
-            raw = raw.encode()
+            # surrogatepass: a lone surrogate becomes bytes that `decode` reports as not UTF-8.
+            raw = raw.encode("utf-8", "surrogatepass")
         offset += len(raw)
         if number == 1 and raw.startswith(BOM):
             raw = raw[len(BOM) :]
@@ -164,19 +180,68 @@ def clean_metadata(value: dict, *, file: str, line: int) -> dict:
     return value
 
 
+class JsonRefused(ValueError):
+    """JSON that cannot be read, or read but not stored; `field` is the top-level key it is
+    under, or "json"."""
+
+    def __init__(self, problem: str, *, field: str = "json"):
+        super().__init__(problem)
+        self.problem, self.field = problem, field
+
+
+def json_loads(text: str):
+    """json.loads, also refusing what it reads but nothing downstream can hold: nesting
+    deeper than MAX_JSON_DEPTH, and lone surrogates ("\\ud800" unpaired), which are not
+    Unicode, so hashing, COPY and Postgres would fail on them later."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise JsonRefused(f"malformed JSON at column {exc.colno}: {exc.msg}") from None
+    except RecursionError:
+        raise JsonRefused(TOO_DEEP) from None
+    # Both filters are bounds: a line with fewer brackets cannot be too deep, one without a
+    # surrogate escape cannot hold a surrogate. Most lines need no walk at all.
+    suspect = text.count("[") + text.count("{") > MAX_JSON_DEPTH
+    if suspect or _SURROGATE_ESCAPE.search(text):
+        unstorable = _unstorable(value)
+        if unstorable is not None:
+            field, problem = unstorable
+            raise JsonRefused(problem, field=field)
+    return value
+
+
+def _unstorable(value) -> tuple[str, str] | None:
+    """(top-level key, or "json", and the problem) for the first part that cannot be stored.
+
+    Iterative: the value may be nested almost as deep as the interpreter allows."""
+    stack = [(value, 1, "json")]
+    while stack:
+        item, depth, field = stack.pop()
+        if isinstance(item, str):
+            if _LONE_SURROGATE.search(item):
+                return field, LONE_SURROGATE
+        elif isinstance(item, list | dict):
+            if depth > MAX_JSON_DEPTH:
+                return field, TOO_DEEP
+            if isinstance(item, list):
+                stack.extend((child, depth + 1, field) for child in item)
+                continue
+            for key, child in item.items():
+                stack.append((key, depth + 1, field))
+                stack.append((child, depth + 1, key if depth == 1 else field))
+    return None
+
+
 def json_object(line: Line, *, file: str) -> dict | None:
     """The JSON object on a line; None for a blank line."""
     text = decode(line, file=file)
     if not text.strip():
         return None
     try:
-        obj = json.loads(text)
-    except json.JSONDecodeError as exc:
+        obj = json_loads(text)
+    except JsonRefused as exc:
         raise InvalidLine(
-            file=file,
-            line=line.number,
-            field="json",
-            problem=f"malformed JSON at column {exc.colno}: {exc.msg}",
+            file=file, line=line.number, field=exc.field, problem=exc.problem
         ) from None
     if not isinstance(obj, dict):
         raise InvalidLine(
@@ -320,6 +385,7 @@ def delimited_records(
     mapping: dict | None,
     on_invalid: Callable[[InvalidLine], None],
 ) -> Iterator[Record]:
+    csv.field_size_limit(CSV_FIELD_LIMIT)
     feeder = _LineFeeder(stream)
     reader = csv.reader(feeder, delimiter=delimiter)
     try:
@@ -333,6 +399,7 @@ def delimited_records(
             file=file, line=1, field="encoding", problem="not valid UTF-8; save the file as UTF-8"
         ).as_error()
     header = [h.strip() for h in header]
+    _columns_unique(header, file=file)
     columns = resolve_mapping(header, mapping, file=file)
     index = {name: i for i, name in enumerate(header)}
     while True:
@@ -351,6 +418,21 @@ def delimited_records(
             continue
         if record is not None:
             yield record
+
+
+def _columns_unique(header: list[str], *, file: str) -> None:
+    """Cells are looked up by column name: a repeated name would silently lose a column."""
+    first: dict[str, int] = {}
+    for position, name in enumerate(header, start=1):
+        if name in first:
+            raise file_error(
+                file,
+                f"line 1: column {name!r} appears twice in the header (columns "
+                f"{first[name]} and {position}); give each column its own name",
+                line=1,
+                field=name,
+            )
+        first[name] = position
 
 
 def _record_from_row(row, start, feeder, columns, index, header, file) -> Record | None:

@@ -10,15 +10,23 @@ from __future__ import annotations
 import itertools
 import logging
 import re
+import shutil
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
 
-from embedhub.core.errors import ApplicationError, Conflict
+from embedhub.core.errors import ApplicationError, Conflict, NotFound
 from embedhub.corpora import archives, loading, parsing, screening
 from embedhub.corpora.models import Corpus
+from embedhub.jobs.idempotency import (
+    idempotency_key_check,
+    job_for_idempotency_key,
+    request_fingerprint,
+)
 from embedhub.jobs.models import Job
 from embedhub.jobs.submission import job_submit_checked
 
@@ -65,9 +73,15 @@ def _safe_name(name: str) -> str:
     return base[-200:]
 
 
+def upload_folder(*, owner_id: int) -> Path:
+    """MEDIA_ROOT/uploads/<owner id>: an ingest job reads only its own owner's uploads there,
+    so a path seen in someone else's job params leads nowhere."""
+    return Path(settings.MEDIA_ROOT) / UPLOAD_DIR / str(owner_id)
+
+
 def upload_store(*, owner, uploaded_file) -> Path:
-    """Stream an UploadedFile to MEDIA_ROOT/uploads/<uuid>/<safe name>, chunk by chunk."""
-    folder = Path(settings.MEDIA_ROOT) / UPLOAD_DIR / uuid.uuid4().hex
+    """Stream an UploadedFile to uploads/<owner id>/<uuid>/<safe name>, chunk by chunk."""
+    folder = upload_folder(owner_id=owner.pk) / uuid.uuid4().hex
     folder.mkdir(parents=True, exist_ok=False)
     target = folder / _safe_name(uploaded_file.name)
     with open(target, "wb") as out:
@@ -77,16 +91,48 @@ def upload_store(*, owner, uploaded_file) -> Path:
     return target
 
 
-def upload_path(relative: str) -> Path:
-    """Resolve a stored upload; refuses anything outside MEDIA_ROOT/uploads."""
-    root = (Path(settings.MEDIA_ROOT) / UPLOAD_DIR).resolve()
-    path = (root / relative).resolve()
-    if root not in path.parents:
+@contextmanager
+def _upload_stored(*, owner, uploaded_file) -> Iterator[Path]:
+    """The stored upload, removed again if the request that stored it is refused."""
+    stored = upload_store(owner=owner, uploaded_file=uploaded_file)
+    try:
+        yield stored
+    except BaseException:
+        shutil.rmtree(stored.parent, ignore_errors=True)
+        raise
+
+
+def upload_path(*, owner_id: int, relative: str) -> Path:
+    """One of the owner's stored uploads: `relative` is <uuid>/<name>, as the upload's ingest
+    job params give it. Outside the owner's folder: 400; not there (imported and removed,
+    or another account's): 404, which also answers a retry whose file is gone."""
+    root = upload_folder(owner_id=owner_id).resolve()
+    try:
+        path = (root / relative).resolve()
+    except (OSError, ValueError):  # a NUL byte, a surrogate, a name too long for the OS
+        path = None
+    if path is None or root not in path.parents:
         raise ApplicationError(
-            "params.path must name a file stored by an upload (uploads/<id>/<name>)",
+            "must name a file stored by one of your uploads (<id>/<name>, as in the params "
+            "of the ingest job that the upload started)",
+            details={"field": "path"},
+        )
+    if not path.is_file():
+        raise NotFound(
+            f"no upload {relative!r} of yours is stored (an imported upload is removed); "
+            "upload the file again",
             details={"field": "path"},
         )
     return path
+
+
+def upload_discard(*, owner_id: int, path: Path) -> None:
+    """Remove an imported upload: its own folder, never the owner's folder above it."""
+    root = upload_folder(owner_id=owner_id).resolve()
+    if path.parent.parent == root:
+        shutil.rmtree(path.parent, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def corpus_upload(
@@ -100,29 +146,72 @@ def corpus_upload(
     skip_invalid: bool = False,
     idempotency_key: str | None = None,
 ) -> Job:
-    """Store the file and submit the ingest job, creating the corpus if it is new."""
-    if idempotency_key:
-        existing = Job.objects.filter(owner=owner, idempotency_key=idempotency_key).first()
-        if existing:
-            return existing
+    """Store the file and submit the ingest job, creating the corpus if it is new.
+
+    One transaction: a refused request (bad params, a name taken meanwhile, anything) leaves
+    no corpus, no job and no stored file behind."""
     fmt = format or parsing.sniff_format(uploaded_file.name)
-    if corpus is None:
-        if not corpus_name:
-            raise ApplicationError("name the corpus to upload into", details={"field": "name"})
-        corpus = corpus_get_or_create(owner=owner, name=corpus_name)
-    stored = upload_store(owner=owner, uploaded_file=uploaded_file)
-    params = {
-        "corpus": corpus.pk,
-        "path": str(stored.relative_to(Path(settings.MEDIA_ROOT) / UPLOAD_DIR)),
-        "filename": Path(str(uploaded_file.name)).name,
-        "format": fmt,
-        "mapping": mapping or {},
-        "skip_invalid": bool(skip_invalid),
-        "size": stored.stat().st_size,
-    }
-    job, _ = job_submit_checked(
-        user=owner, kind=Job.Kind.INGEST, params=params, idempotency_key=idempotency_key
+    key = idempotency_key_check(idempotency_key)
+    # What the upload asked for (the file by name and size: hashing its bytes would mean
+    # reading a large upload twice), so the key's retry matches and another request doesn't.
+    fingerprint = request_fingerprint(
+        {
+            "upload": [corpus.pk if corpus else None, corpus_name, uploaded_file.name],
+            "size": uploaded_file.size,
+            "params": [fmt, mapping or {}, bool(skip_invalid)],
+        }
     )
+    if key and (
+        job := job_for_idempotency_key(owner=owner, idempotency_key=key, fingerprint=fingerprint)
+    ):
+        return job
+    if corpus is None and not corpus_name:
+        raise ApplicationError("name the corpus to upload into", details={"field": "name"})
+    try:
+        return _upload_submit(
+            owner=owner,
+            uploaded_file=uploaded_file,
+            corpus=corpus,
+            corpus_name=corpus_name,
+            params={"format": fmt, "mapping": mapping or {}, "skip_invalid": bool(skip_invalid)},
+            idempotency_key=key,
+            fingerprint=fingerprint,
+        )
+    except _KeyRaceLost as lost:
+        return lost.job
+
+
+class _KeyRaceLost(Exception):
+    """A concurrent upload with the same key made its job first: this one's corpus and file
+    go (the exception unwinds both), and it answers with the winner's job."""
+
+    def __init__(self, job: Job):
+        self.job = job
+
+
+def _upload_submit(
+    *, owner, uploaded_file, corpus, corpus_name, params: dict, idempotency_key, fingerprint
+) -> Job:
+    # The file's cleanup wraps the transaction, so a failed commit removes it too.
+    with _upload_stored(owner=owner, uploaded_file=uploaded_file) as stored, transaction.atomic():
+        if corpus is None:
+            corpus = corpus_get_or_create(owner=owner, name=corpus_name)
+        params = {
+            "corpus": corpus.pk,
+            "path": str(stored.relative_to(upload_folder(owner_id=owner.pk))),
+            "filename": Path(str(uploaded_file.name)).name,
+            **params,
+            "size": stored.stat().st_size,
+        }
+        job, created = job_submit_checked(
+            user=owner,
+            kind=Job.Kind.INGEST,
+            params=params,
+            idempotency_key=idempotency_key,
+            fingerprint=fingerprint,
+        )
+        if not created:
+            raise _KeyRaceLost(job)
     return job
 
 

@@ -6,11 +6,14 @@ from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from embedhub.core.filters import VisibleObjectFilter
 from embedhub.core.serializers import StrictInputSerializer
 from embedhub.core.uploads import UploadLimit, upload_declared_check, upload_size_check
 from embedhub.corpora.selectors import corpus_get
 from embedhub.evaluation import selectors, services
 from embedhub.evaluation.models import EvalRun
+from embedhub.registry.selectors import model_version_visible
+from embedhub.vectors.selectors import index_list
 
 QUERY_SET_LIMIT = UploadLimit(
     setting="EMBEDHUB_MAX_QUERY_SET_BYTES",
@@ -125,6 +128,10 @@ class EvalRunOutput(serializers.ModelSerializer):
 
 
 class EvalRunFilter(filters.FilterSet):
+    query_set = VisibleObjectFilter(visible=selectors.query_set_list)
+    index = VisibleObjectFilter(visible=index_list)
+    model_version = VisibleObjectFilter(visible=model_version_visible)
+
     class Meta:
         model = EvalRun
         fields = ["query_set", "index", "model_version", "compensation", "mode"]

@@ -8,6 +8,7 @@ replaces that query set's queries and judgements; its past EvalRuns stay attache
 from __future__ import annotations
 
 import json
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import IO
 
@@ -24,6 +25,10 @@ from embedhub.corpora.parsing import (
     open_binary,
     read_lines,
 )
+
+# Evaluation.Qrel.relevance (and the staging column) is a Postgres integer.
+RELEVANCE_MIN, RELEVANCE_MAX = -(2**31), 2**31 - 1
+QRELS_HEADER = ("query-id", "corpus-id", "score")
 
 
 def _label(source, given: str | None) -> str:
@@ -126,19 +131,42 @@ def _qrel_row(line, *, file: str) -> tuple | None:
             field="columns",
             problem=f"expected 3 columns (query-id, corpus-id, score) or 4 (TREC), found {len(parts)}",
         )
-    try:
-        relevance = int(float(score))
-    except ValueError:
-        if line.number == 1:
-            return None  # the BEIR header line: query-id corpus-id score
-        raise InvalidLine(
-            file=file, line=line.number, field="score", problem=f"{score!r} is not an integer"
-        ) from None
+    if line.number == 1 and _is_header(query_id, document_id, score):
+        return None
+    relevance = _relevance(score, file=file, line=line.number)
     query_id = clean_text(query_id, file=file, line=line.number, name="query-id", required=True)
     document_id = clean_text(
         document_id, file=file, line=line.number, name="corpus-id", required=True
     )
     return (line.number, query_id, document_id, relevance)
+
+
+def _is_header(*names: str) -> bool:
+    """Only BEIR's header names make line 1 a header: any other bad line 1 is an error."""
+    return tuple(name.lower().replace("_", "-") for name in names) == QRELS_HEADER
+
+
+def _relevance(score: str, *, file: str, line: int) -> int:
+    """The score as an integer that fits the relevance column (1.0 is 1; 0.5, inf, 1e20 fail).
+
+    Fractions are refused rather than truncated: 0.9 must not quietly mean "not relevant"."""
+    try:
+        value = Decimal(score) if score.isascii() else None
+    except InvalidOperation:
+        value = None
+    if value is None or not value.is_finite() or value != value.to_integral_value():
+        raise InvalidLine(
+            file=file, line=line, field="score", problem=f"{score!r} is not an integer"
+        )
+    # Compared as a Decimal: int() of 1e999999 would build a million-digit number first.
+    if not RELEVANCE_MIN <= value <= RELEVANCE_MAX:
+        raise InvalidLine(
+            file=file,
+            line=line,
+            field="score",
+            problem=f"{score!r} is out of range ({RELEVANCE_MIN} to {RELEVANCE_MAX})",
+        )
+    return int(value)
 
 
 def _drop_bad(

@@ -1,13 +1,20 @@
 from django.urls import reverse
 from django_filters import rest_framework as filters
-from drf_spectacular.utils import PolymorphicProxySerializer, extend_schema, extend_schema_field
+from drf_spectacular.utils import (
+    OpenApiParameter,
+    PolymorphicProxySerializer,
+    extend_schema,
+    extend_schema_field,
+)
 from rest_framework import serializers, status
 from rest_framework.generics import ListAPIView
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from embedhub.core.filters import VisibleObjectFilter
 from embedhub.core.serializers import StrictInputSerializer
 from embedhub.jobs import selectors, services
+from embedhub.jobs.idempotency import HEADER as IDEMPOTENCY_HEADER
 from embedhub.jobs.kinds import JobKind, job_kinds
 from embedhub.jobs.models import Job, JobEvent
 from embedhub.jobs.params import params_error
@@ -94,6 +101,9 @@ class JobEventOutput(serializers.ModelSerializer):
 
 
 class JobFilter(filters.FilterSet):
+    corpus = VisibleObjectFilter(visible=selectors.corpus_visible)
+    parent = VisibleObjectFilter(visible=selectors.job_list)
+
     class Meta:
         model = Job
         fields = ["kind", "status", "corpus", "parent"]
@@ -119,7 +129,9 @@ JOB_SUBMISSION = PolymorphicProxySerializer(
 
 
 class JobListCreateApi(ListAPIView):
-    """List your jobs, or submit one (202 + Location; Idempotency-Key honoured)."""
+    """List your jobs, or submit one (202 + Location). An Idempotency-Key (at most 200
+    characters) makes a retry answer 200 with the job of its first request; the same key on
+    a different request is a 422."""
 
     class InputSerializer(StrictInputSerializer):
         kind = serializers.ChoiceField(choices=Job.Kind.choices)
@@ -137,7 +149,20 @@ class JobListCreateApi(ListAPIView):
         jobs = selectors.job_list(user=self.request.user).prefetch_related("shards")
         return jobs if "parent" in self.request.query_params else jobs.filter(parent__isnull=True)
 
-    @extend_schema(request=JOB_SUBMISSION, responses={200: JobOutput, 202: JobOutput})
+    @extend_schema(
+        request=JOB_SUBMISSION,
+        responses={200: JobOutput, 202: JobOutput},
+        parameters=[
+            OpenApiParameter(
+                IDEMPOTENCY_HEADER,
+                str,
+                OpenApiParameter.HEADER,
+                description="at most 200 printable characters, per user: a retry of the same "
+                "request answers 200 with the job its first request made; the key on a "
+                "different request (kind, params or endpoint) is a 422",
+            )
+        ],
+    )
     def post(self, request):
         data = self.InputSerializer(data=request.data)
         if not data.is_valid():
@@ -146,7 +171,7 @@ class JobListCreateApi(ListAPIView):
             user=request.user,
             kind=data.validated_data["kind"],
             params=data.validated_data["params"],
-            idempotency_key=request.headers.get("Idempotency-Key"),
+            idempotency_key=request.headers.get(IDEMPOTENCY_HEADER),
         )
         url = reverse("job-detail", args=[job.pk])
         code = status.HTTP_202_ACCEPTED if created else status.HTTP_200_OK

@@ -67,6 +67,9 @@ class Job(BaseModel):
     checkpoint = models.JSONField(default=dict, blank=True)
     cancel_requested = models.BooleanField(default=False)
     idempotency_key = models.CharField(max_length=200, null=True, blank=True)
+    # sha256 of the request the key came with (jobs/idempotency.py): the same key with
+    # another request is refused. Blank: submitted before it was stored, or without one.
+    idempotency_fingerprint = models.CharField(max_length=64, blank=True, default="")
     dispatched_at = models.DateTimeField(null=True, blank=True)
     dispatch_count = models.PositiveIntegerField(default=0, help_text="messages sent so far")
     # Not sent again before this: re-dispatch backs off exponentially.

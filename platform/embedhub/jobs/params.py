@@ -112,7 +112,9 @@ class OwnedObjectField(StrictIntegerField):
     def to_internal_value(self, data):
         pk = super().to_internal_value(data)
         if pk < 1:
-            self.fail("min_value", min_value=1)
+            # The message is a validator's (%-placeholders), which fail() does not fill.
+            message = self.error_messages["min_value"] % {"show_value": pk}
+            raise serializers.ValidationError(message, code="min_value")
         try:
             return self.lookup(user=self.context.get("user"), pk=pk)
         except ApplicationError as exc:
@@ -169,9 +171,23 @@ class ParamsNotFound(ApplicationError):
     code = NOT_FOUND
 
 
+def _said_once(path: str, message: str) -> str:
+    """`message` without the field name a check may have begun it with ("query_ids: 4 not
+    in …", "params.path must name …"): the error puts the full path before it once."""
+    leaf = path.rsplit(".", 1)[-1]
+    # A bare leaf followed by a space is left alone: "corpus 5 not found" names an object.
+    for name in (f"{path}: ", f"{path} ", f"{leaf}: "):
+        if message.startswith(name):
+            return message[len(name) :]
+    return message
+
+
 def params_error(detail, *, prefix: str = "params") -> ApplicationError:
     """One error for all of a serializer's complaints, each under its full field path."""
-    fields = error_fields(detail, prefix=prefix)
+    fields = {
+        path: [_said_once(path, str(message)) for message in messages]
+        for path, messages in error_fields(detail, prefix=prefix).items()
+    }
     first, messages = next(iter(fields.items()))
     more = f" (and {len(fields) - 1} more)" if len(fields) > 1 else ""
     cls = ParamsNotFound if NOT_FOUND in _codes(detail) else ParamsInvalid
@@ -191,8 +207,7 @@ def params_field(field: str, exc: ApplicationError) -> ApplicationError:
     is about, for checks that only a service can make (drift vectors exist, ...)."""
     path = f"params.{field}"
     exc.details = {**(exc.details if isinstance(exc.details, dict) else {}), "field": path}
-    if not exc.message.startswith(path):
-        exc.message = f"{path}: {exc.message}"
+    exc.message = f"{path}: {_said_once(path, exc.message)}"
     return exc
 
 

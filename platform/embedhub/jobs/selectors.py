@@ -14,6 +14,17 @@ def job_list(*, user, filters: dict | None = None) -> QuerySet[Job]:
     return qs.filter(**(filters or {}))
 
 
+def corpus_visible(*, user) -> QuerySet:
+    """The corpora `user` may see, as list filters resolve them: without corpora's
+    corpus_list, which this app (below corpora) cannot import and whose document counts a
+    filter does not need; both scope with core's owned_by."""
+    return owned_by(Job.corpus.field.related_model.objects.all(), user=user)
+
+
+def job_by_idempotency_key(*, owner, idempotency_key: str) -> Job | None:
+    return Job.objects.filter(owner=owner, idempotency_key=idempotency_key).first()
+
+
 def job_get(*, user, job_id: int) -> Job:
     """Another user's job is a 404, not a 403, so ids don't leak."""
     return get_object_or_404(job_list(user=user), pk=job_id)

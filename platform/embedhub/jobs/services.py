@@ -19,6 +19,7 @@ from django.utils import timezone
 
 from embedhub.celery import app
 from embedhub.core.errors import Conflict
+from embedhub.jobs.idempotency import job_for_idempotency_key
 from embedhub.jobs.kinds import job_kind_get
 from embedhub.jobs.models import Job, JobEvent
 
@@ -50,17 +51,18 @@ def job_submit(
     params: dict,
     corpus=None,
     idempotency_key: str | None = None,
+    fingerprint: str = "",
     parent: Job | None = None,
 ) -> tuple[Job, bool]:
     """Create a queued job and send it to its queue once the transaction commits.
 
     Returns (job, created). The same idempotency key from the same owner returns the
-    first job instead of creating a second one.
+    first job instead of creating a second one, if `fingerprint` (of the request) matches
+    the one stored with it (jobs/idempotency.py), else it is refused.
     """
-    if idempotency_key:
-        existing = Job.objects.filter(owner=owner, idempotency_key=idempotency_key).first()
-        if existing:
-            return existing, False
+    lookup = {"owner": owner, "idempotency_key": idempotency_key, "fingerprint": fingerprint}
+    if idempotency_key and (existing := job_for_idempotency_key(**lookup)):
+        return existing, False
     try:
         with transaction.atomic():
             job = Job.objects.create(
@@ -70,12 +72,17 @@ def job_submit(
                 corpus=corpus,
                 queue=job_kind_get(kind).queue,
                 idempotency_key=idempotency_key or None,
+                idempotency_fingerprint=fingerprint if idempotency_key else "",
                 parent=parent,
             )
             job_event_add(job=job, kind="submitted", data={"params": params})
     except IntegrityError:
-        # Two requests with one key raced; the loser answers with the winner's job.
-        return Job.objects.get(owner=owner, idempotency_key=idempotency_key), False
+        # Two requests with one key raced; the loser answers with the winner's job (or is
+        # refused, when its request differs).
+        winner = job_for_idempotency_key(**lookup) if idempotency_key else None
+        if winner is None:
+            raise
+        return winner, False
     transaction.on_commit(lambda: job_dispatch(job_id=job.pk))
     return job, True
 

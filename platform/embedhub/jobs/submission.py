@@ -9,6 +9,11 @@ from __future__ import annotations
 from django.db import transaction
 from rest_framework import serializers
 
+from embedhub.jobs.idempotency import (
+    idempotency_key_check,
+    job_for_idempotency_key,
+    request_fingerprint,
+)
 from embedhub.jobs.kinds import job_kind_get
 from embedhub.jobs.models import Job
 from embedhub.jobs.params import params_error, params_validate
@@ -28,17 +33,39 @@ def job_params_prepare(*, user, kind: str, params, from_form: bool = False) -> t
 
 
 def job_submit_checked(
-    *, user, kind: str, params, idempotency_key: str | None = None, from_form: bool = False
+    *,
+    user,
+    kind: str,
+    params,
+    idempotency_key: str | None = None,
+    fingerprint: str | None = None,
+    from_form: bool = False,
 ) -> tuple[Job, bool]:
-    if idempotency_key:
+    """(job, created). With an idempotency key, a retry of the same request answers with
+    the job the first one made, and the key on a different request is refused (422);
+    `fingerprint` is the request's (idempotency.request_fingerprint), by default of the kind
+    and the params as submitted."""
+    key = idempotency_key_check(idempotency_key)
+    if key:
+        fingerprint = fingerprint or request_fingerprint({"kind": kind, "params": params})
         # Checked before preparing too: a preparer may create objects (an embed job's index).
-        existing = Job.objects.filter(owner=user, idempotency_key=idempotency_key).first()
+        existing = job_for_idempotency_key(owner=user, idempotency_key=key, fingerprint=fingerprint)
         if existing:
             return existing, False
     with transaction.atomic():
         prepared, corpus = job_params_prepare(
             user=user, kind=kind, params=params, from_form=from_form
         )
-        return job_submit(
-            owner=user, kind=kind, params=prepared, corpus=corpus, idempotency_key=idempotency_key
+        job, created = job_submit(
+            owner=user,
+            kind=kind,
+            params=prepared,
+            corpus=corpus,
+            idempotency_key=key,
+            fingerprint=fingerprint or "",
         )
+        if not created:
+            # A concurrent request with the same key won the race: what prepare created
+            # for this one (an index, its table) goes.
+            transaction.set_rollback(True)
+    return job, created

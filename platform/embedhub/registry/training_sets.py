@@ -115,7 +115,7 @@ def training_set_store(*, user, upload) -> TrainingSet:
             tmp.write(chunk)
     try:
         pairs = pairs_read(source=tmp.name, file=name)
-    except ApplicationError:
+    except BaseException:  # a refused file is not kept, whatever refused it
         os.unlink(tmp.name)
         raise
     final = folder / f"{digest.hexdigest()}.jsonl"

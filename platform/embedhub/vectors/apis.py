@@ -5,8 +5,10 @@ from rest_framework.generics import ListAPIView
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from embedhub.core.filters import VisibleObjectFilter
 from embedhub.core.serializers import StrictInputSerializer
-from embedhub.registry.selectors import model_version_resolve
+from embedhub.jobs.selectors import corpus_visible
+from embedhub.registry.selectors import model_version_resolve, model_version_visible
 from embedhub.vectors import compensation, selectors, services
 from embedhub.vectors.models import ServingPolicy, VectorIndex
 from workers.ml.metrics import METRICS
@@ -45,6 +47,9 @@ class IndexOutput(serializers.ModelSerializer):
 
 
 class IndexFilter(filters.FilterSet):
+    corpus = VisibleObjectFilter(visible=corpus_visible)
+    model_version = VisibleObjectFilter(visible=model_version_visible)
+
     class Meta:
         model = VectorIndex
         fields = ["corpus", "model_version", "state"]
@@ -226,7 +231,9 @@ class ServingPolicyApi(APIView):
     @extend_schema(request=UpdateSerializer, responses=OutputSerializer)
     def patch(self, request, corpus_id: int):
         corpus = selectors.corpus_for_user(user=request.user, corpus_id=corpus_id)
-        data = self.UpdateSerializer(data=request.data)
+        # Partial: a setting not sent stays as it is. A form-encoded or multipart body (the
+        # browsable API's form) would otherwise read every boolean not sent as false.
+        data = self.UpdateSerializer(data=request.data, partial=True)
         data.is_valid(raise_exception=True)
         policy = services.serving_policy_settings_update(corpus=corpus, **data.validated_data)
         return Response(self.OutputSerializer(policy).data)

@@ -51,6 +51,17 @@ def drift_deltas(path: list[ModelVersion]) -> list[np.ndarray]:
     return [np.asarray(v.drift, dtype=np.float32) for v in path]
 
 
+def _drift_fits(*, deltas: list[np.ndarray], dimension: int, index: VectorIndex, version) -> None:
+    """Refuse QDC when the drift vectors are not as wide as the index's vectors (an index
+    built with a test encoder of another width than the model's)."""
+    if any(delta.shape[-1] != dimension for delta in deltas):
+        raise ApplicationError(
+            f"index {index.pk} holds {dimension}-dimensional vectors but the drift vectors "
+            f'of {version} have {deltas[0].shape[-1]}: QDC cannot apply; use compensation "none"',
+            code="incompatible_drift",
+        )
+
+
 def _adapters_stored(versions: list[ModelVersion]) -> None:
     """Refuse a path through a version with no adapter to its parent's space."""
     missing = [str(v) for v in versions if not v.adapter_path]
@@ -123,11 +134,14 @@ def compensation_path_check(
     *, path: list[ModelVersion], compensation: str, index: VectorIndex | None = None
 ) -> None:
     """Refuse up front what query_vectors would refuse for this path: a version without
-    the drift vector (QDC) or the adapter it needs (a corpus adapter for `index` will do)."""
+    the drift vector (QDC) or one not as wide as `index`'s vectors, or a version without
+    the adapter it needs (a corpus adapter for `index` will do)."""
     if not path:
         return
     if compensation in ("auto", "qdc"):
-        drift_deltas(path)
+        deltas = drift_deltas(path)
+        if index is not None:
+            _drift_fits(deltas=deltas, dimension=index.dimension, index=index, version=path[0])
     elif compensation == "adapter":
         hops = [(v, None) for v in path] if index is None else adapter_hops(path=path, index=index)
         _adapters_stored([version for version, entry in hops if entry is None])
@@ -176,14 +190,7 @@ def query_vectors(
     vectors = encoder.encode(texts, kind="query")
     if applied == "qdc":
         deltas = drift_deltas(path)
-        if any(delta.shape[-1] != vectors.shape[-1] for delta in deltas):
-            # An index built with a test encoder of another width than the model's.
-            raise ApplicationError(
-                f"index {index.pk} holds {vectors.shape[-1]}-dimensional vectors but the "
-                f"drift vectors of {version} have {deltas[0].shape[-1]}: QDC cannot apply; "
-                'use compensation "none"',
-                code="incompatible_drift",
-            )
+        _drift_fits(deltas=deltas, dimension=vectors.shape[-1], index=index, version=version)
         vectors = compensate(vectors, deltas)
     scope = None
     if applied == "adapter":
