@@ -211,3 +211,26 @@ def test_an_evaluation_that_does_not_say_follows_the_corpus_exclude_self_setting
     assert dropped.params["exclude_self"] is True and dropped.metrics["ndcg@10"] == 0.0
     asked = evaluation_run(owner=user, index=index, query_set=query_set, exclude_self=False)
     assert asked.metrics["ndcg@10"] == 1.0
+
+
+def test_a_resumed_evaluation_never_moves_the_jobs_bar_back(runs, user, monkeypatch):
+    # An evaluation keeps no checkpoint: a new attempt encodes from its first query again,
+    # while the job's row still shows how far the lost attempt got.
+    from embedhub.jobs.models import Job
+    from embedhub.jobs.runner import JobContext
+    from embedhub.jobs.services import job_claim
+
+    monkeypatch.setattr(services, "ENCODE_CHUNK", 2)
+    index, first = runs["index"], runs["sets"][0]
+    job = Job.objects.create(owner=user, kind="evaluate", params={}, queue="cpu")
+    job = job_claim(job_id=job.pk, worker="second-attempt")
+    Job.objects.filter(pk=job.pk).update(progress_done=5, progress_total=6)
+    shown = []
+
+    class Watching(JobContext):
+        def progress(self, done, **kwargs):
+            super().progress(done, **kwargs)
+            shown.append(Job.objects.get(pk=job.pk).progress_done)
+
+    evaluation_run(owner=user, index=index, query_set=first, ctx=Watching(job))
+    assert shown and min(shown) == 5 and shown[-1] == 6

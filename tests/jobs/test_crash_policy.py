@@ -7,16 +7,20 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import psycopg
 import pytest
 import redis
 from django.conf import settings
+from django.db import connection
 from django.test import override_settings
 from django.utils import timezone
 
+from embedhub.jobs import services
 from embedhub.jobs.models import Job
-from embedhub.jobs.runner import JobContext
+from embedhub.jobs.runner import Heartbeat, JobContext
 from embedhub.jobs.services import (
     JobLost,
+    job_cancel,
     job_claim,
     job_fail,
     job_retry,
@@ -24,6 +28,7 @@ from embedhub.jobs.services import (
     jobs_reap,
 )
 from embedhub.jobs.submission import job_submit_checked
+from tests.conftest import wait_until
 from tests.evaluation.conftest import add_documents, numbered_texts
 from tests.factories import CorpusFactory, ModelVersionFactory
 
@@ -60,6 +65,18 @@ def _take(job: Job, worker: str) -> Job | None:
 
 def _go_stale(job: Job) -> None:
     Job.objects.filter(pk=job.pk).update(heartbeat_at=timezone.now() - timedelta(minutes=5))
+
+
+def _another_session() -> psycopg.Connection:
+    settings_dict = connection.settings_dict
+    return psycopg.connect(
+        dbname=settings_dict["NAME"],
+        user=settings_dict["USER"],
+        password=settings_dict["PASSWORD"],
+        host=settings_dict["HOST"],
+        port=settings_dict["PORT"],
+        autocommit=True,
+    )
 
 
 def _reap(now=None) -> dict:
@@ -113,6 +130,21 @@ def test_attempts_without_progress_back_off_then_fail_the_job(embed_job):
     assert "3 attempts in a row without progress" in job.error
 
 
+def test_an_attempt_whose_index_build_moved_on_is_not_a_stalled_one(embed_job):
+    job = embed_job()
+    claimed = _take(job, "a")
+    # The documents were all done by an earlier attempt; this one got into the HNSW build.
+    Job.objects.filter(pk=job.pk).update(progress_done=5, progress_total=5)
+    claimed.progress_done = 5
+    JobContext(claimed).progress(5, note="building HNSW index: loading tuples", advanced=True)
+    _go_stale(claimed)
+    _reap()
+    job.refresh_from_db()
+    assert job.status == "queued" and job.stalled_attempts == 0 and job.next_dispatch_at
+    assert job.progress_note == "re-queued: its worker a was lost"  # not the build's old share
+    assert _take(job, "b").progress_note == ""
+
+
 def test_one_attempt_with_progress_resets_the_stalled_count(embed_job):
     job = embed_job()
     now = timezone.now()
@@ -126,6 +158,57 @@ def test_one_attempt_with_progress_resets_the_stalled_count(embed_job):
         now = (job.next_dispatch_at or now) + timedelta(seconds=1)
         _reap(now=now)
     assert job.status == "queued" and job.stalled_attempts == 2
+
+
+def test_a_cancel_asked_of_a_job_whose_worker_then_died_ends_it_cancelled(embed_job):
+    job = embed_job()
+    claimed = _take(job, "a")  # dies before its first progress report
+    job_cancel(job=claimed)
+    _go_stale(claimed)
+    reaped = _reap()
+    job.refresh_from_db()
+    assert job.status == "cancelled" and job.finished_at is not None
+    assert job.pk not in reaped["requeued"]
+    assert job.events.filter(kind="cancelled").exists()
+
+
+def test_a_job_left_queued_with_a_cancel_asked_is_ended_by_the_reaper(embed_job):
+    # As an older reaper left them: re-queued with the cancel flag, never dispatched again.
+    job = embed_job()
+    Job.objects.filter(pk=job.pk).update(cancel_requested=True)
+    assert job.pk in _reap()["cancelled"]
+    job.refresh_from_db()
+    assert job.status == "cancelled"
+    job_retry(job=job)  # and a retry still gives it a fresh start
+    assert Job.objects.get(pk=job.pk).status == "queued"
+
+
+def test_a_busy_workers_heartbeat_reaps_a_dead_workers_job(embed_job, monkeypatch):
+    # Beat's reap task waits for a free worker; a worker busy with a job reaps for the fleet.
+    monkeypatch.setattr(services, "_last_reaped", float("-inf"))
+    dead, busy = embed_job(), embed_job()
+    _go_stale(_take(dead, "dead"))
+    # The dead claim was made on this test's session, which the reaper would end as its own.
+    Job.objects.filter(pk=dead.pk).update(claim_backend_pid=None)
+    running = _take(busy, "busy")
+    with override_settings(EMBEDHUB={**POLICY, "HEARTBEAT_SECONDS": 0.2}), Heartbeat(running):
+        wait_until(
+            lambda: Job.objects.get(pk=dead.pk).status == "queued", timeout=20, what="reaped"
+        )
+    assert Job.objects.get(pk=busy.pk).status == "running"  # its own job is untouched
+
+
+def test_the_fleets_reapers_take_turns(monkeypatch):
+    monkeypatch.setattr(services, "_last_reaped", float("-inf"))
+    with override_settings(EMBEDHUB={**POLICY, "REAPER_INTERVAL_SECONDS": 3600}):
+        assert services.jobs_reap_if_due() is not None
+        assert services.jobs_reap_if_due() is None  # not due again in this process
+    with _another_session() as other:  # another process reaping now
+        other.execute("SELECT pg_advisory_lock(%s)", [services.REAPER_LOCK_KEY])
+        assert services.jobs_reap_exclusive() is None
+        # Released before closing: a closed session's backend lets go of it only later.
+        other.execute("SELECT pg_advisory_unlock(%s)", [services.REAPER_LOCK_KEY])
+    assert services.jobs_reap_exclusive() is not None
 
 
 def test_retry_keeps_the_attempt_history(embed_job):
@@ -173,3 +256,40 @@ def test_a_users_jobs_beyond_the_limit_wait_with_the_reason_shown(user, other_us
         woken = Job.objects.get(pk=jobs[2].pk)
         assert woken.dispatch_count == sends + 1  # sent again as soon as a slot freed
         assert job_claim(job_id=jobs[2].pk, worker="w4") is not None
+
+
+def test_beat_takes_the_reaper_interval_set_now_and_lets_untaken_reaps_expire():
+    from django_celery_beat.models import PeriodicTask
+
+    with override_settings(EMBEDHUB={**POLICY, "REAPER_INTERVAL_SECONDS": 7}):
+        services.reaper_schedule_sync()
+    task = PeriodicTask.objects.get(name=services.REAPER_TASK)
+    assert (task.interval.every, task.interval.period) == (7, "seconds")
+    assert task.expire_seconds == 7
+
+
+def test_a_worker_whose_session_the_reaper_ended_records_nothing_and_raises_nothing(
+    embed_job, monkeypatch
+):
+    # A worker frozen past the lease wakes with its session ended by the reaper: its
+    # failure write goes through a fresh session, changes nothing, and the task returns.
+    import dataclasses
+
+    from embedhub.jobs import kinds, runner
+
+    job = embed_job()
+
+    def run_then_wake_reaped(*, job, ctx):
+        Job.objects.filter(pk=job.pk).update(claim_token=None, status="queued")  # reaped
+        with _another_session() as other:
+            other.execute(
+                "SELECT pg_terminate_backend(%s)", [connection.connection.info.backend_pid]
+            )
+        Job.objects.count()  # the next statement on the ended session
+        raise AssertionError("unreachable")
+
+    embed = kinds.job_kind_get("embed")
+    monkeypatch.setitem(kinds._KINDS, "embed", dataclasses.replace(embed, run=run_then_wake_reaped))
+    assert runner.job_claim_and_run(job_id=job.pk, worker="frozen") == "failed"
+    job.refresh_from_db()
+    assert job.status == "queued" and not job.error  # the reaper's state, untouched

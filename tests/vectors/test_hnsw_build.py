@@ -176,6 +176,9 @@ def test_build_reports_phase_and_share_done_at_the_documents_done(
     assert notes and {done for done, _ in notes} == {4_000}
     shares = [int(re.search(r"(\d+)%", note)[1]) for _, note in notes if NOTE.fullmatch(note)]
     assert shares and shares == sorted(shares)
+    # A build that moves on is work done: an attempt preempted in it is not a stalled one.
+    build = [kw for _, kw in ctx.reports if "HNSW index:" in kw.get("note", "")]
+    assert build[0]["advanced"] and all("advanced" in kw for kw in build)
 
 
 @pytest.mark.django_db(transaction=True)

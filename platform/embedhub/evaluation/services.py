@@ -292,7 +292,10 @@ def _overlaps_add(overlaps: dict, rankings: list, reference: list, *, k: int) ->
 def _progress(ctx, *, total: int, mode: str):
     def report(done: int, note: str) -> None:
         if ctx is not None:
-            ctx.progress(done, total=total, unit="queries", note=f"{note} ({mode})")
+            # at_least: a resumed attempt starts its queries over (an evaluation keeps no
+            # checkpoint), and the bar must not jump back to 0 while it catches up.
+            note = f"{note} ({mode})"
+            ctx.progress(done, total=total, unit="queries", note=note, at_least=True)
 
     return report
 

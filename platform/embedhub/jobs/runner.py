@@ -9,7 +9,7 @@ import time
 import traceback
 
 from django.conf import settings
-from django.db import close_old_connections, connection, transaction
+from django.db import DatabaseError, close_old_connections, connection, transaction
 
 from embedhub.core.errors import ApplicationError
 from embedhub.jobs import services
@@ -40,6 +40,7 @@ class JobContext:
         note: str | None = None,
         checkpoint: dict | None = None,
         at_least: bool = False,
+        advanced: bool = False,
     ) -> None:
         # Rate counts only this attempt's work, so a resumed job does not report a fake burst.
         if self._done_at_start is None:
@@ -55,6 +56,7 @@ class JobContext:
             checkpoint=checkpoint,
             rate=rate,
             at_least=at_least,
+            advanced=advanced,
         )
         # Kept in step with the row: a later report of "the same" progress must not write an
         # older number back.
@@ -99,6 +101,9 @@ class Heartbeat:
                 try:
                     if not services.job_heartbeat(job=self.job):
                         return
+                    # Beside its own heartbeat, a busy worker reaps for the fleet: beat's
+                    # reap task would wait for a free worker (jobs_reap_if_due).
+                    services.jobs_reap_if_due()
                 except Exception:  # a DB blip must not kill the job; the next beat retries
                     logger.exception("heartbeat for job %s failed", self.job.pk)
         finally:
@@ -130,10 +135,23 @@ def job_claim_and_run(*, job_id: int, worker: str) -> str:
     except Exception as exc:
         logger.exception("job %s failed", job.pk)
         error, detail = _describe(exc)
-        services.job_fail(job=job, error=error, detail=detail)
+        _fail_recorded(job=job, error=error, detail=detail)
         return "failed"
     services.job_succeed(job=job, result=result or {})
     return "succeeded"
+
+
+def _fail_recorded(*, job: Job, error: str, detail: str) -> None:
+    """job_fail, on a fresh session when the job's own is gone: a worker woken from a freeze
+    finds its session ended by the reaper. The write is conditional on this attempt's claim,
+    so it then changes nothing, and the worker goes on to its next task."""
+    try:
+        services.job_fail(job=job, error=error, detail=detail)
+    except DatabaseError:
+        if connection.is_usable():  # a session that still works failed for another reason
+            raise
+        connection.close()
+        services.job_fail(job=job, error=error, detail=detail)
 
 
 def _describe(exc: Exception) -> tuple[str, str]:

@@ -7,6 +7,7 @@ heartbeat from a presumed-dead worker or a double click can never move a job twi
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from datetime import timedelta
 
@@ -126,6 +127,7 @@ def job_claim(*, job_id: int, worker: str) -> Job | None:
             heartbeat_at=now,
             started_at=now,
             progressed_at=None,
+            progress_note="",  # the lost attempt's last words (a build's share) are stale
             claim_token=uuid.uuid4(),
             claim_backend_pid=pid,
             claim_backend_start=backend_start,
@@ -210,13 +212,15 @@ def job_progress(
     checkpoint: dict | None = None,
     rate: float | None = None,
     at_least: bool = False,
+    advanced: bool = False,
 ) -> None:
     """Record progress (and a checkpoint) atomically; raise if cancelled or no longer ours.
 
     `at_least`: never lower the stored count (a sharded job, whose shards also roll their
-    progress up into it, may read an older sum than one a shard just wrote)."""
+    progress up into it, may read an older sum than one a shard just wrote). `advanced`:
+    work moved on that `done` does not count (an index build's phase or tuples)."""
     fields: dict = {"progress_done": Greatest(F("progress_done"), done) if at_least else done}
-    if done > (job.progress_done or 0) or checkpoint is not None:
+    if advanced or done > (job.progress_done or 0) or checkpoint is not None:
         fields["progressed_at"] = timezone.now()  # this attempt is not a stalled one
     if total is not None:
         fields["progress_total"] = total
@@ -380,6 +384,10 @@ def _requeue_stale(now) -> list[int]:
         still_stale = Job.objects.filter(_owned(job), heartbeat_at__lt=stale_before)
         # Ended first: a frozen worker may hold the job row's lock in an open transaction.
         _backend_end(job)
+        if job.cancel_requested:
+            # Re-queued, it would wait forever: nothing dispatches a job asked to cancel.
+            _job_cancel_lost(job=job, claim=still_stale)
+            continue
         if stalled >= _conf("MAX_STALLED_ATTEMPTS"):
             _job_give_up(job=job, stalled=stalled, claim=still_stale)
             continue
@@ -395,6 +403,7 @@ def _requeue_stale(now) -> list[int]:
             stalled_attempts=stalled,
             next_dispatch_at=now + wait,
             dispatch_count=0,
+            progress_note=f"re-queued: its worker {job.worker} was lost",
         )
         if moved:
             job_event_add(
@@ -406,6 +415,28 @@ def _requeue_stale(now) -> list[int]:
             if not wait:
                 due.append(job.pk)
     return due
+
+
+def _job_cancel_lost(*, job: Job, claim) -> None:
+    """A cancel asked of a job whose worker then vanished: the cancel wins."""
+    if claim.update(status=Job.Status.CANCELLED, finished_at=timezone.now(), claim_token=None):
+        job_event_add(
+            job=job, kind="cancelled", message=f"cancelled; its worker {job.worker} was lost"
+        )
+        _owner_wake(owner_id=job.owner_id)
+
+
+def _cancelled_while_queued_end(now) -> list[int]:
+    """Queued jobs still asked to cancel, which a reaper re-queued before it knew to end them
+    (or an older release did): cancelled, so nothing waits on them for ever."""
+    stuck = Job.objects.filter(status=Job.Status.QUEUED, cancel_requested=True)
+    ended = []
+    for job in stuck:
+        # Conditional, as a retry may have queued it afresh since it was read.
+        if stuck.filter(pk=job.pk).update(status=Job.Status.CANCELLED, finished_at=now):
+            job_event_add(job=job, kind="cancelled", message="cancelled while re-queued")
+            ended.append(job.pk)
+    return ended
 
 
 def _job_give_up(*, job: Job, stalled: int, claim) -> bool:
@@ -473,12 +504,61 @@ def _waiting_wake() -> None:
             _owner_wake(owner_id=owner_id)
 
 
+REAPER_LOCK_KEY = 0x5EA9E5  # a session-level advisory lock: one reaper at a time
+REAPER_TASK = "EmbedHub: reap stale jobs"  # the periodic task's name (jobs/migrations/0002)
+_last_reaped = float("-inf")  # this process's last jobs_reap_if_due (monotonic seconds)
+
+
+def reaper_schedule_sync() -> None:
+    """Beat's reaper runs every REAPER_INTERVAL_SECONDS as set now, not as at migrate time
+    (and exists: recovery depends on it), and a reap message no worker took within one
+    interval expires: the next one does the same work, and a pile of them would only delay
+    the jobs queued behind it. Whether it is enabled stays the admin's choice."""
+    from django_celery_beat.models import IntervalSchedule, PeriodicTask
+
+    seconds = max(1, int(_conf("REAPER_INTERVAL_SECONDS")))
+    every, _ = IntervalSchedule.objects.get_or_create(every=seconds, period="seconds")
+    PeriodicTask.objects.update_or_create(
+        name=REAPER_TASK,
+        defaults={"task": "embedhub.reap_jobs", "interval": every, "expire_seconds": seconds},
+    )
+
+
+def jobs_reap_if_due() -> dict | None:
+    """jobs_reap from a running job's heartbeat thread, at most once per
+    REAPER_INTERVAL_SECONDS in this process and never beside another reaper.
+
+    Beat's periodic reap is a task on the job queue, so it waits for a free worker: with
+    every worker busy (a sharded job's parent waiting on a shard whose worker died), no
+    one would reap. Any live worker does it here instead. None when not due or locked."""
+    global _last_reaped
+    clock = time.monotonic()
+    if clock - _last_reaped < _conf("REAPER_INTERVAL_SECONDS"):
+        return None
+    _last_reaped = clock
+    return jobs_reap_exclusive()
+
+
+def jobs_reap_exclusive() -> dict | None:
+    """jobs_reap unless another process is reaping right now (then None): two at once
+    would do no harm, each step being a conditional update, only twice the work."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_try_advisory_lock(%s)", [REAPER_LOCK_KEY])
+        if not cursor.fetchone()[0]:
+            return None
+        try:
+            return jobs_reap()
+        finally:
+            cursor.execute("SELECT pg_advisory_unlock(%s)", [REAPER_LOCK_KEY])
+
+
 def jobs_reap(*, now=None) -> dict:
     """Re-queue running jobs whose worker died and re-send queued jobs whose message was lost."""
     now = now or timezone.now()
     requeued = _requeue_stale(now)
     for job_id in requeued:
         job_dispatch(job_id=job_id)
+    cancelled = _cancelled_while_queued_end(now)
     redispatched = _redispatch_due(now)
     _waiting_wake()
-    return {"requeued": requeued, "redispatched": redispatched}
+    return {"requeued": requeued, "redispatched": redispatched, "cancelled": cancelled}

@@ -155,6 +155,7 @@ class BuildWatch:
 
     def __init__(self, *, ctx, pid: int, rows: int, done: int):
         self.ctx, self.pid, self.rows, self.done = ctx, pid, rows, done
+        self._seen: tuple = ()  # the build's last (phase, counts) reported
         self.stopped_by: Exception | None = None
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -183,7 +184,12 @@ class BuildWatch:
         try:
             progress = tables.index_build_progress(pid=self.pid)
             if progress is not None:
-                self.ctx.progress(self.done, note=build_note(progress, rows=self.rows))
+                # A build that moved on is work done, though no document count rises: an
+                # attempt preempted in it is not a stalled one (the crash policy's count).
+                seen = (progress["phase"], *(progress[k] or 0 for k in BUILD_COUNTS))
+                advanced, self._seen = seen != self._seen, seen
+                note = build_note(progress, rows=self.rows)
+                self.ctx.progress(self.done, note=note, advanced=advanced)
         except (JobCancelled, JobLost) as exc:
             with self._lock:
                 if not self._stop.is_set():

@@ -87,6 +87,7 @@ class _Scaled:
         total: int | None = None,
         note: str | None = None,
         at_least: bool = False,
+        advanced: bool = False,
         **_,
     ):
         # A report without a total (the HNSW build's notes) is of the last total given.
@@ -100,6 +101,7 @@ class _Scaled:
             unit="steps",
             note=f"{self.label}: {note}" if note else self.label,
             at_least=at_least,
+            advanced=advanced,
         )
 
     def check_cancel(self) -> None:
