@@ -125,23 +125,53 @@ def test_an_ingest_removes_its_own_upload_and_a_retry_without_it_names_params_pa
 
 
 @pytest.mark.django_db
-def test_the_migration_moves_existing_uploads_under_the_owner_of_the_job_that_named_them(
-    user, other_user
-):
+def test_the_migration_moves_each_upload_under_the_one_owner_whose_jobs_name_it(user, other_user):
     root = Path(settings.MEDIA_ROOT) / "uploads"
-    legacy, orphan = uuid.uuid4().hex, uuid.uuid4().hex
-    for folder in (legacy, orphan):
+    mine, shared, orphan = uuid.uuid4().hex, uuid.uuid4().hex, uuid.uuid4().hex
+    for folder in (mine, shared, orphan):
         (root / folder).mkdir(parents=True)
         (root / folder / "docs.jsonl").write_bytes(DOCS)
-    params = {"corpus": 1, "path": f"{legacy}/docs.jsonl"}
-    for owner in (user, other_user):  # the first job is the upload's; a later one copied it
-        Job.objects.create(owner=owner, kind="ingest", params=dict(params))
+    for owner, folder in ((user, mine), (user, mine), (user, shared), (other_user, shared)):
+        Job.objects.create(owner=owner, kind="ingest", params={"path": f"{folder}/docs.jsonl"})
 
     MIGRATION.forwards(apps, None)
+    MIGRATION.forwards(apps, None)  # a second run changes nothing
 
-    assert upload_path(owner_id=user.pk, relative=params["path"]).read_bytes() == DOCS
+    assert upload_path(owner_id=user.pk, relative=f"{mine}/docs.jsonl").read_bytes() == DOCS
     with pytest.raises(NotFound):
-        upload_path(owner_id=other_user.pk, relative=params["path"])
-    assert not (root / legacy).exists() and (root / orphan / "docs.jsonl").is_file()
+        upload_path(owner_id=other_user.pk, relative=f"{mine}/docs.jsonl")
+    # Named by two accounts' jobs (anyone could name any upload before): whose is unknown.
+    for owner in (user, other_user):
+        with pytest.raises(NotFound):
+            upload_path(owner_id=owner.pk, relative=f"{shared}/docs.jsonl")
+    assert not (root / mine).exists()
+    assert (root / shared / "docs.jsonl").is_file() and (root / orphan / "docs.jsonl").is_file()
     MIGRATION.backwards(apps, None)
-    assert (root / legacy / "docs.jsonl").is_file()
+    assert (root / mine / "docs.jsonl").is_file()
+
+
+@pytest.mark.django_db
+def test_an_ingest_path_too_long_for_the_file_system_is_a_4xx_naming_params_path(api, user):
+    corpus = CorpusFactory(owner=user)
+    response = _ingest(api, corpus=corpus, path="a" * 300 + "/x.jsonl")
+    assert response.status_code in (400, 404), response.content
+    assert response.json()["error"]["details"]["field"] == "params.path"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_dispatch_that_fails_after_the_commit_keeps_the_jobs_upload(api, user, monkeypatch):
+    # The job and its corpus are committed: the file is what a retry of the job reads.
+    from embedhub.jobs import services as job_services
+
+    def broken_dispatch(*, job_id: int) -> None:
+        raise RuntimeError("the database went away after the commit")
+
+    monkeypatch.setattr(job_services, "job_dispatch", broken_dispatch)
+    with pytest.raises(RuntimeError):
+        api.post(
+            "/api/v1/corpora/upload/",
+            {"file": SimpleUploadedFile("docs.jsonl", DOCS), "name": "kept"},
+            format="multipart",
+        )
+    job = Job.objects.get(corpus__name="kept")
+    assert (upload_folder(owner_id=user.pk) / job.params["path"]).read_bytes() == DOCS

@@ -168,8 +168,9 @@ def test_a_cancel_asked_of_a_job_whose_worker_then_died_ends_it_cancelled(embed_
     reaped = _reap()
     job.refresh_from_db()
     assert job.status == "cancelled" and job.finished_at is not None
-    assert job.pk not in reaped["requeued"]
-    assert job.events.filter(kind="cancelled").exists()
+    assert job.pk not in reaped["requeued"] and job.pk not in reaped["cancelled"]
+    assert not job.events.filter(kind="requeued").exists()  # ended, not re-queued first
+    assert job.events.get(kind="cancelled").message == "cancelled; its worker a was lost"
 
 
 def test_a_job_left_queued_with_a_cancel_asked_is_ended_by_the_reaper(embed_job):
@@ -191,24 +192,19 @@ def test_a_busy_workers_heartbeat_reaps_a_dead_workers_job(embed_job, monkeypatc
     # The dead claim was made on this test's session, which the reaper would end as its own.
     Job.objects.filter(pk=dead.pk).update(claim_backend_pid=None)
     running = _take(busy, "busy")
-    with override_settings(EMBEDHUB={**POLICY, "HEARTBEAT_SECONDS": 0.2}), Heartbeat(running):
+    fast = {**POLICY, "HEARTBEAT_SECONDS": 0.2, "REAPER_INTERVAL_SECONDS": 0.2}
+    with override_settings(EMBEDHUB=fast), Heartbeat(running):
         wait_until(
             lambda: Job.objects.get(pk=dead.pk).status == "queued", timeout=20, what="reaped"
         )
     assert Job.objects.get(pk=busy.pk).status == "running"  # its own job is untouched
 
 
-def test_the_fleets_reapers_take_turns(monkeypatch):
+def test_a_worker_process_reaps_at_most_once_an_interval(monkeypatch):
     monkeypatch.setattr(services, "_last_reaped", float("-inf"))
     with override_settings(EMBEDHUB={**POLICY, "REAPER_INTERVAL_SECONDS": 3600}):
         assert services.jobs_reap_if_due() is not None
         assert services.jobs_reap_if_due() is None  # not due again in this process
-    with _another_session() as other:  # another process reaping now
-        other.execute("SELECT pg_advisory_lock(%s)", [services.REAPER_LOCK_KEY])
-        assert services.jobs_reap_exclusive() is None
-        # Released before closing: a closed session's backend lets go of it only later.
-        other.execute("SELECT pg_advisory_unlock(%s)", [services.REAPER_LOCK_KEY])
-    assert services.jobs_reap_exclusive() is not None
 
 
 def test_retry_keeps_the_attempt_history(embed_job):
@@ -258,14 +254,20 @@ def test_a_users_jobs_beyond_the_limit_wait_with_the_reason_shown(user, other_us
         assert job_claim(job_id=jobs[2].pk, worker="w4") is not None
 
 
-def test_beat_takes_the_reaper_interval_set_now_and_lets_untaken_reaps_expire():
-    from django_celery_beat.models import PeriodicTask
+def test_beat_brings_back_a_deleted_reaper_and_lets_untaken_reaps_expire():
+    from django_celery_beat.models import IntervalSchedule, PeriodicTask
 
+    PeriodicTask.objects.filter(name=services.REAPER_TASK).delete()
     with override_settings(EMBEDHUB={**POLICY, "REAPER_INTERVAL_SECONDS": 7}):
         services.reaper_schedule_sync()
     task = PeriodicTask.objects.get(name=services.REAPER_TASK)
-    assert (task.interval.every, task.interval.period) == (7, "seconds")
-    assert task.expire_seconds == 7
+    assert (task.interval.every, task.interval.period, task.expire_seconds) == (7, "seconds", 7)
+    # An interval the admin set stays; its messages expire after it.
+    task.interval = IntervalSchedule.objects.create(every=2, period="minutes")
+    task.save()
+    services.reaper_schedule_sync()
+    task.refresh_from_db()
+    assert (task.interval.every, task.expire_seconds) == (2, 120)
 
 
 def test_a_worker_whose_session_the_reaper_ended_records_nothing_and_raises_nothing(

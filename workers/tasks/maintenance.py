@@ -3,14 +3,14 @@
 from celery import shared_task
 from celery.signals import beat_init
 
-from embedhub.jobs.services import jobs_reap_exclusive, reaper_schedule_sync
+from embedhub.jobs.services import jobs_reap, reaper_schedule_sync
 
 
 @shared_task(name="embedhub.reap_jobs")
-def reap_jobs() -> dict | None:
+def reap_jobs() -> dict:
     """Re-queue jobs whose worker died and re-send jobs whose broker message was lost
-    (None: another reaper was at it; running jobs' heartbeat threads reap too)."""
-    return jobs_reap_exclusive()
+    (workers running a job reap too: jobs_reap_if_due)."""
+    return jobs_reap()
 
 
 @beat_init.connect

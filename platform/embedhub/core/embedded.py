@@ -307,8 +307,8 @@ def _pg_prepare(root: Path) -> dict:
 
 def pg_server_options(*, port: int, cores: int) -> str:
     """The embedded server's command-line settings for a machine with `cores` cores."""
-    # Postgres caps background workers at 8 whatever the machine, and a parallel HNSW build
-    # takes its workers from that pool: on a bigger box the build would stop scaling at 8.
+    # Postgres defaults to 8 background workers whatever the machine, and a parallel HNSW
+    # build takes its workers from that pool: on a bigger box it would stop scaling at 8.
     # Two spare slots stay for the server's own background workers.
     parallel = max(8, cores)
     return (

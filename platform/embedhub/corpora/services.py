@@ -12,8 +12,6 @@ import logging
 import re
 import shutil
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 from django.conf import settings
@@ -91,17 +89,6 @@ def upload_store(*, owner, uploaded_file) -> Path:
     return target
 
 
-@contextmanager
-def _upload_stored(*, owner, uploaded_file) -> Iterator[Path]:
-    """The stored upload, removed again if the request that stored it is refused."""
-    stored = upload_store(owner=owner, uploaded_file=uploaded_file)
-    try:
-        yield stored
-    except BaseException:
-        shutil.rmtree(stored.parent, ignore_errors=True)
-        raise
-
-
 def upload_path(*, owner_id: int, relative: str) -> Path:
     """One of the owner's stored uploads: `relative` is <uuid>/<name>, as the upload's ingest
     job params give it. Outside the owner's folder: 400; not there (imported and removed,
@@ -117,7 +104,11 @@ def upload_path(*, owner_id: int, relative: str) -> Path:
             "of the ingest job that the upload started)",
             details={"field": "path"},
         )
-    if not path.is_file():
+    try:
+        stored = path.is_file()
+    except OSError:  # a name longer than the file system allows: never one of its uploads
+        stored = False
+    if not stored:
         raise NotFound(
             f"no upload {relative!r} of yours is stored (an imported upload is removed); "
             "upload the file again",
@@ -192,26 +183,47 @@ class _KeyRaceLost(Exception):
 def _upload_submit(
     *, owner, uploaded_file, corpus, corpus_name, params: dict, idempotency_key, fingerprint
 ) -> Job:
-    # The file's cleanup wraps the transaction, so a failed commit removes it too.
-    with _upload_stored(owner=owner, uploaded_file=uploaded_file) as stored, transaction.atomic():
-        if corpus is None:
-            corpus = corpus_get_or_create(owner=owner, name=corpus_name)
-        params = {
+    stored = upload_store(owner=owner, uploaded_file=uploaded_file)
+    job = None
+    try:
+        with transaction.atomic():
+            job = _upload_job_submit(
+                owner=owner,
+                stored=stored,
+                uploaded_file=uploaded_file,
+                corpus=corpus or corpus_get_or_create(owner=owner, name=corpus_name),
+                params=params,
+                idempotency_key=idempotency_key,
+                fingerprint=fingerprint,
+            )
+    except BaseException:
+        # The file goes with a refused request (a lost key race, a failed commit), never
+        # from under a job that did commit: its dispatch runs after the commit and can raise.
+        if job is None or not Job.objects.filter(pk=job.pk).exists():
+            shutil.rmtree(stored.parent, ignore_errors=True)
+        raise
+    return job
+
+
+def _upload_job_submit(
+    *, owner, stored: Path, uploaded_file, corpus, params: dict, idempotency_key, fingerprint
+) -> Job:
+    """The upload's ingest job, in the caller's transaction."""
+    job, created = job_submit_checked(
+        user=owner,
+        kind=Job.Kind.INGEST,
+        params={
             "corpus": corpus.pk,
             "path": str(stored.relative_to(upload_folder(owner_id=owner.pk))),
             "filename": Path(str(uploaded_file.name)).name,
             **params,
             "size": stored.stat().st_size,
-        }
-        job, created = job_submit_checked(
-            user=owner,
-            kind=Job.Kind.INGEST,
-            params=params,
-            idempotency_key=idempotency_key,
-            fingerprint=fingerprint,
-        )
-        if not created:
-            raise _KeyRaceLost(job)
+        },
+        idempotency_key=idempotency_key,
+        fingerprint=fingerprint,
+    )
+    if not created:
+        raise _KeyRaceLost(job)
     return job
 
 

@@ -85,14 +85,20 @@ class Heartbeat:
         self.job = job
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"heartbeat-{job.pk}", daemon=True)
+        # A busy worker reaps for the fleet, as beat's reap task would wait for a free one
+        # (services.jobs_reap_if_due). In a thread of its own: a slow reap (Redis down)
+        # must never hold back this job's heartbeat.
+        self._reaper = threading.Thread(target=self._reap, name=f"reaper-{job.pk}", daemon=True)
 
     def __enter__(self):
         self._thread.start()
+        self._reaper.start()
         return self
 
     def __exit__(self, *exc):
         self._stop.set()
         self._thread.join(timeout=10)
+        self._reaper.join(timeout=1)  # a reap under way ends on its own; the job need not wait
 
     def _run(self) -> None:
         interval = settings.EMBEDHUB["HEARTBEAT_SECONDS"]
@@ -101,13 +107,20 @@ class Heartbeat:
                 try:
                     if not services.job_heartbeat(job=self.job):
                         return
-                    # Beside its own heartbeat, a busy worker reaps for the fleet: beat's
-                    # reap task would wait for a free worker (jobs_reap_if_due).
-                    services.jobs_reap_if_due()
                 except Exception:  # a DB blip must not kill the job; the next beat retries
                     logger.exception("heartbeat for job %s failed", self.job.pk)
         finally:
             connection.close()  # this thread's own connection
+
+    def _reap(self) -> None:
+        try:
+            while not self._stop.wait(settings.EMBEDHUB["REAPER_INTERVAL_SECONDS"]):
+                try:
+                    services.jobs_reap_if_due()
+                except Exception:  # the next interval, or another worker, reaps again
+                    logger.exception("reaping from job %s's worker failed", self.job.pk)
+        finally:
+            connection.close()
 
 
 def job_execute(*, job_id: int, worker: str) -> str:

@@ -7,6 +7,7 @@ heartbeat from a presumed-dead worker or a double click can never move a job twi
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import uuid
 from datetime import timedelta
@@ -504,52 +505,47 @@ def _waiting_wake() -> None:
             _owner_wake(owner_id=owner_id)
 
 
-REAPER_LOCK_KEY = 0x5EA9E5  # a session-level advisory lock: one reaper at a time
 REAPER_TASK = "EmbedHub: reap stale jobs"  # the periodic task's name (jobs/migrations/0002)
 _last_reaped = float("-inf")  # this process's last jobs_reap_if_due (monotonic seconds)
+_reap_clock = threading.Lock()  # a parent job and the shard it runs inline each have a reaper
 
 
 def reaper_schedule_sync() -> None:
-    """Beat's reaper runs every REAPER_INTERVAL_SECONDS as set now, not as at migrate time
-    (and exists: recovery depends on it), and a reap message no worker took within one
-    interval expires: the next one does the same work, and a pile of them would only delay
-    the jobs queued behind it. Whether it is enabled stays the admin's choice."""
+    """At beat's start: the reaper's periodic task exists (recovery depends on it; an admin
+    may disable it, not lose it), and a reap message no worker took within one interval
+    expires: the next one does the same work, and a pile of them would only delay the jobs
+    queued behind it. Its schedule stays what the admin set (the setting's value at first)."""
     from django_celery_beat.models import IntervalSchedule, PeriodicTask
 
-    seconds = max(1, int(_conf("REAPER_INTERVAL_SECONDS")))
-    every, _ = IntervalSchedule.objects.get_or_create(every=seconds, period="seconds")
-    PeriodicTask.objects.update_or_create(
-        name=REAPER_TASK,
-        defaults={"task": "embedhub.reap_jobs", "interval": every, "expire_seconds": seconds},
-    )
+    task = PeriodicTask.objects.filter(name=REAPER_TASK).select_related("interval").first()
+    if task is None:
+        seconds = max(1, int(_conf("REAPER_INTERVAL_SECONDS")))
+        every = IntervalSchedule.objects.filter(every=seconds, period="seconds").first()
+        task = PeriodicTask.objects.create(
+            name=REAPER_TASK,
+            task="embedhub.reap_jobs",
+            interval=every or IntervalSchedule.objects.create(every=seconds, period="seconds"),
+        )
+    if task.interval is not None:  # not on a crontab an admin chose
+        seconds = int(task.interval.schedule.run_every.total_seconds())
+        PeriodicTask.objects.filter(pk=task.pk).update(expire_seconds=max(1, seconds))
 
 
 def jobs_reap_if_due() -> dict | None:
-    """jobs_reap from a running job's heartbeat thread, at most once per
-    REAPER_INTERVAL_SECONDS in this process and never beside another reaper.
+    """jobs_reap from a worker running a job, at most once per REAPER_INTERVAL_SECONDS in
+    this process (None when not due).
 
     Beat's periodic reap is a task on the job queue, so it waits for a free worker: with
-    every worker busy (a sharded job's parent waiting on a shard whose worker died), no
-    one would reap. Any live worker does it here instead. None when not due or locked."""
+    every worker busy (a sharded job's parent waiting on a shard whose worker died), no one
+    would reap. So every busy worker reaps too. Several reapers at once do no harm: each of
+    its steps is an update conditional on the state it read."""
     global _last_reaped
-    clock = time.monotonic()
-    if clock - _last_reaped < _conf("REAPER_INTERVAL_SECONDS"):
-        return None
-    _last_reaped = clock
-    return jobs_reap_exclusive()
-
-
-def jobs_reap_exclusive() -> dict | None:
-    """jobs_reap unless another process is reaping right now (then None): two at once
-    would do no harm, each step being a conditional update, only twice the work."""
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_try_advisory_lock(%s)", [REAPER_LOCK_KEY])
-        if not cursor.fetchone()[0]:
+    with _reap_clock:
+        clock = time.monotonic()
+        if clock - _last_reaped < _conf("REAPER_INTERVAL_SECONDS"):
             return None
-        try:
-            return jobs_reap()
-        finally:
-            cursor.execute("SELECT pg_advisory_unlock(%s)", [REAPER_LOCK_KEY])
+        _last_reaped = clock
+    return jobs_reap()
 
 
 def jobs_reap(*, now=None) -> dict:

@@ -155,7 +155,7 @@ class BuildWatch:
 
     def __init__(self, *, ctx, pid: int, rows: int, done: int):
         self.ctx, self.pid, self.rows, self.done = ctx, pid, rows, done
-        self._seen: tuple = ()  # the build's last (phase, counts) reported
+        self._seen: tuple | None = None  # the build's (phase, counts) at the last report
         self.stopped_by: Exception | None = None
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -187,7 +187,8 @@ class BuildWatch:
                 # A build that moved on is work done, though no document count rises: an
                 # attempt preempted in it is not a stalled one (the crash policy's count).
                 seen = (progress["phase"], *(progress[k] or 0 for k in BUILD_COUNTS))
-                advanced, self._seen = seen != self._seen, seen
+                advanced = self._seen is not None and seen != self._seen
+                self._seen = seen
                 note = build_note(progress, rows=self.rows)
                 self.ctx.progress(self.done, note=note, advanced=advanced)
         except (JobCancelled, JobLost) as exc:

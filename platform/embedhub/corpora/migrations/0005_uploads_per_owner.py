@@ -2,10 +2,10 @@
 
 An ingest job now resolves its `path` inside its owner's folder only, so that a path seen
 elsewhere cannot read (or, once imported, delete) another account's upload. The path in a
-job's params stays <uuid>/<name>: moving each folder under the owner of the first ingest
-job that names it (the job its upload started) keeps queued jobs and retries of failed ones
-working. A folder no job names is a leftover of a refused upload and stays where it is,
-unreachable.
+job's params stays <uuid>/<name>: moving each folder under the owner of the ingest jobs that
+name it (the job its upload started, and its retries) keeps queued jobs and retries of failed
+ones working. A folder no job names is a leftover of a refused upload and stays where it is,
+unreachable, as does one that several accounts' jobs name.
 """
 
 import re
@@ -19,17 +19,21 @@ LEGACY_FOLDER = re.compile(r"[0-9a-f]{32}")  # uuid4().hex, as upload_store name
 
 
 def _folders(apps):
-    """(legacy folder name, owner id) for each folder an ingest job names, first job first."""
+    """(legacy folder name, owner id) for each folder the ingest jobs of one owner name. A
+    folder named by several owners' jobs stays where it is, unreachable: before this
+    migration any account could name any upload, so which of them uploaded it is unknown."""
     job_model = apps.get_model("jobs", "Job")
-    seen = set()
-    for owner_id, params in (
-        job_model.objects.filter(kind="ingest").order_by("pk").values_list("owner_id", "params")
+    owners: dict[str, set[int]] = {}
+    for owner_id, params in job_model.objects.filter(kind="ingest").values_list(
+        "owner_id", "params"
     ):
         path = params.get("path") if isinstance(params, dict) else None
         folder = str(path or "").split("/", 1)[0]
-        if LEGACY_FOLDER.fullmatch(folder) and folder not in seen:
-            seen.add(folder)
-            yield folder, owner_id
+        if LEGACY_FOLDER.fullmatch(folder):
+            owners.setdefault(folder, set()).add(owner_id)
+    for folder, ids in owners.items():
+        if len(ids) == 1:
+            yield folder, next(iter(ids))
 
 
 def forwards(apps, schema_editor):
