@@ -3,21 +3,14 @@ than the limit) is refused at upload with a 400 naming file, line and field; not
 
 from __future__ import annotations
 
-import io
-
 import pytest
 
 from embedhub.registry.training_sets import training_dir
+from tests.registry.conftest import training_set_upload
 
 pytestmark = pytest.mark.django_db
 
 GOOD = b'{"query": "a", "positive": "b"}\n'
-
-
-def _upload(api, content: bytes):
-    upload = io.BytesIO(content)
-    upload.name = "pairs.jsonl"
-    return api.post("/api/v1/training-sets/", {"file": upload}, format="multipart")
 
 
 @pytest.mark.parametrize(
@@ -41,7 +34,7 @@ def _upload(api, content: bytes):
 def test_an_unusable_training_set_line_is_a_400_naming_file_line_and_field(
     api, user, line, field, problem
 ):
-    response = _upload(api, GOOD + line + b"\n")
+    response = training_set_upload(api, GOOD + line + b"\n")
     assert response.status_code == 400, response.content
     error = response.json()["error"]
     assert error["code"] == "invalid_file"

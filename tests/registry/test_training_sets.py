@@ -2,26 +2,19 @@
 
 from __future__ import annotations
 
-import io
-
 import pytest
 
 from embedhub.registry.training_sets import training_dir
+from tests.registry.conftest import training_set_upload
 
 pytestmark = pytest.mark.django_db
 
 PAIRS = b'{"query": "a", "positive": "b"}\n{"query": "c", "positive": "d"}\n'
 
 
-def _upload(api, content: bytes):
-    upload = io.BytesIO(content)
-    upload.name = "pairs.jsonl"
-    return api.post("/api/v1/training-sets/", {"file": upload}, format="multipart")
-
-
 def test_training_set_over_the_limit_is_413_and_nothing_is_stored(api, user, settings):
     settings.EMBEDHUB_MAX_TRAINING_SET_BYTES = len(PAIRS) - 1
-    response = _upload(api, PAIRS)
+    response = training_set_upload(api, PAIRS)
     assert response.status_code == 413
     error = response.json()["error"]
     assert error["code"] == "file_too_large"
@@ -30,7 +23,7 @@ def test_training_set_over_the_limit_is_413_and_nothing_is_stored(api, user, set
     folder = training_dir(user=user)
     assert not folder.exists() or not any(folder.iterdir())
     settings.EMBEDHUB_MAX_TRAINING_SET_BYTES = len(PAIRS)
-    response = _upload(api, PAIRS)
+    response = training_set_upload(api, PAIRS)
     assert response.status_code == 201 and response.json()["pairs"] == 2
 
 
