@@ -171,6 +171,11 @@ def test_a_killed_shard_resumes_alone_and_the_job_finishes_exactly_once(
     for shard in resumed:
         assert shard.result["skipped_unchanged"] > 0
         assert shard.result["embedded"] + shard.result["skipped_unchanged"] == 400
+    # As in an unsharded build, the job's counts are from its last attempt's start: what was
+    # then pending is embedded, the rest was up to date (the shards' own counts missed what
+    # their lost attempts had committed, and added up to less than the corpus).
+    assert job.result["embedded"] + job.result["skipped_unchanged"] == 1200
+    assert job.result["embedded"] > 0
     _assert_exactly_once(job, corpus, "fake:16@60ms")
     assert survivors
 

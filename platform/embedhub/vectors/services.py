@@ -184,9 +184,14 @@ def index_build(
         ctx.progress(done, total=total, unit="docs", note="embedding")
         size = settings.EMBEDHUB["SHARD_SIZE"] if shard_size is None else shard_size
         if _sharded(ctx=ctx, index=index, size=size, pending=pending):
-            embedded, chunk_stats, shards = _embed_sharded(
+            chunk_stats, shards = _embed_sharded(
                 index=index, ctx=ctx, total=total, size=size, batch_size=batch_size
             )
+            # Every document pending at this attempt's start is embedded once the shards
+            # end, by one attempt of a shard or another (as in an unsharded build, the
+            # counts are of this attempt): the shards' own counts would miss what a lost
+            # attempt committed before its shard was re-run.
+            embedded = pending
         else:
             embedded, chunk_stats = _embed_pending(
                 index=index, encoder=encoder, ctx=ctx, done=done, total=total, batch_size=batch_size
@@ -252,7 +257,7 @@ def _shard_scope(index: VectorIndex) -> dict:
     return {"index": index.pk}
 
 
-def _embed_sharded(*, index, ctx, total: int, size: int, batch_size) -> tuple[int, dict, int]:
+def _embed_sharded(*, index, ctx, total: int, size: int, batch_size) -> tuple[dict, int]:
     """Shards over the whole corpus (so their totals sum to the build's), created once."""
     boundaries = selectors.corpus_id_boundaries(corpus_id=index.corpus_id, size=size)
     ends = [*boundaries[1:], None]
@@ -273,9 +278,8 @@ def _embed_sharded(*, index, ctx, total: int, size: int, batch_size) -> tuple[in
     for shard in shards:
         for key in cut:
             cut[key] += shard.result.get(key, 0)
-    embedded = sum(shard.result.get("embedded", 0) for shard in shards)
     chunk_stats = cut if index.chunking == VectorIndex.Chunking.CHUNK else {}
-    return embedded, chunk_stats, len(shards)
+    return chunk_stats, len(shards)
 
 
 def index_shard_embed(*, index: VectorIndex, ctx, lo: int, hi: int | None, batch_size) -> dict:
