@@ -192,3 +192,19 @@ def test_upload_end_to_end_with_a_real_worker(api, user, worker):
     assert (
         corpus.documents.count() == 302 and not corpus.documents.filter(external_id="new").exists()
     )
+
+
+@pytest.mark.django_db
+def test_a_corpus_with_a_job_queued_or_running_is_not_deleted_until_it_ends(api, user):
+    from embedhub.jobs.models import Job
+    from embedhub.jobs.services import job_cancel
+
+    corpus = Corpus.objects.create(owner=user, name="busy")
+    job = Job.objects.create(owner=user, kind="embed", corpus=corpus, params={}, queue="gpu")
+    response = api.delete(f"/api/v1/corpora/{corpus.pk}/")
+    assert response.status_code == 409, response.content
+    error = response.json()["error"]
+    assert error["code"] == "corpus_busy" and error["details"] == {"jobs": [job.pk]}
+    assert Corpus.objects.filter(pk=corpus.pk).exists()
+    job_cancel(job=job)
+    assert api.delete(f"/api/v1/corpora/{corpus.pk}/").status_code == 204

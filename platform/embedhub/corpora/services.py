@@ -56,9 +56,25 @@ def corpus_delete(*, corpus: Corpus) -> None:
     """Delete the corpus, its documents, jobs, query sets and indexes, in one transaction.
 
     Each index's vector table is dropped by the vectors app when its row goes (a post_delete
-    receiver), inside this transaction, so a failed delete keeps every table.
+    receiver), inside this transaction, so a failed delete keeps every table. Refused (409)
+    while a job of the corpus is queued or running: its worker would lose its job's row and
+    tables mid-batch, and the owner the record of what it did.
     """
     with transaction.atomic():
+        active = list(
+            Job.objects.select_for_update()
+            .filter(corpus=corpus)
+            .exclude(status__in=Job.TERMINAL)
+            .order_by("pk")
+            .values_list("pk", flat=True)
+        )
+        if active:
+            raise Conflict(
+                f"corpus {corpus.pk} has jobs queued or running ({', '.join(map(str, active))});"
+                " cancel them, or wait for them to end, then delete it",
+                code="corpus_busy",
+                details={"jobs": active},
+            )
         corpus.delete()
 
 
