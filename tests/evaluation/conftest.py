@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+from django.core.files.uploadedfile import SimpleUploadedFile
 
 from embedhub.corpora.models import Document
 from tests.factories import CorpusFactory, ModelVersionFactory
@@ -92,3 +93,15 @@ def model_version(db):
 @pytest.fixture
 def corpus(user):
     return CorpusFactory(owner=user, name="eval-corpus")
+
+
+def query_set_upload(api, *, corpus, queries: bytes, qrels: bytes, skip_invalid: bool):
+    """POST /query-sets/ as a client's multipart form would (q.jsonl and qr.tsv)."""
+    body = {
+        "corpus": corpus.pk,
+        "name": "uploaded",
+        "queries": SimpleUploadedFile("q.jsonl", queries),
+        "qrels": SimpleUploadedFile("qr.tsv", qrels),
+        "skip_invalid": "true" if skip_invalid else "false",
+    }
+    return api.post("/api/v1/query-sets/", body, format="multipart")

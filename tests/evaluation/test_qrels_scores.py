@@ -8,13 +8,12 @@ import io
 import zipfile
 
 import pytest
-from django.core.files.uploadedfile import SimpleUploadedFile
 
 from embedhub.core.errors import ApplicationError
 from embedhub.corpora.services import corpus_ingest_file
 from embedhub.evaluation.importing import query_set_import
 from embedhub.evaluation.models import Qrel, QuerySet
-from tests.evaluation.conftest import add_documents
+from tests.evaluation.conftest import add_documents, query_set_upload
 from tests.factories import CorpusFactory
 
 pytestmark = pytest.mark.django_db
@@ -127,24 +126,19 @@ def test_a_malformed_first_line_is_an_error_not_a_silently_dropped_header(
 def test_a_query_set_upload_with_a_bad_score_is_a_400_naming_file_line_and_field(
     api, corpus, score
 ):
-    def upload(skip_invalid: str):
+    def upload(skip_invalid: bool):
         qrels = HEADER + f"q1\td1\t1\nq2\td2\t{score}\n".encode()
-        body = {
-            "corpus": corpus.pk,
-            "name": "bad",
-            "queries": SimpleUploadedFile("q.jsonl", QUERIES),
-            "qrels": SimpleUploadedFile("qr.tsv", qrels),
-            "skip_invalid": skip_invalid,
-        }
-        return api.post("/api/v1/query-sets/", body, format="multipart")
+        return query_set_upload(
+            api, corpus=corpus, queries=QUERIES, qrels=qrels, skip_invalid=skip_invalid
+        )
 
-    response = upload("false")
+    response = upload(False)
     assert response.status_code == 400, response.content
     error = response.json()["error"]
     assert error["code"] == "invalid_file"
     assert error["message"].startswith(f"qr.tsv line 3: score: {score!r}")
     assert not QuerySet.objects.exists()
-    response = upload("true")
+    response = upload(True)
     assert response.status_code == 201, response.content
     assert response.json()["qrel_count"] == 1
     assert [(s["line"], s["field"]) for s in response.json()["skipped"]] == [(3, "score")]

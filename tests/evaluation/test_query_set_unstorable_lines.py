@@ -5,10 +5,9 @@ skip_invalid), never a 500."""
 from __future__ import annotations
 
 import pytest
-from django.core.files.uploadedfile import SimpleUploadedFile
 
 from embedhub.evaluation.models import QuerySet
-from tests.evaluation.conftest import add_documents
+from tests.evaluation.conftest import add_documents, query_set_upload
 from tests.factories import CorpusFactory
 
 pytestmark = pytest.mark.django_db
@@ -30,22 +29,17 @@ def test_an_unstorable_queries_line_is_a_400_naming_file_line_and_field_or_is_sk
     corpus = CorpusFactory(owner=user)
     add_documents(corpus, {"d1": "one"})
 
-    def upload(skip_invalid: str):
-        body = {
-            "corpus": corpus.pk,
-            "name": "sur",
-            "queries": SimpleUploadedFile("q.jsonl", GOOD + line),
-            "qrels": SimpleUploadedFile("qr.tsv", QRELS),
-            "skip_invalid": skip_invalid,
-        }
-        return api.post("/api/v1/query-sets/", body, format="multipart")
+    def upload(skip_invalid: bool):
+        return query_set_upload(
+            api, corpus=corpus, queries=GOOD + line, qrels=QRELS, skip_invalid=skip_invalid
+        )
 
-    response = upload("false")
+    response = upload(False)
     assert response.status_code == 400, response.content
     error = response.json()["error"]
     assert error["message"].startswith(f"q.jsonl line 2: {field}: ") and problem in error["message"]
     assert error["details"]["line"] == 2 and not QuerySet.objects.exists()
-    response = upload("true")
+    response = upload(True)
     assert response.status_code == 201, response.content
     assert [(s["line"], s["field"]) for s in response.json()["skipped"]] == [(2, field)]
     assert response.json()["query_count"] == 1
