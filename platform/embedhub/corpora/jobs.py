@@ -42,9 +42,9 @@ class MappingField(serializers.DictField):
 
     def _problem(self, key: str, value) -> str | None:
         listed = key == self.LISTED
-        columns = value if listed and isinstance(value, list) else [value]
-        shaped = listed == isinstance(value, list) and bool(columns)
-        if not shaped or not all(isinstance(column, str) for column in columns):
+        columns = value if listed else [value]
+        named = isinstance(columns, list) and all(isinstance(c, str) for c in columns)
+        if not named or not columns:
             return self.HELP[listed]
         if any("\x00" in name for name in (key, *columns)):
             return "must not contain a NUL character"  # Postgres (the job's params) cannot hold one

@@ -174,72 +174,48 @@ def corpus_upload(
         return job
     if corpus is None and not corpus_name:
         raise ApplicationError("name the corpus to upload into", details={"field": "name"})
-    try:
-        return _upload_submit(
-            owner=owner,
-            uploaded_file=uploaded_file,
-            corpus=corpus,
-            corpus_name=corpus_name,
-            params={"format": fmt, "mapping": mapping or {}, "skip_invalid": bool(skip_invalid)},
-            idempotency_key=key,
-            fingerprint=fingerprint,
-        )
-    except _KeyRaceLost as lost:
-        return lost.job
-
-
-class _KeyRaceLost(Exception):
-    """A concurrent upload with the same key made its job first: this one's corpus and file
-    go (the exception unwinds both), and it answers with the winner's job."""
-
-    def __init__(self, job: Job):
-        self.job = job
+    return _upload_submit(
+        owner=owner,
+        uploaded_file=uploaded_file,
+        corpus=corpus,
+        corpus_name=corpus_name,
+        params={"format": fmt, "mapping": mapping or {}, "skip_invalid": bool(skip_invalid)},
+        idempotency_key=key,
+        fingerprint=fingerprint,
+    )
 
 
 def _upload_submit(
     *, owner, uploaded_file, corpus, corpus_name, params: dict, idempotency_key, fingerprint
 ) -> Job:
     stored = upload_store(owner=owner, uploaded_file=uploaded_file)
-    job = None
+    job, created = None, False
     try:
         with transaction.atomic():
-            job = _upload_job_submit(
-                owner=owner,
-                stored=stored,
-                uploaded_file=uploaded_file,
-                corpus=corpus or corpus_get_or_create(owner=owner, name=corpus_name),
-                params=params,
+            corpus = corpus or corpus_get_or_create(owner=owner, name=corpus_name)
+            job, created = job_submit_checked(
+                user=owner,
+                kind=Job.Kind.INGEST,
+                params={
+                    "corpus": corpus.pk,
+                    "path": str(stored.relative_to(upload_folder(owner_id=owner.pk))),
+                    "filename": Path(str(uploaded_file.name)).name,
+                    **params,
+                    "size": stored.stat().st_size,
+                },
                 idempotency_key=idempotency_key,
                 fingerprint=fingerprint,
             )
+            if not created:  # a concurrent upload with this key won: this one's corpus goes
+                transaction.set_rollback(True)
     except BaseException:
-        # The file goes with a refused request (a lost key race, a failed commit), never
-        # from under a job that did commit: its dispatch runs after the commit and can raise.
+        # The file goes with a refused request (a failed commit too), never from under a
+        # job that did commit: its dispatch runs after the commit and can still raise.
         if job is None or not Job.objects.filter(pk=job.pk).exists():
             shutil.rmtree(stored.parent, ignore_errors=True)
         raise
-    return job
-
-
-def _upload_job_submit(
-    *, owner, stored: Path, uploaded_file, corpus, params: dict, idempotency_key, fingerprint
-) -> Job:
-    """The upload's ingest job, in the caller's transaction."""
-    job, created = job_submit_checked(
-        user=owner,
-        kind=Job.Kind.INGEST,
-        params={
-            "corpus": corpus.pk,
-            "path": str(stored.relative_to(upload_folder(owner_id=owner.pk))),
-            "filename": Path(str(uploaded_file.name)).name,
-            **params,
-            "size": stored.stat().st_size,
-        },
-        idempotency_key=idempotency_key,
-        fingerprint=fingerprint,
-    )
     if not created:
-        raise _KeyRaceLost(job)
+        shutil.rmtree(stored.parent, ignore_errors=True)
     return job
 
 
