@@ -328,7 +328,9 @@ def corpus_policy_settings(request: HttpRequest, corpus_id: int) -> HttpResponse
             "tolerance": request.POST.get("tolerance", ""),
             "allow_reindex": request.POST.get("allow_reindex") == "on",
             "exclude_self": request.POST.get("exclude_self") == "on",
-        }
+        },
+        # A form's values are strings: the strict fields may parse them ("0.01").
+        context={"from_form": True},
     )
     if data.is_valid():
         vector_services.serving_policy_settings_update(corpus=corpus, **data.validated_data)

@@ -9,6 +9,8 @@ from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.timesince import timesince
 
+from embedhub.core.server_paths import server_paths_for
+
 register = template.Library()
 
 
@@ -57,6 +59,13 @@ def percent(value) -> str:
     if value is None or value == "":
         return "—"
     return f"{float(value):.0f}%"
+
+
+@register.filter
+def server_paths(value, user):
+    """`value` (text or JSON) with server paths as `user` may see them: whole for staff,
+    shortened for everyone else (core.server_paths), as the REST API shows them."""
+    return server_paths_for(user, value)
 
 
 @register.filter

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.django_db
 
 def _unknown(response, key: str) -> str:
     assert response.status_code == 400, response.content
-    return response.json()["error"]["details"][key][0]
+    return response.json()["error"]["details"]["fields"][key][0]
 
 
 def test_a_misspelt_search_option_is_refused_by_name(api, user):

@@ -106,7 +106,8 @@ def test_upload_with_bad_options_is_a_400_naming_the_field(api, user):
     assert response.status_code == 400 and "format" in response.json()["error"]["message"]
     bad_mapping = {"file": SimpleUploadedFile("c.csv", b"id,text\n1,a\n"), "mapping": "{not json"}
     response = api.post(url, bad_mapping, format="multipart")
-    assert response.status_code == 400 and "mapping" in response.json()["error"]["details"]
+    assert response.status_code == 400
+    assert "mapping" in response.json()["error"]["details"]["fields"]
     nameless = {"file": SimpleUploadedFile("c.csv", b"id,text\n1,a\n")}
     response = api.post("/api/v1/corpora/upload/", nameless, format="multipart")
     assert response.status_code == 400 and response.json()["error"]["details"]["field"] == "name"

@@ -29,7 +29,7 @@ def _stored_files() -> set[Path]:
 
 def _names(error: dict, field: str) -> bool:
     details = error["details"]
-    return field in (details.get("field"), *details, *details.get("fields", {}))
+    return field in (details.get("field"), *details.get("fields", {}))
 
 
 def _upload(api, *, url="/api/v1/corpora/upload/", **fields):

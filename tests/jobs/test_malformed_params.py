@@ -12,18 +12,18 @@ import pytest
 from django.db import connection
 from rest_framework import serializers
 
-from embedhub.corpora.services import upload_folder
-from embedhub.evaluation.models import Qrel, Query, QuerySet
-from embedhub.jobs.kinds import job_kind_get
-from embedhub.jobs.models import Job
-from embedhub.jobs.params import (
-    OwnedObjectField,
+from embedhub.core.serializers import (
     StrictBooleanField,
     StrictCharField,
     StrictChoiceField,
     StrictFloatField,
     StrictIntegerField,
 )
+from embedhub.corpora.services import upload_folder
+from embedhub.evaluation.models import Qrel, Query, QuerySet
+from embedhub.jobs.kinds import job_kind_get
+from embedhub.jobs.models import Job
+from embedhub.jobs.params import OwnedObjectField
 from embedhub.vectors import services as vector_services
 from embedhub.vectors.models import VectorIndex
 from tests.audits.conftest import MESSAGE, VITAMIN_D

@@ -273,10 +273,16 @@
 
   // ------------------------------------------------------------------ corpus upload
 
-  // Error details from the API: [{line, message}] or {field: [messages]} or a list of strings.
+  // Error details from the API: a refused body's {field, fields: {path: [messages]}}, a
+  // file's bad lines [{line, message}], or a list of strings.
   EH.detailsList = function (details) {
     const items = [];
     if (!details) return items;
+    if (details.fields && typeof details.fields === "object" && !Array.isArray(details.fields)) {
+      Object.entries(details.fields).forEach(([path, messages]) =>
+        [].concat(messages).forEach((m) => items.push(path + ": " + m)));
+      return items;
+    }
     const push = (d) => {
       if (d == null) return;
       if (typeof d === "string") items.push(d);

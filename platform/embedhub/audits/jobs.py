@@ -10,13 +10,15 @@ from rest_framework import serializers
 
 from embedhub.audits import selectors, services
 from embedhub.core.errors import ApplicationError
+from embedhub.core.serializers import (
+    StrictBooleanField,
+    StrictCharField,
+    StrictFloatField,
+)
 from embedhub.corpora.models import Corpus
 from embedhub.evaluation.jobs import query_set_lookup
 from embedhub.jobs.kinds import JobKind, job_kind_register
 from embedhub.jobs.params import (
-    StrictBooleanField,
-    StrictCharField,
-    StrictFloatField,
     integer,
     owned,
     params_field,

@@ -10,6 +10,12 @@ from rest_framework import serializers
 from embedhub.continual import selectors
 from embedhub.continual.services import finetune, policy, reindex
 from embedhub.core.errors import ApplicationError, Conflict
+from embedhub.core.serializers import (
+    StrictBooleanField,
+    StrictCharField,
+    StrictChoiceField,
+    StrictFloatField,
+)
 from embedhub.corpora.models import Corpus
 from embedhub.evaluation.jobs import query_set_lookup
 from embedhub.evaluation.models import Qrel
@@ -17,10 +23,6 @@ from embedhub.jobs.kinds import JobKind, job_kind_register
 from embedhub.jobs.models import Job
 from embedhub.jobs.params import (
     ParamsSerializer,
-    StrictBooleanField,
-    StrictCharField,
-    StrictChoiceField,
-    StrictFloatField,
     integer,
     number,
     owned,

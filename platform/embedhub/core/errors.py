@@ -63,6 +63,12 @@ def error_fields(detail, *, prefix: str = "") -> dict[str, list[str]]:
     return {prefix: [str(item) for item in (detail if isinstance(detail, list) else [detail])]}
 
 
+def validation_details(fields: dict[str, list[str]]) -> dict:
+    """The `details` of every validation 400: the first bad field's path, and every bad
+    field's messages under its flat path, so a client reads one shape for any body."""
+    return {"field": next(iter(fields), ""), "fields": fields}
+
+
 class RequestTooLarge(ApplicationError):
     status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
     code = "request_too_large"
@@ -102,10 +108,12 @@ def api_exception_handler(exc, context):
     if response is None:
         return None
     if isinstance(exc, exceptions.ValidationError):
-        details = response.data
-        fields = error_fields(details)
+        fields = error_fields(response.data)
         path, messages = next(iter(fields.items()), ("", ["Invalid input."]))
         message = f"{path}: {messages[0]}" if path else messages[0]
+        # A bare ValidationError("...") has no field: named as a serializer's own check is.
+        fields = {key or "non_field_errors": value for key, value in fields.items()}
+        details = validation_details(fields) if fields else {}
     else:
         detail = response.data.get("detail", "") if isinstance(response.data, dict) else ""
         message, details = str(detail) or str(exc), {}

@@ -5,7 +5,7 @@ from __future__ import annotations
 from django.core.exceptions import TooManyFieldsSent
 from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest, JsonResponse
 
-from embedhub.core.errors import error_body
+from embedhub.core.errors import error_body, validation_details
 
 API_PREFIX = "/api/"
 NUL = "\x00"
@@ -43,5 +43,5 @@ class NulCharacterMiddleware:
         message = f"the URL path {problem}" if where == "path" else f"{name}: {problem}"
         if not request.path_info.startswith(API_PREFIX):
             return HttpResponseBadRequest(message, content_type="text/plain; charset=utf-8")
-        details = {"field": name, "location": where}
+        details = {**validation_details({name: [problem]}), "location": where}
         return JsonResponse(error_body("invalid", message, details), status=400)

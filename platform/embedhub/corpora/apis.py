@@ -6,7 +6,14 @@ from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from embedhub.core.serializers import StrictInputSerializer
+from embedhub.core.serializers import (
+    MAX_FREE_TEXT,
+    StrictBooleanField,
+    StrictCharField,
+    StrictFloatField,
+    StrictInputSerializer,
+    no_body_check,
+)
 from embedhub.core.uploads import UploadLimit, upload_declared_check, upload_size_check
 from embedhub.corpora import parsing, screening, selectors, services
 from embedhub.corpora.models import Corpus, Document
@@ -58,8 +65,10 @@ class CorpusListCreateApi(ListAPIView):
 
     @extend_schema_serializer(component_name="CorpusCreateInput")
     class InputSerializer(StrictInputSerializer):
-        name = serializers.CharField(max_length=200)
-        description = serializers.CharField(required=False, allow_blank=True, default="")
+        name = StrictCharField(max_length=200)
+        description = StrictCharField(
+            required=False, allow_blank=True, default="", max_length=MAX_FREE_TEXT
+        )
 
     serializer_class = CorpusOutput
     filterset_class = None
@@ -89,6 +98,7 @@ class CorpusDetailApi(APIView):
 
     @extend_schema(responses={204: None})
     def delete(self, request, corpus_id: int):
+        no_body_check(data=request.data)
         services.corpus_delete(corpus=selectors.corpus_get(user=request.user, corpus_id=corpus_id))
         return Response(status=status.HTTP_204_NO_CONTENT)
 
@@ -152,7 +162,9 @@ class _UploadApi(APIView):
         )
         url = reverse("job-detail", args=[job.pk])
         return Response(
-            JobOutput(job).data, status=status.HTTP_202_ACCEPTED, headers={"Location": url}
+            JobOutput(job, context={"request": request}).data,
+            status=status.HTTP_202_ACCEPTED,
+            headers={"Location": url},
         )
 
 
@@ -223,9 +235,9 @@ class CorpusScreeningApi(APIView):
     """The corpus's ingest screening: on/off, its false-positive rate, the fitted screen."""
 
     class InputSerializer(StrictInputSerializer):
-        enabled = serializers.BooleanField()
-        fpr = serializers.FloatField(required=False, min_value=0.001, max_value=0.5)
-        refit = serializers.BooleanField(
+        enabled = StrictBooleanField()
+        fpr = StrictFloatField(required=False, min_value=0.001, max_value=0.5)
+        refit = StrictBooleanField(
             required=False, default=False, help_text="refit the screen from the corpus now"
         )
 
@@ -302,6 +314,7 @@ class QuarantineDecideApi(APIView):
 
     @extend_schema(request=None, responses={200: QuarantineDecisionOutput})
     def post(self, request, corpus_id: int, document_id: int, action: str):
+        no_body_check(data=request.data)
         corpus = selectors.corpus_get(user=request.user, corpus_id=corpus_id)
         document = selectors.quarantined_document_get(corpus=corpus, document_id=document_id)
         decide = (

@@ -2,21 +2,27 @@
 
 from __future__ import annotations
 
+import logging
+
 from rest_framework import serializers
 
-from embedhub.core.errors import ApplicationError
+from embedhub.core.errors import ApplicationError, Conflict
+from embedhub.core.serializers import (
+    StrictBooleanField,
+    StrictCharField,
+    StrictChoiceField,
+    StrictIntegerField,
+)
 from embedhub.corpora import parsing, screening, selectors, services
 from embedhub.corpora.models import Corpus
 from embedhub.jobs.kinds import JobKind, job_kind_register
 from embedhub.jobs.params import (
     NOT_FOUND,
     ParamsSerializer,
-    StrictBooleanField,
-    StrictCharField,
-    StrictChoiceField,
-    StrictIntegerField,
     owned,
 )
+
+logger = logging.getLogger(__name__)
 
 
 def _corpus(*, user, pk: int) -> Corpus:
@@ -100,6 +106,36 @@ def ingest_prepare(*, user, params: dict) -> tuple[dict, Corpus]:
 
 
 def ingest_run(*, job, ctx) -> dict:
+    _corpus_present_check(job=job)
+    try:
+        return _ingest(job=job, ctx=ctx)
+    except ApplicationError as exc:
+        # Only a refusal of the file: the user must change it and upload again anyway. Any
+        # other failure (a database blip, a full disk) keeps corpus and upload for a retry.
+        try:
+            note = services.corpus_remove_after_failed_ingest(job=job)
+        except Exception:  # best effort: the job's own failure is what it must report
+            logger.exception("job %s: removing the corpus its upload created failed", job.pk)
+            note = None
+        if note is not None:
+            exc.add_note(note)  # the runner adds it to the job's error
+        raise
+
+
+def ingest_before_retry(*, job) -> None:
+    _corpus_present_check(job=job)
+
+
+def _corpus_present_check(*, job) -> None:
+    if job.corpus_id is None or not Corpus.objects.filter(pk=job.corpus_id).exists():
+        raise Conflict(
+            f"the corpus of job {job.pk} was removed (an upload that created it and failed "
+            "removes it again); upload the file again",
+            code="corpus_removed",
+        )
+
+
+def _ingest(*, job, ctx) -> dict:
     params = job.params
     path = services.upload_path(owner_id=job.owner_id, relative=params["path"])
     total = path.stat().st_size
@@ -134,6 +170,7 @@ INGEST = job_kind_register(
         params=IngestParams,
         prepare=ingest_prepare,
         run=ingest_run,
+        before_retry=ingest_before_retry,
         description="Import a stored upload (JSONL, CSV, TSV or a BEIR zip) into a corpus, "
         "in one transaction.",
     )

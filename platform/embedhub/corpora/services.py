@@ -26,11 +26,14 @@ from embedhub.jobs.idempotency import (
     request_fingerprint,
 )
 from embedhub.jobs.models import Job
+from embedhub.jobs.services import job_event_add
 from embedhub.jobs.submission import job_submit_checked
 
 logger = logging.getLogger(__name__)
 
 UPLOAD_DIR = "uploads"
+# The event an upload's ingest job gets when the upload created its corpus.
+CORPUS_CREATED_EVENT = "corpus_created"
 
 
 def corpus_create(*, owner, name: str, description: str = "") -> Corpus:
@@ -47,9 +50,18 @@ def corpus_create(*, owner, name: str, description: str = "") -> Corpus:
         ) from None
 
 
-def corpus_get_or_create(*, owner, name: str) -> Corpus:
-    corpus = Corpus.objects.filter(owner=owner, name=(name or "").strip()).first()
-    return corpus or corpus_create(owner=owner, name=name)
+def corpus_get_or_create(*, owner, name: str) -> tuple[Corpus, bool]:
+    """(corpus, created). In the caller's transaction, an existing corpus stays locked until
+    it ends: a failed ingest that removes the corpus its upload created
+    (corpus_remove_after_failed_ingest) waits, and sees the caller's job, or goes first."""
+    existing = (
+        Corpus.objects.select_for_update(no_key=True)
+        .filter(owner=owner, name=(name or "").strip())
+        .first()
+    )
+    if existing is not None:
+        return existing, False
+    return corpus_create(owner=owner, name=name), True
 
 
 def corpus_delete(*, corpus: Corpus) -> None:
@@ -192,7 +204,9 @@ def _upload_submit(
     job, created = None, False
     try:
         with transaction.atomic():
-            corpus = corpus or corpus_get_or_create(owner=owner, name=corpus_name)
+            corpus_created = False
+            if corpus is None:
+                corpus, corpus_created = corpus_get_or_create(owner=owner, name=corpus_name)
             job, created = job_submit_checked(
                 user=owner,
                 kind=Job.Kind.INGEST,
@@ -208,6 +222,13 @@ def _upload_submit(
             )
             if not created:  # a concurrent upload with this key won: this one's corpus goes
                 transaction.set_rollback(True)
+            elif corpus_created:  # what a failed ingest goes by to remove the corpus again
+                job_event_add(
+                    job=job,
+                    kind=CORPUS_CREATED_EVENT,
+                    message=f"created corpus {corpus.name!r} for this upload",
+                    data={"corpus": corpus.pk, "name": corpus.name},
+                )
     except BaseException:
         # The file goes with a refused request (a failed commit too), never from under a
         # job that did commit: its dispatch runs after the commit and can still raise.
@@ -217,6 +238,60 @@ def _upload_submit(
     if not created:
         shutil.rmtree(stored.parent, ignore_errors=True)
     return job
+
+
+def corpus_remove_after_failed_ingest(*, job: Job) -> str | None:
+    """After an upload's ingest job failed: remove the corpus that the upload created, so
+    a failed upload into a new name leaves no empty corpus behind. The job keeps its record,
+    detached from the corpus. Returns what the job's error should add, or None.
+
+    Kept while anything else uses the corpus (another upload's job, its documents, an
+    index): that state depends on it, and the note says it still exists. Only while this
+    attempt still holds the job: a worker that lost its claim must not pull the corpus from
+    under the one that took over."""
+    if not job.corpus_id or not job.events.filter(kind=CORPUS_CREATED_EVENT).exists():
+        return None
+    with transaction.atomic():
+        held = Job.objects.select_for_update().filter(
+            pk=job.pk, status=Job.Status.RUNNING, claim_token=job.claim_token
+        )
+        corpus = Corpus.objects.select_for_update().filter(pk=job.corpus_id).first()
+        if not held.exists() or corpus is None:
+            return None
+        if _corpus_in_use(corpus=corpus, job_id=job.pk):
+            emptiness = "" if corpus.documents.exists() else ", empty"
+            return (
+                f"the corpus {corpus.name!r} that this upload created still exists{emptiness} "
+                f"(id {corpus.pk}), as other jobs or data use it"
+            )
+        held.update(corpus=None)  # the job's row and its failure outlive the corpus
+        corpus.delete()
+    job.corpus_id = None
+    _upload_discard_quietly(job=job)  # no retry can use it now: its corpus is gone
+    return (
+        f"the corpus {corpus.name!r} that this upload created was removed, as it was left "
+        "empty; upload the file again"
+    )
+
+
+def _upload_discard_quietly(*, job: Job) -> None:
+    try:
+        path = upload_path(owner_id=job.owner_id, relative=job.params["path"])
+    except ApplicationError:  # gone already
+        return
+    upload_discard(owner_id=job.owner_id, path=path)
+
+
+def _corpus_in_use(*, corpus: Corpus, job_id: int) -> bool:
+    """Whether any row but this job points at the corpus: every relation, so that one
+    added later is never deleted along with the corpus unnoticed."""
+    for relation in Corpus._meta.related_objects:
+        rows = relation.related_model._base_manager.filter(**{relation.field.name: corpus})
+        if relation.related_model is Job:
+            rows = rows.exclude(pk=job_id)
+        if rows.exists():
+            return True
+    return False
 
 
 # --- importing ------------------------------------------------------------------

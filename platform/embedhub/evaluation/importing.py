@@ -286,6 +286,24 @@ def _write(cur, *, owner_id: int, corpus_id: int, name: str, only_judged: bool) 
     return {"query_set_id": query_set_id, "name": name, "queries": queries, "qrels": cur.rowcount}
 
 
+def _nothing_usable(file: str, plural: str, skipped: Skipped, *, since: int) -> ApplicationError:
+    """Refuse a file that left nothing to import: a query set without queries or
+    judgements scores nothing, and storing one would replace a usable set of the same name.
+    `since`: the skipped count before this file's lines were read (none skipped: empty)."""
+    if skipped.total == since:
+        return file_error(file, f"the file holds no {plural}")
+    first = next((entry for entry in skipped.entries if entry["file"] == file), None)
+    why = ""
+    if first:
+        why = f" (the first: line {first['line']}: {first['field']}: {first['problem']})"
+    return file_error(
+        file,
+        f"nothing usable is left: all its {plural} were skipped{why}; nothing was imported",
+        skipped=skipped.entries,
+        skipped_total=skipped.total,
+    )
+
+
 def query_set_import(
     *,
     owner,
@@ -316,16 +334,18 @@ def query_set_import(
     try:
         with import_cursor(cursor) as cur:
             opts = {"skip_invalid": skip_invalid, "skipped": skipped}
-            if (
-                not _stage_queries(cur, queries_stream, file=queries_file, **opts)
-                and not skipped.total
-            ):
-                raise file_error(queries_file, "the file holds no queries")
-            if not _stage_qrels(cur, qrels_stream, file=qrels_file, **opts) and not skipped.total:
-                raise file_error(qrels_file, "the file holds no judgements")
+            if not _stage_queries(cur, queries_stream, file=queries_file, **opts):
+                raise _nothing_usable(queries_file, "queries", skipped, since=0)
+            since = skipped.total
+            if not _stage_qrels(cur, qrels_stream, file=qrels_file, **opts):
+                raise _nothing_usable(qrels_file, "judgements", skipped, since=since)
             _check(
                 cur, corpus_id=_pk(corpus), queries_file=queries_file, qrels_file=qrels_file, **opts
             )
+            # Every judgement left names a staged query, so one left means both files count.
+            cur.execute("SELECT EXISTS (SELECT 1 FROM import_qrels)")
+            if not cur.fetchone()[0]:
+                raise _nothing_usable(qrels_file, "judgements", skipped, since=since)
             result = _write(
                 cur, owner_id=_pk(owner), corpus_id=_pk(corpus), name=name, only_judged=only_judged
             )

@@ -7,14 +7,16 @@ from dataclasses import replace
 from rest_framework import serializers
 
 from embedhub.core.errors import ApplicationError
+from embedhub.core.serializers import (
+    StrictBooleanField,
+    StrictChoiceField,
+    StrictIntegerField,
+)
 from embedhub.corpora.models import Corpus
 from embedhub.evaluation import selectors, services
 from embedhub.evaluation.models import EvalRun, QuerySet
 from embedhub.jobs.kinds import JobKind, job_kind_register
 from embedhub.jobs.params import (
-    StrictBooleanField,
-    StrictChoiceField,
-    StrictIntegerField,
     owned,
     params_field,
 )

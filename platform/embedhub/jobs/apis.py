@@ -12,7 +12,8 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from embedhub.core.filters import VisibleObjectFilter
-from embedhub.core.serializers import StrictInputSerializer
+from embedhub.core.serializers import StrictChoiceField, StrictInputSerializer, no_body_check
+from embedhub.core.server_paths import ServerPathsHidden
 from embedhub.jobs import selectors, services
 from embedhub.jobs.idempotency import HEADER as IDEMPOTENCY_HEADER
 from embedhub.jobs.kinds import JobKind, job_kinds
@@ -21,7 +22,8 @@ from embedhub.jobs.params import params_error
 from embedhub.jobs.submission import job_submit_checked
 
 
-class ShardOutput(serializers.ModelSerializer):
+class ShardOutput(ServerPathsHidden, serializers.ModelSerializer):
+    server_path_fields = ("error",)
     percent = serializers.FloatField(read_only=True, allow_null=True)
 
     class Meta:
@@ -39,7 +41,10 @@ class ShardOutput(serializers.ModelSerializer):
         ]
 
 
-class JobOutput(serializers.ModelSerializer):
+class JobOutput(ServerPathsHidden, serializers.ModelSerializer):
+    # Params and results name stored files (a training set, a fine-tune's weights) and an
+    # error may quote one: only staff see server paths. Workers read the rows, not this.
+    server_path_fields = ("params", "result", "error")
     percent = serializers.FloatField(read_only=True, allow_null=True)
     corpus = serializers.PrimaryKeyRelatedField(read_only=True)
     parent = serializers.PrimaryKeyRelatedField(
@@ -87,14 +92,17 @@ class JobOutput(serializers.ModelSerializer):
 
     @extend_schema_field(ShardOutput(many=True))
     def get_shards(self, job: Job) -> list:
-        return ShardOutput(sorted(job.shards.all(), key=lambda shard: shard.pk), many=True).data
+        shards = sorted(job.shards.all(), key=lambda shard: shard.pk)
+        return ShardOutput(shards, many=True, context=self.context).data
 
     def get_error_detail(self, job: Job) -> str | None:
         request = self.context.get("request")
         return job.error_detail if request and request.user.is_staff else None
 
 
-class JobEventOutput(serializers.ModelSerializer):
+class JobEventOutput(ServerPathsHidden, serializers.ModelSerializer):
+    server_path_fields = ("message", "data")  # a failure's message, a success's result
+
     class Meta:
         model = JobEvent
         fields = ["id", "created_at", "kind", "message", "data"]
@@ -134,7 +142,7 @@ class JobListCreateApi(ListAPIView):
     a different request is a 422."""
 
     class InputSerializer(StrictInputSerializer):
-        kind = serializers.ChoiceField(choices=Job.Kind.choices)
+        kind = StrictChoiceField(choices=Job.Kind.choices)
         params = serializers.DictField(default=dict)
 
     serializer_class = JobOutput
@@ -205,6 +213,7 @@ class JobEventsApi(ListAPIView):
 class JobCancelApi(APIView):
     @extend_schema(request=None, responses=JobOutput)
     def post(self, request, job_id: int):
+        no_body_check(data=request.data)
         job = services.job_cancel(job=selectors.job_get(user=request.user, job_id=job_id))
         return Response(JobOutput(job, context={"request": request}).data)
 
@@ -212,6 +221,7 @@ class JobCancelApi(APIView):
 class JobRetryApi(APIView):
     @extend_schema(request=None, responses={202: JobOutput})
     def post(self, request, job_id: int):
+        no_body_check(data=request.data)
         job = services.job_retry(job=selectors.job_get(user=request.user, job_id=job_id))
         return Response(
             JobOutput(job, context={"request": request}).data, status=status.HTTP_202_ACCEPTED

@@ -1,9 +1,10 @@
 """Building blocks for the job kinds' `Params` serializers.
 
 JSON has types, so the API is strict: an integer param must be a JSON number without a
-fraction, a boolean must be true or false, an id must be an integer. HTML forms only send
-strings, so the dashboard validates with `context={"from_form": True}`, which lets the
-same fields parse their own string forms ("12", "true"): the form never guesses types.
+fraction, a boolean must be true or false, an id must be an integer (the strict fields are
+core.serializers', shared with every other request body). HTML forms only send strings, so
+the dashboard validates with `context={"from_form": True}`, which lets the same fields
+parse their own string forms ("12", "true"): the form never guesses types.
 
 Every error names its field; `params_error` turns a serializer's errors into one
 ApplicationError whose paths start with "params." (404 when an id named an object the user
@@ -12,89 +13,18 @@ may not see, 400 otherwise).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping
 
 from rest_framework import serializers
 
-from embedhub.core.errors import ApplicationError, error_fields
-from embedhub.core.serializers import StrictInputSerializer
+from embedhub.core.errors import ApplicationError, error_fields, validation_details
+from embedhub.core.serializers import (
+    StrictFloatField,
+    StrictInputSerializer,
+    StrictIntegerField,
+)
 
 NOT_FOUND = "not_found"
-
-
-def _from_form(field: serializers.Field) -> bool:
-    return bool(field.context.get("from_form"))
-
-
-def _range_messages(noun: str, low, high) -> dict[str, str]:
-    """Bound messages that give the whole range and the value that missed it."""
-    if low is not None and high is not None:
-        text = f"must be {noun} between {low} and {high}, not %(show_value)s"
-        return {"min_value": text, "max_value": text}
-    return {
-        "min_value": f"must be {noun} of at least {low}, not %(show_value)s",
-        "max_value": f"must be {noun} of at most {high}, not %(show_value)s",
-    }
-
-
-def _number(data, *, whole: bool) -> bool:
-    if isinstance(data, bool) or not isinstance(data, int | float):
-        return False
-    return not whole or isinstance(data, int) or data.is_integer()
-
-
-class StrictIntegerField(serializers.IntegerField):
-    default_error_messages = {"invalid": "must be an integer"}
-
-    def __init__(self, **kwargs):
-        messages = _range_messages("an integer", kwargs.get("min_value"), kwargs.get("max_value"))
-        super().__init__(
-            **{**kwargs, "error_messages": {**messages, **kwargs.get("error_messages", {})}}
-        )
-
-    def to_internal_value(self, data):
-        if not (_number(data, whole=True) or (_from_form(self) and isinstance(data, str))):
-            self.fail("invalid")
-        return super().to_internal_value(data)
-
-
-class StrictFloatField(serializers.FloatField):
-    default_error_messages = {"invalid": "must be a number"}
-
-    def __init__(self, **kwargs):
-        messages = _range_messages("a number", kwargs.get("min_value"), kwargs.get("max_value"))
-        super().__init__(
-            **{**kwargs, "error_messages": {**messages, **kwargs.get("error_messages", {})}}
-        )
-
-    def to_internal_value(self, data):
-        if not (_number(data, whole=False) or (_from_form(self) and isinstance(data, str))):
-            self.fail("invalid")
-        value = super().to_internal_value(data)
-        if not math.isfinite(value):  # "nan" passes every bound check
-            self.fail("invalid")
-        return value
-
-
-class StrictBooleanField(serializers.BooleanField):
-    default_error_messages = {"invalid": "must be true or false"}
-
-    def to_internal_value(self, data):
-        if not (isinstance(data, bool) or (_from_form(self) and isinstance(data, str))):
-            self.fail("invalid")
-        return super().to_internal_value(data)
-
-
-class StrictCharField(serializers.CharField):
-    """A string, never a number or an object coerced to one."""
-
-    default_error_messages = {"invalid": "must be a string", "blank": "must not be empty"}
-
-    def to_internal_value(self, data):
-        if not isinstance(data, str):
-            self.fail("invalid")
-        return super().to_internal_value(data)
 
 
 class OwnedObjectField(StrictIntegerField):
@@ -126,18 +56,6 @@ class OwnedObjectField(StrictIntegerField):
 
     def to_representation(self, value):
         return getattr(value, "pk", value)
-
-
-class StrictChoiceField(serializers.ChoiceField):
-    """One of a fixed set of strings; the error lists them."""
-
-    def to_internal_value(self, data):
-        if not isinstance(data, str) or data not in self.choice_strings_to_values:
-            choices = ", ".join(str(choice) for choice in self.choices)
-            raise serializers.ValidationError(
-                f"{data!r} is not one of: {choices}", code="invalid_choice"
-            )
-        return super().to_internal_value(data)
 
 
 class ParamsSerializer(StrictInputSerializer):
@@ -191,7 +109,7 @@ def params_error(detail, *, prefix: str = "params") -> ApplicationError:
     first, messages = next(iter(fields.items()))
     more = f" (and {len(fields) - 1} more)" if len(fields) > 1 else ""
     cls = ParamsNotFound if NOT_FOUND in _codes(detail) else ParamsInvalid
-    return cls(f"{first}: {messages[0]}{more}", details={"field": first, "fields": fields})
+    return cls(f"{first}: {messages[0]}{more}", details=validation_details(fields))
 
 
 def params_validate(*, serializer: type[serializers.Serializer], user, params, from_form=False):

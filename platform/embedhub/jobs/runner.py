@@ -170,6 +170,8 @@ def _fail_recorded(*, job: Job, error: str, detail: str) -> None:
 def _describe(exc: Exception) -> tuple[str, str]:
     """(what the owner reads, the traceback for staff and the logs). A user-facing error
     (bad input) carries its own message; anything else is named by its type."""
+    # Notes a kind added on the way out (what its failure left behind) end the message.
+    notes = "".join(f"; {note}" for note in getattr(exc, "__notes__", ()))
     if isinstance(exc, ApplicationError):
-        return exc.message, ""
-    return f"{type(exc).__name__}: {exc}", traceback.format_exc()
+        return exc.message + notes, ""
+    return f"{type(exc).__name__}: {exc}{notes}", traceback.format_exc()

@@ -6,12 +6,20 @@ from rest_framework.permissions import IsAdminUser, IsAuthenticated
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from embedhub.core.serializers import StrictInputSerializer
+from embedhub.core.serializers import (
+    StrictCharField,
+    StrictInputSerializer,
+    StrictPrimaryKeyRelatedField,
+    no_body_check,
+)
+from embedhub.core.server_paths import ServerPathsHidden
 from embedhub.registry import selectors, services
 from embedhub.registry.models import EmbeddingModel, ModelVersion
 
 
-class VersionSummaryOutput(serializers.ModelSerializer):
+class VersionSummaryOutput(ServerPathsHidden, serializers.ModelSerializer):
+    # A local source is a directory on the server: only staff see where.
+    server_path_fields = ("source",)
     model = serializers.CharField(source="model.name", read_only=True)
 
     class Meta:
@@ -46,7 +54,7 @@ class ModelOutput(serializers.ModelSerializer):
         fields = ["id", "name", "description", "created_at", "versions"]
 
     def get_versions(self, model) -> list[dict]:
-        return VersionSummaryOutput(model.versions.all(), many=True).data
+        return VersionSummaryOutput(model.versions.all(), many=True, context=self.context).data
 
 
 # What a version's provenance says to an account other than its owner: how it was made,
@@ -54,7 +62,10 @@ class ModelOutput(serializers.ModelSerializer):
 PUBLIC_PROVENANCE = ("source", "kind", "package", "hub_id", "pairs", "queries", "judgements")
 
 
-class VersionDetailOutput(serializers.ModelSerializer):
+class VersionDetailOutput(ServerPathsHidden, serializers.ModelSerializer):
+    # Where the weights, the adapters, a Hub snapshot or a training file lie on the server:
+    # staff see the paths, others their names (relative to ARTIFACT_ROOT / MEDIA_ROOT).
+    server_path_fields = ("source", "artifact_path", "provenance", "adapter", "training_params")
     model = serializers.CharField(source="model.name", read_only=True)
     ancestors = serializers.SerializerMethodField()
     children = serializers.SerializerMethodField()
@@ -92,11 +103,11 @@ class VersionDetailOutput(serializers.ModelSerializer):
     # Lineage shows only the versions the requesting user may see (context["user"]).
     def get_ancestors(self, version) -> list[dict]:
         chain = selectors.model_version_ancestors(user=self.context["user"], version=version)
-        return VersionSummaryOutput(chain, many=True).data
+        return VersionSummaryOutput(chain, many=True, context=self.context).data
 
     def get_children(self, version) -> list[dict]:
         children = selectors.model_version_children(user=self.context["user"], version=version)
-        return VersionSummaryOutput(children, many=True).data
+        return VersionSummaryOutput(children, many=True, context=self.context).data
 
     def _owned(self, version) -> bool:
         user = self.context["user"]
@@ -136,14 +147,15 @@ class ModelVersionListCreateApi(ListAPIView):
 
     @extend_schema_serializer(component_name="ModelVersionRegisterInput")
     class InputSerializer(StrictInputSerializer):
-        source = serializers.CharField(
+        source = StrictCharField(
             required=False,
             allow_null=True,
             default=None,
+            max_length=ModelVersion._meta.get_field("source").max_length,
             help_text="a directory on the server or a Hub id; empty for the bundled base model",
         )
-        name = serializers.CharField(required=False, allow_null=True, default=None, max_length=200)
-        parent = serializers.PrimaryKeyRelatedField(
+        name = StrictCharField(required=False, allow_null=True, default=None, max_length=200)
+        parent = StrictPrimaryKeyRelatedField(
             queryset=ModelVersion.objects.all(), required=False, allow_null=True, default=None
         )
 
@@ -184,6 +196,7 @@ class ModelVersionPublishApi(APIView):
 
     @extend_schema(request=None, responses=VersionDetailOutput)
     def post(self, request, version_id: int):
+        no_body_check(data=request.data)
         # Resolved first, so a version the caller may not see is a 404 like everywhere
         # else; the service refuses non-staff (403) for the ones they may see.
         version = selectors.model_version_get(user=request.user, version_id=version_id)

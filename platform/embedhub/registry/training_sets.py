@@ -148,7 +148,8 @@ def pairs_path_check(*, user, path: str) -> Path:
             code="permission_denied",
         )
     if not resolved.is_file():
-        raise ApplicationError(f"pairs_path: no file at {resolved}")
+        # The path as given, not as resolved: where the server keeps files is staff's business.
+        raise ApplicationError(f"pairs_path: no file at {path}")
     return resolved
 
 

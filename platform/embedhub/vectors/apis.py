@@ -6,7 +6,15 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from embedhub.core.filters import VisibleObjectFilter
-from embedhub.core.serializers import StrictInputSerializer
+from embedhub.core.serializers import (
+    StrictBooleanField,
+    StrictCharField,
+    StrictChoiceField,
+    StrictFloatField,
+    StrictInputSerializer,
+    StrictIntegerField,
+    no_body_check,
+)
 from embedhub.jobs.selectors import corpus_visible
 from embedhub.registry.selectors import model_version_resolve, model_version_visible
 from embedhub.vectors import compensation, selectors, services
@@ -70,6 +78,7 @@ class IndexDetailApi(APIView):
 
     @extend_schema(responses={204: None})
     def delete(self, request, index_id: int):
+        no_body_check(data=request.data)
         services.index_drop(index=selectors.index_get(user=request.user, index_id=index_id))
         return Response(status=status.HTTP_204_NO_CONTENT)
 
@@ -79,6 +88,7 @@ class IndexActivateApi(APIView):
 
     @extend_schema(request=None, responses=IndexOutput)
     def post(self, request, index_id: int):
+        no_body_check(data=request.data)
         index = services.index_activate(
             index=selectors.index_get(user=request.user, index_id=index_id)
         )
@@ -89,14 +99,14 @@ class SearchApi(APIView):
     throttle_scope = "search"
 
     class InputSerializer(StrictInputSerializer):
-        corpus = serializers.IntegerField(required=False, help_text="searches its active index")
-        index = serializers.IntegerField(required=False)
-        query = serializers.CharField(max_length=10000)
-        k = serializers.IntegerField(default=10, min_value=1, max_value=1000)
-        exact = serializers.BooleanField(default=False)
-        ef_search = serializers.IntegerField(required=False, min_value=1, max_value=1000)
-        model_version = serializers.IntegerField(required=False)
-        compensation = serializers.ChoiceField(
+        corpus = StrictIntegerField(required=False, help_text="searches its active index")
+        index = StrictIntegerField(required=False)
+        query = StrictCharField(max_length=10000)
+        k = StrictIntegerField(default=10, min_value=1, max_value=1000)
+        exact = StrictBooleanField(default=False)
+        ef_search = StrictIntegerField(required=False, min_value=1, max_value=1000)
+        model_version = StrictIntegerField(required=False)
+        compensation = StrictChoiceField(
             choices=compensation.COMPENSATIONS,
             required=False,
             help_text="default: the corpus's serving policy when searching a corpus (without "
@@ -179,10 +189,10 @@ class ServingPolicyApi(APIView):
     decision (written by policy jobs), and the settings policy jobs decide with."""
 
     class UpdateSerializer(StrictInputSerializer):
-        metric = serializers.ChoiceField(choices=METRICS, required=False)
-        tolerance = serializers.FloatField(min_value=0.0, max_value=1.0, required=False)
-        allow_reindex = serializers.BooleanField(required=False)
-        exclude_self = serializers.BooleanField(
+        metric = StrictChoiceField(choices=METRICS, required=False)
+        tolerance = StrictFloatField(min_value=0.0, max_value=1.0, required=False)
+        allow_reindex = StrictBooleanField(required=False)
+        exclude_self = StrictBooleanField(
             required=False,
             help_text="the queries are documents of the corpus (ArguAna): drop a query's own "
             "document from its ranking in every evaluation that does not say otherwise",

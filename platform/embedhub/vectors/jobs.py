@@ -8,14 +8,16 @@ from django.conf import settings
 from rest_framework import serializers
 
 from embedhub.core.errors import ApplicationError
-from embedhub.corpora.models import Corpus
-from embedhub.jobs.kinds import JobKind, job_kind_register
-from embedhub.jobs.params import (
-    ParamsSerializer,
+from embedhub.core.serializers import (
     StrictBooleanField,
     StrictCharField,
     StrictChoiceField,
     StrictIntegerField,
+)
+from embedhub.corpora.models import Corpus
+from embedhub.jobs.kinds import JobKind, job_kind_register
+from embedhub.jobs.params import (
+    ParamsSerializer,
     owned,
     params_field,
 )
