@@ -91,6 +91,28 @@ def test_a_shard_rolls_its_progress_up_only_into_a_parent_counting_its_unit(user
     assert done == {"embed": 40, "policy": 3}
 
 
+def test_a_parents_shard_counts_stay_current_while_its_worker_runs_a_shard_inline(user):
+    """The parent's own loop writes its note between shards; a shard's report refreshes the
+    counts in it, and leaves a note of another phase alone."""
+    notes = {}
+    for note in ("embedding: 0/3 shards done, 0 running", "building HNSW index"):
+        parent = Job.objects.create(
+            owner=user, kind="embed", params={}, status="running", progress_unit="docs"
+        )
+        Job.objects.filter(pk=parent.pk).update(progress_note=note)
+        shards = [
+            job_submit(owner=user, kind="embed", params={"index": 0}, parent=parent)[0]
+            for _ in range(3)
+        ]
+        Job.objects.filter(pk=shards[0].pk).update(status="succeeded")
+        JobContext(job_claim(job_id=shards[1].pk, worker="t")).progress(5, total=9, unit="docs")
+        notes[note] = Job.objects.get(pk=parent.pk).progress_note
+    assert notes == {
+        "embedding: 0/3 shards done, 0 running": "embedding: 1/3 shards done, 1 running",
+        "building HNSW index": "building HNSW index",
+    }
+
+
 def test_a_small_embed_is_not_sharded(user, model_version):
     corpus = _corpus(user, 60)
     job = _embed(user, corpus, model_version, shard_size=100)

@@ -7,6 +7,7 @@ heartbeat from a presumed-dead worker or a double click can never move a job twi
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 import uuid
@@ -15,7 +16,7 @@ from datetime import timedelta
 import redis
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
-from django.db.models import F, OuterRef, Q, Subquery, Sum
+from django.db.models import Count, F, OuterRef, Q, Subquery, Sum
 from django.db.models.functions import Coalesce, Greatest
 from django.utils import timezone
 
@@ -266,6 +267,32 @@ def job_shards_roll_up(*, parent_id: int, unit: str) -> None:
         progress_done=Greatest(F("progress_done"), Coalesce(Subquery(total), 0)),
         progressed_at=timezone.now(),
     )
+    _shards_note_refresh(parent_id=parent_id)
+
+
+def shards_note(*, label: str, finished: int, shards: int, running: int) -> str:
+    """A sharded parent's progress note: what it is building and where its shards are."""
+    return f"{label}: {finished}/{shards} shards done, {running} running"
+
+
+_SHARDS_NOTE = re.compile(r"(?P<label>.+): \d+/\d+ shards done, \d+ running")
+
+
+def _shards_note_refresh(*, parent_id: int) -> None:
+    """The parent's shard counts as of now. Its own loop writes them between shards, but
+    while its worker runs a shard inline nobody else would, and the note would go stale."""
+    note = Job.objects.filter(pk=parent_id).values_list("progress_note", flat=True).first()
+    match = _SHARDS_NOTE.fullmatch(note or "")
+    if match is None:  # the parent is in another phase (an HNSW build, a policy's eval)
+        return
+    counts = Job.objects.filter(parent_id=parent_id).aggregate(
+        shards=Count("pk"),
+        finished=Count("pk", filter=Q(status=Job.Status.SUCCEEDED)),
+        running=Count("pk", filter=Q(status=Job.Status.RUNNING)),
+    )
+    fresh = shards_note(label=match["label"], **counts)
+    # Only over the note read: a newer one the parent wrote meanwhile wins.
+    Job.objects.filter(pk=parent_id, progress_note=note).update(progress_note=fresh)
 
 
 def _finish(job: Job, status: str, **fields) -> bool:

@@ -89,7 +89,7 @@ def _report(*, ctx, shards: list[Job], unit: str, total: int, label: str) -> Non
     done = sum(shard.progress_done for shard in shards)
     finished = sum(shard.status == Job.Status.SUCCEEDED for shard in shards)
     running = sum(shard.status == Job.Status.RUNNING for shard in shards)
-    note = f"{label}: {finished}/{len(shards)} shards done, {running} running"
+    note = services.shards_note(label=label, finished=finished, shards=len(shards), running=running)
     # at_least: a shard may have rolled a newer sum into the parent since we read these.
     # (A parent counting in another unit gets no roll-up: `ctx` maps the sum onto its own.)
     ctx.progress(done, total=total, unit=unit, note=note, at_least=True)
