@@ -206,6 +206,8 @@ def _finetune(user, parent, train_set, args):
         "lr": args.lr,
         "negatives_per_query": args.negatives,
     }
+    if args.corpus_adapter_documents is not None:
+        config["corpus_adapter_documents"] = args.corpus_adapter_documents
     job = _run(
         user,
         "finetune",
@@ -314,6 +316,13 @@ def main() -> int:
     # CPU-sized run trains on in-batch negatives over 128 tokens.
     parser.add_argument("--negatives", type=int, default=0)
     parser.add_argument("--max-tokens", type=int, default=128)
+    parser.add_argument(
+        "--corpus-adapter-documents",
+        type=int,
+        default=None,
+        help="documents per corpus the child embeds for its corpus adapter (default: the "
+        "finetune job's)",
+    )
     parser.add_argument(
         "--rescore",
         action="append",
