@@ -313,7 +313,10 @@ def _owner_wake(*, owner_id: int) -> None:
 
 
 def job_succeed(*, job: Job, result: dict) -> None:
-    if _finish(job, Job.Status.SUCCEEDED, result=result, eta_seconds=0, error=""):
+    # The note says what a running job is doing ("building HNSW index"): done, it would
+    # read as still going. A failed or cancelled job keeps it: where it stopped.
+    done = {"result": result, "eta_seconds": 0, "error": "", "progress_note": ""}
+    if _finish(job, Job.Status.SUCCEEDED, **done):
         job_event_add(job=job, kind="succeeded", data={"result": result})
 
 
