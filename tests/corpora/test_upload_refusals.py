@@ -1,5 +1,6 @@
 """A refused corpus upload leaves nothing behind: no corpus, no job, no stored file; and
-the mapping is checked at submission (only "metadata" takes a list of columns)."""
+the mapping is checked at submission (only "metadata" takes a list of columns), its errors
+named by the form field the client sent ("mapping.id"), not the job param it fills."""
 
 from __future__ import annotations
 
@@ -42,15 +43,15 @@ def _upload(api, *, url="/api/v1/corpora/upload/", **fields):
 @pytest.mark.parametrize(
     "mapping,field",
     [
-        ({"id": ["_id", "title"]}, "params.mapping.id"),
-        ({"text": ["text"]}, "params.mapping.text"),
-        ({"title": []}, "params.mapping.title"),
-        ({"author": ["lang"]}, "params.mapping.author"),
-        ({"metadata": "lang"}, "params.mapping.metadata"),
-        ({"metadata": ["lang", 5]}, "params.mapping.metadata"),
+        ({"id": ["_id", "title"]}, "mapping.id"),
+        ({"text": ["text"]}, "mapping.text"),
+        ({"title": []}, "mapping.title"),
+        ({"author": ["lang"]}, "mapping.author"),
+        ({"metadata": "lang"}, "mapping.metadata"),
+        ({"metadata": ["lang", 5]}, "mapping.metadata"),
     ],
 )
-def test_a_list_for_a_mapping_field_other_than_metadata_is_a_400_naming_params_mapping_key(
+def test_a_list_for_a_mapping_field_other_than_metadata_is_a_400_naming_mapping_key(
     api, user, mapping, field
 ):
     _assert_mapping_refused(api, mapping, field)
@@ -59,11 +60,11 @@ def test_a_list_for_a_mapping_field_other_than_metadata_is_a_400_naming_params_m
 @pytest.mark.parametrize(
     "mapping,field",
     [
-        ({"id": "a\u0000b"}, "params.mapping.id"),
-        ({"metadata": ["x\u0000"]}, "params.mapping.metadata"),
+        ({"id": "a\u0000b"}, "mapping.id"),
+        ({"metadata": ["x\u0000"]}, "mapping.metadata"),
     ],
 )
-def test_a_mapping_column_with_a_nul_character_is_a_400_naming_params_mapping_key(
+def test_a_mapping_column_with_a_nul_character_is_a_400_naming_mapping_key(
     api, user, mapping, field
 ):
     _assert_mapping_refused(api, mapping, field)
@@ -74,7 +75,7 @@ def _assert_mapping_refused(api, mapping: dict, field: str) -> None:
     response = _upload(api, name="mapped", mapping=mapping)
     assert response.status_code == 400, response.content
     error = response.json()["error"]
-    assert error["code"] == "invalid_params" and error["details"]["field"] == field
+    assert error["code"] == "invalid" and error["details"]["field"] == field
     assert error["message"].startswith(f"{field}: ")
     assert not Corpus.objects.exists() and not Job.objects.exists()
     assert _stored_files() == before
@@ -89,8 +90,8 @@ def test_a_list_of_metadata_columns_is_accepted(api, user):
 @pytest.mark.parametrize(
     "fields,field",
     [
-        ({"mapping": {"id": 5}}, "params.mapping.id"),
-        ({"mapping": {"id": ["_id", "title"]}}, "params.mapping.id"),
+        ({"mapping": {"id": 5}}, "mapping.id"),
+        ({"mapping": {"id": ["_id", "title"]}}, "mapping.id"),
         ({"mapping": "[" * 5000 + "]" * 5000}, "mapping"),
         ({"mapping": '{"id": "\\ud800"}'}, "mapping"),
     ],
@@ -139,3 +140,18 @@ def test_an_accepted_upload_keeps_its_corpus_and_its_stored_file(api, user):
     [stored] = _stored_files() - before
     assert stored.read_bytes() == CSV and stored.name == "good.csv"
     assert job.corpus == Corpus.objects.get(owner=user, name="kept")
+
+
+@pytest.mark.parametrize("into", ["new", "existing"])
+def test_a_mapping_error_names_the_form_field_not_a_job_param(api, user, into):
+    url = "/api/v1/corpora/upload/"
+    if into == "existing":
+        url = f"/api/v1/corpora/{CorpusFactory(owner=user).pk}/upload/"
+    response = _upload(api, url=url, name="mapped", mapping='{"id": 5}')
+    assert response.status_code == 400, response.content
+    error = response.json()["error"]
+    assert error["details"]["fields"] == {
+        "mapping.id": ['must be one column name, e.g. {"id": "doc_id", "text": "body"}']
+    }
+    assert error["message"].startswith("mapping.id: must be one column name")
+    assert not Job.objects.exists()

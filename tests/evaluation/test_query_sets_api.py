@@ -120,3 +120,22 @@ def test_query_set_counts_are_subqueries_not_a_join_of_queries_with_qrels(api, u
     assert not joined & {"evaluation_query", "evaluation_qrel"}, joined
     assert not listed.query.group_by
     assert [(q.query_count, q.qrel_count) for q in listed] == [(2, 3)]
+
+
+def test_an_upload_into_a_corpus_the_caller_may_not_see_names_corpus_as_a_missing_one(
+    api, other_api, user
+):
+    corpus = CorpusFactory(owner=user)
+    add_documents(corpus, {"d1": "one", "d2": "two", "d3": "three"})
+    missing = CorpusFactory.build(pk=987654)  # never saved: an id no account has
+
+    def refused(target) -> str:
+        response = _upload(other_api, target, name="steal")
+        assert response.status_code == 404, response.content
+        error = response.json()["error"]
+        message = f"corpus {target.pk} not found"
+        assert error["details"] == {"field": "corpus", "fields": {"corpus": [message]}}
+        assert error["message"] == f"corpus: {message}"
+        return response.content.decode().replace(str(target.pk), "<id>")
+
+    assert refused(corpus) == refused(missing)

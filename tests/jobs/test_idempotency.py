@@ -88,7 +88,10 @@ def test_a_key_longer_than_the_column_is_a_400_naming_the_header(api, corpus, mo
     response = _submit(api, _embed(corpus), "k" * 201)
     assert response.status_code == 400, response.content
     error = response.json()["error"]
-    assert error["details"] == {"field": "Idempotency-Key"}
+    assert error["details"] == {
+        "field": "Idempotency-Key",
+        "fields": {"Idempotency-Key": ["at most 200 characters, not 201"]},
+    }
     assert error["message"] == "Idempotency-Key: at most 200 characters, not 201"
     assert not Job.objects.exists() and not VectorIndex.objects.exists()
     assert _submit(api, _embed(corpus), "k" * 200).status_code == 202
@@ -97,7 +100,10 @@ def test_a_key_longer_than_the_column_is_a_400_naming_the_header(api, corpus, mo
 def test_a_key_with_a_control_character_is_a_400(api, corpus, model_version):
     response = _submit(api, _embed(corpus), "a\x00b")
     assert response.status_code == 400, response.content
-    assert response.json()["error"]["details"] == {"field": "Idempotency-Key"}
+    assert response.json()["error"]["details"] == {
+        "field": "Idempotency-Key",
+        "fields": {"Idempotency-Key": ["printable characters only"]},
+    }
     assert not Job.objects.exists()
 
 
@@ -166,7 +172,10 @@ def test_an_upload_with_a_key_longer_than_the_column_is_a_400_and_leaves_nothing
         "/api/v1/corpora/upload/", body, format="multipart", HTTP_IDEMPOTENCY_KEY="k" * 300
     )
     assert response.status_code == 400, response.content
-    assert response.json()["error"]["details"] == {"field": "Idempotency-Key"}
+    assert response.json()["error"]["details"]["field"] == "Idempotency-Key"
+    assert response.json()["error"]["details"]["fields"] == {
+        "Idempotency-Key": ["at most 200 characters, not 300"]
+    }
     assert not Corpus.objects.filter(name="idem-long").exists() and not Job.objects.exists()
 
 

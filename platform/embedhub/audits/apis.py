@@ -1,7 +1,7 @@
 from django_filters import rest_framework as filters
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import extend_schema
 from rest_framework import serializers
-from rest_framework.generics import ListAPIView
+from rest_framework.generics import GenericAPIView, ListAPIView
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
@@ -123,15 +123,27 @@ class AuditComparisonOutput(serializers.Serializer):
     non_concept = serializers.FloatField(allow_null=True)
 
 
-class AuditComparisonApi(APIView):
+class AuditComparisonFilter(filters.FilterSet):
+    index = VisibleObjectFilter(visible=index_list, help_text="only the audits of this index")
+
+    class Meta:
+        model = RobustnessAudit
+        fields = ["concept", "index"]
+
+
+class AuditComparisonApi(GenericAPIView):
     """appeared@10 per model version per concept (latest complete audit of each pair)."""
 
-    @extend_schema(
-        parameters=[OpenApiParameter("concept", str, required=False)],
-        responses=AuditComparisonOutput(many=True),
-    )
+    # Validated and documented as the lists' filters are: ?index= of an index the caller may
+    # not see is refused as a missing one is.
+    filterset_class = AuditComparisonFilter
+    pagination_class = None  # one row per pair, unpaginated as before
+    queryset = RobustnessAudit.objects.none()  # for the schema; requests use get_queryset
+
+    def get_queryset(self):
+        return selectors.audit_list(user=self.request.user)
+
+    @extend_schema(responses=AuditComparisonOutput(many=True))
     def get(self, request):
-        rows = selectors.audit_comparison(
-            user=request.user, concept=request.query_params.get("concept") or None
-        )
+        rows = selectors.audit_comparison_of(audits=self.filter_queryset(self.get_queryset()))
         return Response(AuditComparisonOutput(rows, many=True).data)

@@ -151,9 +151,16 @@ def audit_comparison(*, user, concept: str | None = None) -> list[dict]:
     """appeared@10 on held-out queries per (concept, model version), from the latest complete
     audit of each pair, with the message-only floor, the centroid ceiling and the spill-over
     onto non-concept queries."""
-    qs = audit_list(user=user).filter(state=RobustnessAudit.State.COMPLETE)
+    audits = audit_list(user=user)
     if concept:
-        qs = qs.filter(concept=concept)
+        audits = audits.filter(concept=concept)
+    return audit_comparison_of(audits=audits)
+
+
+def audit_comparison_of(*, audits: DjangoQuerySet[RobustnessAudit]) -> list[dict]:
+    """The comparison over `audits`: the caller's own (audit_list), filtered as the API's
+    ?concept= and ?index= ask."""
+    qs = audits.filter(state=RobustnessAudit.State.COMPLETE)
     # Versions are compared on the same concept and corpus, plain and adaptive apart.
     latest: dict[tuple, RobustnessAudit] = {}
     for audit in qs.order_by("-created_at"):

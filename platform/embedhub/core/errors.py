@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Iterator, Mapping
+from contextlib import contextmanager
 
 from django.conf import settings
 from django.core.exceptions import (
@@ -69,6 +70,50 @@ def validation_details(fields: dict[str, list[str]]) -> dict:
     return {"field": next(iter(fields), ""), "fields": fields}
 
 
+def _unprefixed(field: str, message: str) -> str:
+    """`message` without the "field: " a service may have begun it with: the path is the
+    key it is listed under."""
+    return message.removeprefix(f"{field}: ")
+
+
+def named_field_details(details: dict | list, *, message: str) -> dict | list:
+    """A service's `details` naming one request field ({"field": name}, no `fields`) in the
+    validation shape: its `fields` map added, so every refusal naming a field reads alike.
+    A file error (details with a `file` key) is left as it is: its `field` names a record
+    field on a line of the uploaded file ({"file", "line", "field", "problem"}), not a
+    request field."""
+    if not isinstance(details, dict) or "fields" in details or "file" in details:
+        return details
+    field = details.get("field")
+    if not isinstance(field, str) or not field:
+        return details
+    return {**details, **validation_details({field: [_unprefixed(field, message)]})}
+
+
+def field_refusal(exc: ApplicationError, *, field: str) -> ApplicationError:
+    """A service's refusal (its status and code kept) attributed to the request field it is
+    about, as a validation 400 is: "index: index 3 is building, …" with
+    {"field": "index", "fields": {"index": [...]}}. For refusals only a service can make:
+    an id the caller may not see (404, worded as for a missing one), an index not ready."""
+    message = _unprefixed(field, exc.message)
+    extra = exc.details if isinstance(exc.details, dict) else {}
+    exc.message = f"{field}: {message}"
+    exc.details = {**extra, **validation_details({field: [message]})}
+    return exc
+
+
+@contextmanager
+def refusals_name(field: str | None, *, codes: Collection[str] | None = None) -> Iterator[None]:
+    """Attribute the service refusals raised inside to request field `field` (None: to
+    none); with `codes`, only the refusals with one of those codes."""
+    try:
+        yield
+    except ApplicationError as exc:
+        if field and (codes is None or exc.code in codes):
+            field_refusal(exc, field=field)
+        raise
+
+
 class RequestTooLarge(ApplicationError):
     status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
     code = "request_too_large"
@@ -97,7 +142,8 @@ def _request_refusal(exc: Exception) -> ApplicationError | None:
 def api_exception_handler(exc, context):
     exc = _request_refusal(exc) or exc
     if isinstance(exc, ApplicationError):
-        return Response(error_body(exc.code, exc.message, exc.details), status=exc.status_code)
+        details = named_field_details(exc.details, message=exc.message)
+        return Response(error_body(exc.code, exc.message, details), status=exc.status_code)
     if isinstance(exc, DjangoValidationError):
         exc = exceptions.ValidationError(getattr(exc, "message_dict", None) or exc.messages)
     elif isinstance(exc, Http404):

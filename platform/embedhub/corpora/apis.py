@@ -6,6 +6,7 @@ from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from embedhub.core.errors import refusals_name
 from embedhub.core.serializers import (
     MAX_FREE_TEXT,
     StrictBooleanField,
@@ -16,6 +17,7 @@ from embedhub.core.serializers import (
 )
 from embedhub.core.uploads import UploadLimit, upload_declared_check, upload_size_check
 from embedhub.corpora import parsing, screening, selectors, services
+from embedhub.corpora.jobs import MappingField
 from embedhub.corpora.models import Corpus, Document
 from embedhub.jobs.apis import JobOutput
 
@@ -107,7 +109,9 @@ class CorpusDetailApi(APIView):
     {"type": "string", "description": 'JSON object, e.g. {"id": "doc_id", "text": "body"}'}
 )
 class _MappingField(serializers.Field):
-    """A JSON object, sent as a JSON string in multipart forms."""
+    """A JSON object, sent as a JSON string in multipart forms, checked as the ingest job
+    checks it: a bad column is refused under this form field ("mapping.id"), not under the
+    job param the upload fills ("params.mapping.id")."""
 
     def to_internal_value(self, data):
         if isinstance(data, str):
@@ -122,7 +126,7 @@ class _MappingField(serializers.Field):
             raise serializers.ValidationError(
                 'must be a JSON object of field -> column, e.g. {"id": "doc_id", "text": "body"}'
             )
-        return data
+        return MappingField().to_internal_value(data)
 
     def to_representation(self, value):
         return value
@@ -149,7 +153,13 @@ class _UploadApi(APIView):
         uploaded = values["file"]
         upload_size_check(files=[uploaded], limit=CORPUS_LIMIT)
         if corpus is None and values.get("corpus") is not None:
-            corpus = selectors.corpus_get(user=request.user, corpus_id=values["corpus"])
+            with refusals_name("corpus"):  # a 404 naming the form field, as job params do
+                corpus = selectors.corpus_get(user=request.user, corpus_id=values["corpus"])
+        elif values.get("corpus") not in (None, getattr(corpus, "pk", None)):
+            # Another id than the URL's would be ignored: the file must not land elsewhere.
+            raise serializers.ValidationError(
+                {"corpus": f"the URL names corpus {corpus.pk}; leave corpus out"}
+            )
         job = services.corpus_upload(
             owner=request.user,
             uploaded_file=uploaded,

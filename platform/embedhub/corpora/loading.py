@@ -16,7 +16,13 @@ from contextlib import contextmanager
 from django.db import DEFAULT_DB_ALIAS, connection, connections, transaction
 
 from embedhub.core.errors import NotFound
-from embedhub.corpora.parsing import InvalidLine, Record, Skipped, file_error
+from embedhub.corpora.parsing import (
+    InvalidLine,
+    Record,
+    Skipped,
+    all_skipped_error,
+    file_error,
+)
 
 PROGRESS_EVERY_SECONDS = 1.0
 
@@ -183,9 +189,12 @@ def documents_load(
 
     `screen` (corpora.screening.IngestScreen) scores the new and changed staged documents
     before the upsert and quarantines the flagged ones after it, in the same transaction."""
+    since = skipped.total
     staged = _stage(cur, records, progress)
-    if staged == 0 and skipped.total == 0:
+    if staged == 0 and skipped.total == since:
         raise file_error(file, "the file holds no documents (it is empty or only blank lines)")
+    if staged == 0:  # every line skipped: refused like a query set with nothing usable left
+        raise all_skipped_error(file=file, plural="documents", skipped=skipped)
     duplicates = _duplicates(cur, file=file, skip_invalid=skip_invalid, skipped=skipped)
     _lock_corpus(cur, corpus_id)
     counts = _counts(cur, corpus_id)

@@ -84,6 +84,21 @@ class Skipped:
         return {"skipped": self.entries, "skipped_total": self.total}
 
 
+def all_skipped_error(*, file: str, plural: str, skipped: Skipped) -> ApplicationError:
+    """Refuse a file whose every line was skipped (with skip_invalid): importing nothing
+    would succeed silently, and an upload into a new name would leave an empty corpus."""
+    first = next((entry for entry in skipped.entries if entry["file"] == file), None)
+    why = ""
+    if first:
+        why = f" (the first: line {first['line']}: {first['field']}: {first['problem']})"
+    return file_error(
+        file,
+        f"nothing usable is left: all its {plural} were skipped{why}; nothing was imported",
+        skipped=skipped.entries,
+        skipped_total=skipped.total,
+    )
+
+
 @dataclass(frozen=True)
 class Line:
     number: int

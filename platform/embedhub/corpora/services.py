@@ -17,7 +17,7 @@ from pathlib import Path
 from django.conf import settings
 from django.db import IntegrityError, transaction
 
-from embedhub.core.errors import ApplicationError, Conflict, NotFound
+from embedhub.core.errors import ApplicationError, Conflict, NotFound, validation_details
 from embedhub.corpora import archives, loading, parsing, screening
 from embedhub.corpora.models import Corpus
 from embedhub.jobs.idempotency import (
@@ -186,6 +186,7 @@ def corpus_upload(
         return job
     if corpus is None and not corpus_name:
         raise ApplicationError("name the corpus to upload into", details={"field": "name"})
+    _corpus_named_once_check(corpus=corpus, corpus_name=corpus_name)
     return _upload_submit(
         owner=owner,
         uploaded_file=uploaded_file,
@@ -195,6 +196,18 @@ def corpus_upload(
         idempotency_key=key,
         fingerprint=fingerprint,
     )
+
+
+def _corpus_named_once_check(*, corpus: Corpus | None, corpus_name: str | None) -> None:
+    """A name beside a corpus id would be ignored, and the file land somewhere other than
+    one of the two places asked for: refused unless it is that corpus's own name."""
+    if corpus is None or not corpus_name or corpus_name.strip() == corpus.name:
+        return
+    message = (
+        f"give corpus or name, not both: corpus {corpus.pk} is named {corpus.name!r}, "
+        f"not {corpus_name.strip()!r}"
+    )
+    raise ApplicationError(f"name: {message}", details=validation_details({"name": [message]}))
 
 
 def _upload_submit(

@@ -6,12 +6,14 @@ from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from embedhub.core.errors import refusals_name
 from embedhub.core.filters import VisibleObjectFilter
 from embedhub.core.serializers import StrictInputSerializer
 from embedhub.core.uploads import UploadLimit, upload_declared_check, upload_size_check
 from embedhub.corpora.selectors import corpus_get
 from embedhub.evaluation import selectors, services
-from embedhub.evaluation.models import EvalRun
+from embedhub.evaluation.models import EvalRun, QuerySet
+from embedhub.jobs.selectors import corpus_visible
 from embedhub.registry.selectors import model_version_visible
 from embedhub.vectors.selectors import index_list
 
@@ -31,11 +33,16 @@ class QuerySetOutput(serializers.Serializer):
     updated_at = serializers.DateTimeField()
 
 
+class QuerySetFilter(filters.FilterSet):
+    corpus = VisibleObjectFilter(visible=corpus_visible)
+
+    class Meta:
+        model = QuerySet
+        fields = ["corpus"]
+
+
 class QuerySetListCreateApi(ListAPIView):
     """List your query sets (?corpus=), or upload one: BEIR queries.jsonl + qrels TSV."""
-
-    class FilterSerializer(serializers.Serializer):
-        corpus = serializers.IntegerField(required=False)
 
     class InputSerializer(StrictInputSerializer):
         corpus = serializers.IntegerField()
@@ -49,6 +56,8 @@ class QuerySetListCreateApi(ListAPIView):
         skipped_total = serializers.IntegerField()
 
     serializer_class = QuerySetOutput
+    # ?corpus= as every list filters by an id: another account's reads as a missing one.
+    filterset_class = QuerySetFilter
     parser_classes = [MultiPartParser, FormParser]
     throttle_scope = "uploads"
 
@@ -56,15 +65,7 @@ class QuerySetListCreateApi(ListAPIView):
         return super().get_throttles() if self.request.method == "POST" else []
 
     def get_queryset(self):
-        params = self.FilterSerializer(data=self.request.query_params)
-        params.is_valid(raise_exception=True)
-        return selectors.query_set_list(
-            user=self.request.user, corpus_id=params.validated_data.get("corpus")
-        )
-
-    @extend_schema(parameters=[FilterSerializer])
-    def get(self, request, *args, **kwargs):
-        return super().get(request, *args, **kwargs)
+        return selectors.query_set_list(user=self.request.user)
 
     @extend_schema(request=InputSerializer, responses={201: ImportOutputSerializer})
     def post(self, request):
@@ -73,7 +74,8 @@ class QuerySetListCreateApi(ListAPIView):
         data.is_valid(raise_exception=True)
         params = data.validated_data
         upload_size_check(files=[params["queries"], params["qrels"]], limit=QUERY_SET_LIMIT)
-        corpus = corpus_get(user=request.user, corpus_id=params["corpus"])
+        with refusals_name("corpus"):
+            corpus = corpus_get(user=request.user, corpus_id=params["corpus"])
         replaced = corpus.query_sets.filter(name=params["name"].strip()).exists()
         query_set, report = services.query_set_create(
             owner=request.user,

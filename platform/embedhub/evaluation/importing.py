@@ -17,6 +17,7 @@ from embedhub.corpora.loading import import_cursor
 from embedhub.corpora.parsing import (
     InvalidLine,
     Skipped,
+    all_skipped_error,
     clean_metadata,
     clean_text,
     decode,
@@ -292,16 +293,7 @@ def _nothing_usable(file: str, plural: str, skipped: Skipped, *, since: int) -> 
     `since`: the skipped count before this file's lines were read (none skipped: empty)."""
     if skipped.total == since:
         return file_error(file, f"the file holds no {plural}")
-    first = next((entry for entry in skipped.entries if entry["file"] == file), None)
-    why = ""
-    if first:
-        why = f" (the first: line {first['line']}: {first['field']}: {first['problem']})"
-    return file_error(
-        file,
-        f"nothing usable is left: all its {plural} were skipped{why}; nothing was imported",
-        skipped=skipped.entries,
-        skipped_total=skipped.total,
-    )
+    return all_skipped_error(file=file, plural=plural, skipped=skipped)
 
 
 def query_set_import(

@@ -12,6 +12,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from embedhub.core.filters import VisibleObjectFilter
+from embedhub.core.parsers import JSONParser
 from embedhub.core.serializers import StrictChoiceField, StrictInputSerializer, no_body_check
 from embedhub.core.server_paths import ServerPathsHidden
 from embedhub.jobs import selectors, services
@@ -143,11 +144,15 @@ class JobListCreateApi(ListAPIView):
 
     class InputSerializer(StrictInputSerializer):
         kind = StrictChoiceField(choices=Job.Kind.choices)
-        params = serializers.DictField(default=dict)
+        # Any JSON value: the kind's params serializer refuses one that is not an object.
+        params = serializers.JSONField(default=dict, allow_null=True)
 
     serializer_class = JobOutput
     filterset_class = JobFilter
     throttle_scope = "jobs"
+    # JSON only: params nest, which a form or multipart body cannot carry (its "params"
+    # field would be read as absent), so such a body is a 415, and OpenAPI says so.
+    parser_classes = [JSONParser]
 
     def get_throttles(self):
         return super().get_throttles() if self.request.method == "POST" else []

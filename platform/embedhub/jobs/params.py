@@ -112,8 +112,21 @@ def params_error(detail, *, prefix: str = "params") -> ApplicationError:
     return cls(f"{first}: {messages[0]}{more}", details=validation_details(fields))
 
 
+def _json_type(value) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    return {str: "a string", list: "an array"}.get(type(value), type(value).__name__)
+
+
 def params_validate(*, serializer: type[serializers.Serializer], user, params, from_form=False):
     """Validated params, or the one error naming every bad field."""
+    if not isinstance(params, Mapping):
+        # Said as it is: read field by field, it would report only a missing first field.
+        raise params_error([f"must be an object, not {_json_type(params)}"])
     checked = serializer(data=params, context={"user": user, "from_form": from_form})
     if not checked.is_valid():
         raise params_error(checked.errors)

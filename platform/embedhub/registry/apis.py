@@ -1,4 +1,5 @@
 from django.utils import timezone
+from django_filters import rest_framework as filters
 from drf_spectacular.utils import extend_schema, extend_schema_serializer
 from rest_framework import serializers, status
 from rest_framework.generics import ListAPIView
@@ -6,6 +7,7 @@ from rest_framework.permissions import IsAdminUser, IsAuthenticated
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from embedhub.core.filters import VisibleObjectFilter
 from embedhub.core.serializers import (
     StrictCharField,
     StrictInputSerializer,
@@ -141,9 +143,22 @@ class ModelListApi(ListAPIView):
         return selectors.model_list(user=self.request.user)
 
 
+class ModelVersionFilter(filters.FilterSet):
+    model = filters.CharFilter(field_name="model__name", help_text="the model's name")
+    # A version the caller may not see is refused as a missing one is, as every list's id
+    # filters are (core.filters).
+    parent = VisibleObjectFilter(
+        visible=selectors.model_version_visible, help_text="the versions fine-tuned from it"
+    )
+
+    class Meta:
+        model = ModelVersion
+        fields = ["model", "status", "parent"]
+
+
 class ModelVersionListCreateApi(ListAPIView):
-    """Versions the caller may see (`?model=<name>`, `?status=ready`); staff register new,
-    shared ones with POST."""
+    """Versions the caller may see (`?model=<name>`, `?status=ready`, `?parent=<id>`); staff
+    register new, shared ones with POST."""
 
     @extend_schema_serializer(component_name="ModelVersionRegisterInput")
     class InputSerializer(StrictInputSerializer):
@@ -160,7 +175,7 @@ class ModelVersionListCreateApi(ListAPIView):
         )
 
     serializer_class = VersionSummaryOutput
-    filterset_class = None
+    filterset_class = ModelVersionFilter
 
     def get_permissions(self):
         if self.request.method == "POST":
@@ -168,10 +183,7 @@ class ModelVersionListCreateApi(ListAPIView):
         return super().get_permissions()
 
     def get_queryset(self):
-        params = self.request.query_params
-        return selectors.model_version_list(
-            user=self.request.user, model=params.get("model"), status=params.get("status")
-        )
+        return selectors.model_version_list(user=self.request.user)
 
     @extend_schema(request=InputSerializer, responses={201: VersionDetailOutput})
     def post(self, request):

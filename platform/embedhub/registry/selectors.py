@@ -34,15 +34,10 @@ def model_list(*, user) -> QuerySet[EmbeddingModel]:
     )
 
 
-def model_version_list(
-    *, user, model: str | None = None, status: str | None = None
-) -> QuerySet[ModelVersion]:
-    qs = model_version_visible(user=user).defer(*_LIGHT).select_related("model")
-    if model:
-        qs = qs.filter(model__name=model)
-    if status:
-        qs = qs.filter(status=status)
-    return qs
+def model_version_list(*, user) -> QuerySet[ModelVersion]:
+    """The versions `user` may see, light (the API's list filters by model, status and
+    parent: registry.apis.ModelVersionFilter)."""
+    return model_version_visible(user=user).defer(*_LIGHT).select_related("model")
 
 
 def model_version_get(*, user, version_id: int) -> ModelVersion:

@@ -27,7 +27,7 @@ from django.db.models import Max
 from huggingface_hub import snapshot_download
 from huggingface_hub.errors import RepositoryNotFoundError
 
-from embedhub.core.errors import ApplicationError
+from embedhub.core.errors import ApplicationError, validation_details
 from embedhub.registry.models import EmbeddingModel, ModelVersion, RegistrySettings
 from embedhub.registry.selectors import registry_settings_get
 from workers.ml.spec import ModelLoadError, default_model_path, read_model_spec
@@ -164,12 +164,14 @@ def _read_spec(path: Path, *, source: str):
 
 
 def _check_extra(extra: dict) -> None:
-    unknown = set(extra) - EXTRA_FIELDS
+    unknown = sorted(set(extra) - EXTRA_FIELDS)
     if unknown:
+        allowed = ", ".join(sorted(EXTRA_FIELDS))
+        # The validation shape, as a request body's unknown keys are refused.
+        problem = f"cannot be set on a model version; allowed: {allowed}"
         raise ApplicationError(
-            f"cannot set {', '.join(sorted(unknown))} on a model version; "
-            f"allowed: {', '.join(sorted(EXTRA_FIELDS))}",
-            details={"fields": sorted(unknown)},
+            f"cannot set {', '.join(unknown)} on a model version; allowed: {allowed}",
+            details=validation_details({name: [problem] for name in unknown}),
         )
 
 

@@ -5,6 +5,7 @@ from rest_framework.generics import ListAPIView
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from embedhub.core.errors import refusals_name
 from embedhub.core.filters import VisibleObjectFilter
 from embedhub.core.serializers import (
     StrictBooleanField,
@@ -143,28 +144,43 @@ class SearchApi(APIView):
         )
         results = HitSerializer(many=True)
 
+    @staticmethod
+    def _serving(*, user, params: dict) -> selectors.Serving:
+        """What answers the search; a refusal names the field it is about, as a job's
+        params' do (another account's id reads as a missing one: both are "not found")."""
+        version = None
+        if params.get("model_version"):
+            with refusals_name("model_version"):
+                version = model_version_resolve(user=user, version_id=params["model_version"])
+        # The index searched is the one named, else the corpus's: its refusals (not found,
+        # no active index, still building) name the field that chose it.
+        with refusals_name("index" if params.get("index") else "corpus"):
+            return selectors.serving_for_request(
+                user=user,
+                corpus_id=params.get("corpus"),
+                index_id=params.get("index"),
+                model_version=version,
+                compensation=params.get("compensation"),
+            )
+
     @extend_schema(request=InputSerializer, responses=OutputSerializer)
     def post(self, request):
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         params = data.validated_data
-        version = None
-        if params.get("model_version"):
-            version = model_version_resolve(user=request.user, version_id=params["model_version"])
-        serving = selectors.serving_for_request(
-            user=request.user,
-            corpus_id=params.get("corpus"),
-            index_id=params.get("index"),
-            model_version=version,
-            compensation=params.get("compensation"),
-        )
+        serving = self._serving(user=request.user, params=params)
         index = serving.index
-        vectors, info = compensation.query_vectors(
-            index=index,
-            texts=[params["query"]],
-            model_version=serving.model_version,
-            compensation=serving.compensation,
-        )
+        # A query version the index cannot take is named by model_version when sent, else
+        # by compensation (a corpus's own policy chose both: no field of the request).
+        field = "model_version" if params.get("model_version") else None
+        field = field or ("compensation" if params.get("compensation") else None)
+        with refusals_name(field, codes=compensation.VERSION_REFUSALS):
+            vectors, info = compensation.query_vectors(
+                index=index,
+                texts=[params["query"]],
+                model_version=serving.model_version,
+                compensation=serving.compensation,
+            )
         hits = selectors.index_search(
             index=index,
             query_vectors=vectors,

@@ -22,6 +22,17 @@ from workers.ml.adapter import Adapter, chain
 from workers.ml.drift import compensate
 
 COMPENSATIONS = ("auto", "qdc", "adapter", "none")
+# The refusals of a query version for an index: unrelated versions, or the drift vectors or
+# adapters the compensation needs missing or of another width (a request names the version).
+VERSION_REFUSALS = frozenset(
+    {
+        "incompatible_version",
+        "no_drift_vector",
+        "incompatible_drift",
+        "no_adapter",
+        "incompatible_adapter",
+    }
+)
 
 
 def drift_path(*, query_version: ModelVersion, index_version: ModelVersion) -> list[ModelVersion]:

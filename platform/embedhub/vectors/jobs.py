@@ -34,6 +34,13 @@ from workers.ml.encoder import fake_encoder_parse
 # `vector` in pgvector, so larger fakes could never be searched.
 MAX_DIMENSION = 2000
 MIN_CHUNK_WINDOW = 16
+MAX_CHUNK_WINDOW = 8192
+# The overlap the largest window allows (a stride of a quarter window): a bound that holds
+# whatever the chunking, so a value no index could use is refused as such.
+MAX_CHUNK_OVERLAP = MAX_CHUNK_WINDOW - math.ceil(MAX_CHUNK_WINDOW / 4)
+BUILD_OPTIONS = ("storage", "chunking", "encoder", "runtime")
+CHUNK_OPTIONS = ("chunk_window", "chunk_overlap")  # used only with chunking=chunk
+CHUNK_ONLY = "applies only with chunking: chunk"
 
 
 def corpus_lookup(*, user, pk: int) -> Corpus:
@@ -107,12 +114,13 @@ class IndexOptionsParams(ParamsSerializer):
     chunk_window = StrictIntegerField(
         required=False,
         min_value=MIN_CHUNK_WINDOW,
-        max_value=8192,
+        max_value=MAX_CHUNK_WINDOW,
         help_text="tokens per window with chunking=chunk (default 128; at most the model's)",
     )
     chunk_overlap = StrictIntegerField(
         required=False,
         min_value=0,
+        max_value=MAX_CHUNK_OVERLAP,
         help_text="tokens shared by consecutive windows (default 32); the stride (window - "
         "overlap) must be at least a quarter of the window, and a document keeps at most "
         "EMBEDHUB_MAX_CHUNKS_PER_DOCUMENT windows",
@@ -153,8 +161,7 @@ def index_options_resolve(
     *, params: dict, version: ModelVersion, inherited: dict | None = None
 ) -> dict:
     """The index options for `params` over `inherited` ones, checked against the version."""
-    given = {k: params[k] for k in ("storage", "chunking", "encoder", "runtime") if k in params}
-    given |= {k: params[k] for k in ("chunk_window", "chunk_overlap") if k in params}
+    given = {k: params[k] for k in (*BUILD_OPTIONS, *CHUNK_OPTIONS) if k in params}
     merged = {
         "storage": VectorIndex.Storage.VECTOR,
         "chunking": VectorIndex.Chunking.TRUNCATE,
@@ -163,7 +170,7 @@ def index_options_resolve(
         **(inherited or {}),
         **given,
     }
-    options = {k: merged[k] for k in ("storage", "chunking", "encoder", "runtime")}
+    options = {k: merged[k] for k in BUILD_OPTIONS}
     if "encoder" not in given:  # an inherited override obeys the setting like a given one
         _fake_encoder_check(encoder=options["encoder"], field="encoder", source="the active index")
     if options["encoder"] and options["runtime"] != VectorIndex.Runtime.TORCH:
@@ -171,6 +178,7 @@ def index_options_resolve(
             {"runtime": "the fake test encoder has no model to run on another runtime: use torch"}
         )
     if merged["chunking"] != VectorIndex.Chunking.CHUNK:
+        _chunk_options_refuse(given=given)
         return options
     window = merged.get("chunk_window") or 128
     overlap = merged.get("chunk_overlap", 32)
@@ -180,6 +188,14 @@ def index_options_resolve(
         )
     _stride_check(window=window, overlap=overlap)
     return {**options, "chunk_window": window, "chunk_overlap": overlap}
+
+
+def _chunk_options_refuse(*, given: dict) -> None:
+    """A window or overlap for an index that truncates would be dropped unseen: refused by
+    name instead. Only given ones: a reindex inherits the active index's stored values."""
+    errors = {key: CHUNK_ONLY for key in CHUNK_OPTIONS if key in given}
+    if errors:
+        raise serializers.ValidationError(errors)
 
 
 def quality_refusal_check(*, index: VectorIndex, field: str) -> None:
@@ -242,6 +258,7 @@ def embed_prepare(*, user, params: dict) -> tuple[dict, Corpus]:
     version = version or _default_version()
     if index is not None:
         _check_target(index=index, corpus=corpus, version=version)
+        _target_options_check(index=index, params=params)
         _fake_encoder_check(encoder=index.encoder, field="index", source=f"index {index.pk}")
     else:
         options = index_options_resolve(params=params, version=version)
@@ -282,6 +299,25 @@ def _check_target(*, index: VectorIndex, corpus: Corpus, version: ModelVersion) 
         )
     if index.state == VectorIndex.State.DROPPED:
         raise serializers.ValidationError({"index": f"index {index.pk} was dropped"})
+
+
+def _target_options_check(*, index: VectorIndex, params: dict) -> None:
+    """An embed into a given index builds it as it was made: an option that says otherwise
+    would be dropped unseen, so it is refused by name (one that agrees is fine)."""
+    errors = {}
+    for key in (*BUILD_OPTIONS, *CHUNK_OPTIONS):
+        built = getattr(index, key)
+        if key not in params or params[key] == built:
+            continue
+        if key in CHUNK_OPTIONS and index.chunking != VectorIndex.Chunking.CHUNK:
+            errors[key] = f"{CHUNK_ONLY} (index {index.pk} truncates)"
+        else:
+            errors[key] = (
+                f"index {index.pk} is built with {key} {str(built)!r}; leave {key} out, or leave "
+                "index out to embed into a matching or new index"
+            )
+    if errors:
+        raise serializers.ValidationError(errors)
 
 
 def embed_run(*, job, ctx) -> dict:
