@@ -6,6 +6,25 @@ import json
 from pathlib import Path
 
 import pytest
+from django.core.files.uploadedfile import SimpleUploadedFile
+
+from embedhub.jobs.models import Job
+from embedhub.jobs.runner import job_execute
+
+
+def upload_accepted(api, *, content: bytes, **fields) -> Job:
+    """POST docs.jsonl holding `content` to the upload endpoint; its queued ingest job."""
+    body = {"file": SimpleUploadedFile("docs.jsonl", content), **fields}
+    response = api.post("/api/v1/corpora/upload/", body, format="multipart")
+    assert response.status_code == 202, response.content
+    return Job.objects.get(pk=response.json()["id"])
+
+
+def run_inline(job: Job) -> Job:
+    """The job run in this process, through the worker's own code path; reloaded."""
+    job_execute(job_id=job.pk, worker="test@inline")
+    job.refresh_from_db()
+    return job
 
 
 def write_jsonl(path: Path, rows: list) -> Path:

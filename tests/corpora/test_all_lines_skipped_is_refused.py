@@ -8,12 +8,11 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from django.core.files.uploadedfile import SimpleUploadedFile
 
 from embedhub.core.errors import ApplicationError
 from embedhub.corpora.models import Corpus
 from embedhub.jobs.models import Job
-from embedhub.jobs.runner import job_execute
+from tests.corpora.conftest import run_inline, upload_accepted
 from tests.factories import CorpusFactory
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -26,20 +25,11 @@ NOTHING_USABLE = (
 
 
 def _upload(api, *, content: bytes = ALL_BAD, **fields) -> Job:
-    body = {"file": SimpleUploadedFile("docs.jsonl", content), "skip_invalid": "true", **fields}
-    response = api.post("/api/v1/corpora/upload/", body, format="multipart")
-    assert response.status_code == 202, response.content
-    return Job.objects.get(pk=response.json()["id"])
-
-
-def _run(job: Job) -> Job:
-    job_execute(job_id=job.pk, worker="test@inline")
-    job.refresh_from_db()
-    return job
+    return upload_accepted(api, content=content, skip_invalid="true", **fields)
 
 
 def test_an_upload_into_a_new_name_whose_lines_were_all_skipped_leaves_no_corpus(api, user):
-    job = _run(_upload(api, name="fresh"))
+    job = run_inline(_upload(api, name="fresh"))
 
     assert job.status == Job.Status.FAILED and job.corpus_id is None
     assert job.error.startswith(NOTHING_USABLE), job.error
@@ -49,14 +39,16 @@ def test_an_upload_into_a_new_name_whose_lines_were_all_skipped_leaves_no_corpus
 
 def test_an_existing_corpus_refuses_such_a_file_and_is_kept(api, user):
     corpus = CorpusFactory(owner=user, name="mine")
-    job = _run(_upload(api, corpus=corpus.pk))
+    job = run_inline(_upload(api, corpus=corpus.pk))
     assert job.status == Job.Status.FAILED and job.corpus_id == corpus.pk
     assert job.error.startswith(NOTHING_USABLE) and "removed" not in job.error
     assert Corpus.objects.filter(pk=corpus.pk).exists() and not corpus.documents.exists()
 
 
 def test_one_usable_line_is_imported_and_the_rest_skipped(api, user):
-    job = _run(_upload(api, content=ALL_BAD + b'{"_id": "d2", "text": "fine"}\n', name="kept"))
+    job = run_inline(
+        _upload(api, content=ALL_BAD + b'{"_id": "d2", "text": "fine"}\n', name="kept")
+    )
     assert job.status == Job.Status.SUCCEEDED, job.error
     assert job.result["inserted"] == 1 and job.result["skipped_total"] == 3
     assert Corpus.objects.get(owner=user, name="kept").documents.count() == 1

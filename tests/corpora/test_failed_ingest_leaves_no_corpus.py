@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import pytest
 from django.conf import settings
-from django.core.files.uploadedfile import SimpleUploadedFile
 
 from embedhub.corpora.models import Corpus
 from embedhub.corpora.services import upload_folder
 from embedhub.jobs.models import Job
-from embedhub.jobs.runner import job_execute
+from tests.corpora.conftest import run_inline, upload_accepted
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -21,16 +20,7 @@ GOOD = b'{"_id": "d1", "text": "fine"}\n'
 
 
 def _upload(api, *, content: bytes = BAD, **fields) -> Job:
-    body = {"file": SimpleUploadedFile("docs.jsonl", content), **fields}
-    response = api.post("/api/v1/corpora/upload/", body, format="multipart")
-    assert response.status_code == 202, response.content
-    return Job.objects.get(pk=response.json()["id"])
-
-
-def _run(job: Job) -> Job:
-    job_execute(job_id=job.pk, worker="test@inline")
-    job.refresh_from_db()
-    return job
+    return upload_accepted(api, content=content, **fields)
 
 
 def test_a_failed_ingest_into_a_new_corpus_name_removes_the_corpus_and_its_upload(api, user):
@@ -38,7 +28,7 @@ def test_a_failed_ingest_into_a_new_corpus_name_removes_the_corpus_and_its_uploa
     stored = upload_folder(owner_id=user.pk) / job.params["path"]
     assert stored.is_file()
 
-    job = _run(job)
+    job = run_inline(job)
 
     assert job.status == Job.Status.FAILED and job.corpus_id is None
     assert job.error.startswith("docs.jsonl line 2")
@@ -49,7 +39,7 @@ def test_a_failed_ingest_into_a_new_corpus_name_removes_the_corpus_and_its_uploa
 
 
 def test_a_retry_of_an_ingest_whose_corpus_was_removed_is_refused_with_a_409(api):
-    job = _run(_upload(api, name="fresh"))
+    job = run_inline(_upload(api, name="fresh"))
     response = api.post(f"/api/v1/jobs/{job.pk}/retry/")
     assert response.status_code == 409, response.content
     assert "upload the file again" in response.json()["error"]["message"]
@@ -57,8 +47,8 @@ def test_a_retry_of_an_ingest_whose_corpus_was_removed_is_refused_with_a_409(api
 
 
 def test_the_same_name_can_be_uploaded_again_after_a_failed_ingest(api, user):
-    _run(_upload(api, name="fresh"))
-    job = _run(_upload(api, name="fresh", content=GOOD))
+    run_inline(_upload(api, name="fresh"))
+    job = run_inline(_upload(api, name="fresh", content=GOOD))
     assert job.status == Job.Status.SUCCEEDED, job.error
     assert Corpus.objects.get(owner=user, name="fresh").documents.count() == 1
 
@@ -66,7 +56,7 @@ def test_the_same_name_can_be_uploaded_again_after_a_failed_ingest(api, user):
 def test_a_failed_ingest_into_a_corpus_that_existed_before_keeps_it(api, user):
     response = api.post("/api/v1/corpora/", {"name": "mine"}, format="json")
     assert response.status_code == 201, response.content
-    job = _run(_upload(api, name="mine"))
+    job = run_inline(_upload(api, name="mine"))
     assert job.status == Job.Status.FAILED and job.corpus_id == response.json()["id"]
     assert "corpus" not in job.error.split(":", 1)[1]
     assert Corpus.objects.filter(owner=user, name="mine").exists()
@@ -77,9 +67,9 @@ def test_a_new_corpus_another_upload_waits_on_is_kept_and_the_error_says_so(api,
     second = _upload(api, name="shared", content=GOOD)
     assert first.corpus_id == second.corpus_id
 
-    first = _run(first)
+    first = run_inline(first)
 
     assert first.status == Job.Status.FAILED and first.corpus_id == second.corpus_id
     assert "the corpus 'shared' that this upload created still exists, empty" in first.error
-    assert _run(second).status == Job.Status.SUCCEEDED
+    assert run_inline(second).status == Job.Status.SUCCEEDED
     assert Corpus.objects.get(owner=user, name="shared").documents.count() == 1

@@ -57,7 +57,10 @@ def test_flagged_documents_are_stored_quarantined_and_named_in_the_result(tmp_pa
     adversarial = {f"adv{i}" for i in range(len(ADVERSARIAL))}
     assert adversarial <= set(report["quarantined_ids"])
     false_positives = set(report["quarantined_ids"]) - adversarial
-    assert len(false_positives) <= 2, false_positives  # ~1 % of 40, with slack
+    # ~1 % of 40 expected. The threshold is calibrated on 100 documents split by a seed
+    # (the corpus's id, so it moves with the test order): over 120 seeds this upload got
+    # 0, 1, 2 and 3 false positives 46, 57, 16 and 1 times. A broken screen gets far more.
+    assert len(false_positives) <= 4, false_positives
     assert report["quarantined"] == len(report["quarantined_ids"])
     held = Document.objects.filter(corpus=corpus, quarantined=True)
     assert set(held.values_list("external_id", flat=True)) == set(report["quarantined_ids"])
