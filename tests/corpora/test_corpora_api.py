@@ -209,3 +209,17 @@ def test_a_corpus_with_a_job_queued_or_running_is_not_deleted_until_it_ends(api,
     assert Corpus.objects.filter(pk=corpus.pk).exists()
     job_cancel(job=job)
     assert api.delete(f"/api/v1/corpora/{corpus.pk}/").status_code == 204
+
+
+@pytest.mark.django_db
+def test_a_corpus_named_only_in_a_running_jobs_params_is_not_deleted(api, user):
+    """A policy job over several corpora has no corpus of its own: it names them in params."""
+    from embedhub.jobs.models import Job
+
+    corpus = Corpus.objects.create(owner=user, name="planned")
+    plan = {"corpora": [{"corpus": corpus.pk}]}
+    job = Job.objects.create(owner=user, kind="policy", params=plan, status="running")
+    response = api.delete(f"/api/v1/corpora/{corpus.pk}/")
+    assert response.status_code == 409, response.content
+    assert response.json()["error"]["details"] == {"jobs": [job.pk]}
+    assert Corpus.objects.filter(pk=corpus.pk).exists()

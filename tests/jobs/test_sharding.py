@@ -92,8 +92,8 @@ def test_a_shard_rolls_its_progress_up_only_into_a_parent_counting_its_unit(user
 
 
 def test_a_parents_shard_counts_stay_current_while_its_worker_runs_a_shard_inline(user):
-    """The parent's own loop writes its note between shards; a shard's report refreshes the
-    counts in it, and leaves a note of another phase alone."""
+    """The parent's own loop writes its note between shards; a shard that starts or ends
+    refreshes the counts in it, and leaves a note of another phase alone."""
     notes = {}
     for note in ("embedding: 0/3 shards done, 0 running", "building HNSW index"):
         parent = Job.objects.create(

@@ -26,6 +26,7 @@ from embedhub.jobs.idempotency import (
     request_fingerprint,
 )
 from embedhub.jobs.models import Job
+from embedhub.jobs.selectors import job_active_touching
 from embedhub.jobs.services import job_event_add
 from embedhub.jobs.submission import job_submit_checked
 
@@ -73,13 +74,10 @@ def corpus_delete(*, corpus: Corpus) -> None:
     tables mid-batch, and the owner the record of what it did.
     """
     with transaction.atomic():
-        active = list(
-            Job.objects.select_for_update()
-            .filter(corpus=corpus)
-            .exclude(status__in=Job.TERMINAL)
-            .order_by("pk")
-            .values_list("pk", flat=True)
-        )
+        # Every kind, and jobs that name the corpus only in their params (a policy job
+        # over several corpora has none of its own).
+        touching = job_active_touching(corpus_id=corpus.pk, kinds=Job.Kind.values)
+        active = list(touching.select_for_update().values_list("pk", flat=True))
         if active:
             raise Conflict(
                 f"corpus {corpus.pk} has jobs queued or running ({', '.join(map(str, active))});"
@@ -147,7 +145,7 @@ def upload_path(*, owner_id: int, relative: str) -> Path:
 
 def upload_discard(*, owner_id: int, path: Path) -> None:
     """Remove an imported upload: its own folder, never the owner's folder above it."""
-    root = upload_folder(owner_id=owner_id).resolve()
+    root, path = upload_folder(owner_id=owner_id).resolve(), path.resolve()
     if path.parent.parent == root:
         shutil.rmtree(path.parent, ignore_errors=True)
     else:
@@ -246,10 +244,10 @@ def _upload_submit(
         # The file goes with a refused request (a failed commit too), never from under a
         # job that did commit: its dispatch runs after the commit and can still raise.
         if job is None or not Job.objects.filter(pk=job.pk).exists():
-            shutil.rmtree(stored.parent, ignore_errors=True)
+            upload_discard(owner_id=owner.pk, path=stored)
         raise
     if not created:
-        shutil.rmtree(stored.parent, ignore_errors=True)
+        upload_discard(owner_id=owner.pk, path=stored)
     return job
 
 

@@ -137,6 +137,8 @@ def job_claim(*, job_id: int, worker: str) -> Job | None:
         )
     job = Job.objects.get(pk=job_id)
     job_event_add(job=job, kind="claimed", message=f"attempt {job.attempts} on {worker}")
+    if job.parent_id:
+        _shards_note_refresh(parent_id=job.parent_id)
     return job
 
 
@@ -267,7 +269,6 @@ def job_shards_roll_up(*, parent_id: int, unit: str) -> None:
         progress_done=Greatest(F("progress_done"), Coalesce(Subquery(total), 0)),
         progressed_at=timezone.now(),
     )
-    _shards_note_refresh(parent_id=parent_id)
 
 
 def shards_note(*, label: str, finished: int, shards: int, running: int) -> str:
@@ -279,8 +280,9 @@ _SHARDS_NOTE = re.compile(r"(?P<label>.+): \d+/\d+ shards done, \d+ running")
 
 
 def _shards_note_refresh(*, parent_id: int) -> None:
-    """The parent's shard counts as of now. Its own loop writes them between shards, but
-    while its worker runs a shard inline nobody else would, and the note would go stale."""
+    """The parent's shard counts as of now, when a shard starts or ends (the only times they
+    change). Its own loop writes them between shards, but while its worker runs a shard
+    inline nobody else would, and the note would go stale."""
     note = Job.objects.filter(pk=parent_id).values_list("progress_note", flat=True).first()
     match = _SHARDS_NOTE.fullmatch(note or "")
     if match is None:  # the parent is in another phase (an HNSW build, a policy's eval)
@@ -300,6 +302,8 @@ def _finish(job: Job, status: str, **fields) -> bool:
     updated = Job.objects.filter(_owned(job)).update(status=status, finished_at=now, **fields)
     if updated:
         _owner_wake(owner_id=job.owner_id)
+        if job.parent_id:
+            _shards_note_refresh(parent_id=job.parent_id)
     return bool(updated)
 
 
